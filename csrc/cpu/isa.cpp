@@ -1,0 +1,56 @@
+#include "isa.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace fastops {
+namespace cpu {
+namespace {
+
+Isa detect() {
+#if FASTOPS_HAVE_X86_PATHS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+Isa capped(Isa hw) {
+  const char* cap = std::getenv("FASTOPS_CPU_ISA");
+  if (cap == nullptr) return hw;
+  Isa want = hw;
+  if (std::strcmp(cap, "baseline") == 0) want = Isa::kBaseline;
+  if (std::strcmp(cap, "avx2") == 0) want = Isa::kAvx2;
+  if (std::strcmp(cap, "avx512") == 0) want = Isa::kAvx512;
+  return static_cast<int>(want) < static_cast<int>(hw) ? want : hw;
+}
+
+}  // namespace
+
+Isa active_isa() {
+  static const Isa isa = capped(detect());
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+std::string compiled_isas() {
+#if FASTOPS_HAVE_X86_PATHS
+  return "baseline,avx2,avx512";
+#else
+  return "baseline";
+#endif
+}
+
+}  // namespace cpu
+}  // namespace fastops

@@ -1,0 +1,356 @@
+"""Backend selection: one table of kernels, one selector, the reasons kept for explain().
+
+Every fastops op is a row per backend in `_TABLE[op]`, in the order `auto` tries them. A row
+says which devices and dtypes it takes and, through `supports`, which argument combinations;
+the selector picks the first row that fits, or torch with the reason why nothing else did.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Devices each backend's kernels run on, and the order `auto` tries them in. On a GPU the CUDA
+# C++ kernels come first: they are compiled ahead of time, so the first call pays no JIT or
+# autotuning; Triton covers what they do not.
+BACKEND_DEVICES = {"cuda": ("cuda",), "triton": ("cuda",), "cpu": ("cpu",)}
+AUTO_ORDER = ("cuda", "triton", "cpu")
+
+log = logging.getLogger("fastops")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of one op.
+
+    supports(*args) returns None when this kernel handles the call, else a short reason.
+    min_numel: below this many elements `auto` prefers torch (measured crossover, see bench).
+    """
+    op: str
+    family: str
+    backend: str
+    devices: tuple
+    dtypes: tuple
+    fn: Callable
+    supports: Optional[Callable] = None
+    min_numel: dict = None  # device type -> crossover in elements
+
+    def crossover(self, device: str) -> int:
+        return (self.min_numel or {}).get(device, 0)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel picked for a call and why. Choices are built once per (op, setting, device,
+    dtype) and reused, so the hot path allocates and formats nothing."""
+    kernel: Kernel
+    why: str
+
+    @property
+    def backend(self) -> str:
+        return self.kernel.backend
+
+    @property
+    def reason(self) -> str:
+        return self.why
+
+
+_TABLE: dict[str, list[Kernel]] = {}
+_TORCH: dict[str, Kernel] = {}
+
+
+_FAMILIES: dict[str, list[str]] = {}
+
+
+def register_op(op: str, family: str, fns: dict, supports: Optional[dict] = None,
+                crossover: Optional[dict] = None, dtypes: tuple = KERNEL_DTYPES) -> None:
+    """Adds the kernels of one op: fns maps a backend name to its callable (torch required).
+
+    supports: backend -> predicate returning None or the reason a call is not covered.
+    crossover: device type -> elements below which `auto` prefers torch.
+    """
+    supports = supports or {}
+    _FAMILIES.setdefault(family, []).append(op)
+    _TORCH[op] = Kernel(op, family, "torch", ("cpu", "cuda", "meta"), (), fns["torch"])
+    CPU_TORCH_BELOW[op] = (crossover or {}).get("cpu", 0)
+    _TABLE[op] = [Kernel(op, family, b, BACKEND_DEVICES[b], dtypes, fns[b], supports.get(b), crossover)
+                  for b in AUTO_ORDER if b in fns]
+
+
+def families() -> dict[str, list[str]]:
+    """Op-family name -> the ops in it."""
+    return {f: list(o) for f, o in _FAMILIES.items()}
+
+
+# ---- settings: backend, strict mode ------------------------------------------------------------
+
+def _check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+_global_backend = _check_backend(os.environ.get("FASTOPS_BACKEND", "auto"))
+_scoped_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastops_backend",
+                                                                                default=None)
+_strict = os.environ.get("FASTOPS_STRICT", "0") not in ("", "0")
+_enable_strict = False  # set while an enable(strict=True) scope is the innermost one
+
+
+# Eager fast path: op -> elements below which `auto` sends a CPU call straight to torch (the
+# cpu kernel's crossover). Read through small_cpu_call(); off unless the settings are plain auto.
+CPU_TORCH_BELOW: dict[str, int] = {}
+_crossovers_on = True  # fixed below once the settings are read
+
+
+def _update_crossovers_on() -> None:
+    global _crossovers_on
+    _crossovers_on = _global_backend == "auto" and not (_strict or _enable_strict)
+
+
+def small_cpu_call(op: str, x: torch.Tensor) -> bool:
+    """True when `auto` would send this call to torch for its size alone: a CPU tensor below the
+    cpu kernel's crossover, with plain auto settings. Costs a few attribute reads, so a tiny call
+    pays almost nothing on top of torch; it is recorded as such for explain()."""
+    if _crossovers_on and isinstance(x, torch.Tensor) and x.numel() < CPU_TORCH_BELOW.get(op, 0) \
+            and _scoped_backend.get() is None and not x.is_cuda:
+        _small_calls[op] = _small_calls.get(op, 0) + 1
+        return True
+    return False
+
+
+_small_calls: dict[str, int] = {}
+
+
+def set_backend(name: str) -> None:
+    """Sets the backend for every later call in this process: auto, triton, cuda, cpu or torch."""
+    global _global_backend
+    _global_backend = _check_backend(name)
+    _update_crossovers_on()
+
+
+def get_backend() -> str:
+    scoped = _scoped_backend.get()
+    return scoped if scoped is not None else _global_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Uses backend `name` inside the block (this thread or task only)."""
+    token = _scoped_backend.set(_check_backend(name))
+    try:
+        yield
+    finally:
+        _scoped_backend.reset(token)
+
+
+def set_strict(on: bool) -> None:
+    """Strict mode: raise NotImplementedError instead of falling back to torch (FASTOPS_STRICT=1)."""
+    global _strict
+    _strict = bool(on)
+    _update_crossovers_on()
+
+
+def set_enable_strict(on: bool) -> None:
+    global _enable_strict
+    _enable_strict = bool(on)
+    _update_crossovers_on()
+
+
+def strict() -> bool:
+    return _strict or _enable_strict
+
+
+_update_crossovers_on()
+
+
+# ---- availability of whole backends ------------------------------------------------------------
+
+# Read once: TRITON_INTERPRET must be set before triton is imported anyway.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def backend_status(name: str) -> tuple[bool, str]:
+    """(usable here, why not). Decided once per process; nothing is probed at import."""
+    from fastops import _ext
+    if name == "torch":
+        return True, ""
+    if name == "cpu":
+        return (True, "") if _ext.C is not None else (False, _ext.LOAD_ERROR)
+    if name == "cuda":
+        if _ext.C is None:
+            return False, _ext.LOAD_ERROR
+        if not _ext.BUILD_META.get("with_cuda"):
+            return False, "fastops._C was built without CUDA kernels (no nvcc or a CPU-only torch at build time)"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible to torch"
+        return True, ""
+    if name == "triton":
+        try:
+            import triton  # noqa: F401, PLC0415
+        except Exception as e:
+            return False, f"triton cannot be imported ({type(e).__name__}: {e})"
+        if torch.cuda.is_available() or INTERPRET:
+            return True, ""
+        return False, "no CUDA device is visible to torch (set TRITON_INTERPRET=1 to run Triton on CPU tensors)"
+    raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS[1:])}, got {name!r}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def static_why_not(kernel: Kernel, device: str, dtype: torch.dtype) -> Optional[str]:
+    """None when `kernel` can run on this device and dtype, else the constraint that rules it out."""
+    ok, why = backend_status(kernel.backend)
+    if not ok:
+        return why
+    devices = ("cpu",) if kernel.backend == "triton" and INTERPRET else kernel.devices
+    if device not in devices:
+        return f"runs on {'/'.join(devices)} tensors, got {device}"
+    if dtype not in kernel.dtypes:
+        return f"takes {', '.join(map(_dtype_name, kernel.dtypes))}, got {_dtype_name(dtype)}"
+    return None
+
+
+# ---- the selector ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    """What select() does for one (op, setting, device, dtype): the kernels left after the static
+    checks, in order, each with its prepared choices, and the reasons the others were dropped."""
+    candidates: tuple  # of (kernel, picked Choice, below-crossover Choice or None, crossover)
+    dropped: tuple     # of "backend: reason"
+
+
+_plans: dict[tuple, _Plan] = {}
+_last: dict[str, tuple] = {}  # op -> (Choice, (dtype, shape, device)) of the latest call
+_logged: set = set()
+_log_lock = threading.Lock()
+_log_on = os.environ.get("FASTOPS_LOG", "0") not in ("", "0")
+if _log_on and not log.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("[fastops] %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+
+
+def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
+    candidates, dropped = [], []
+    for k in _TABLE.get(op, ()):
+        if want != "auto" and k.backend != want:
+            continue
+        if want == "auto" and k.backend == "triton" and INTERPRET:
+            continue  # the interpreter is for tests: it runs only when asked for by name
+        why = static_why_not(k, device, dtype)
+        if why is not None:
+            dropped.append(f"{k.backend}: {why}")
+            continue
+        n = k.crossover(device) if want == "auto" else 0
+        below = Choice(_TORCH[op], f"below the {k.backend} crossover of {n} elements, where torch "
+                                   f"is faster") if n else None
+        candidates.append((k, Choice(k, f"{want} picked {k.backend}"), below, n))
+    if not candidates and not dropped:
+        dropped.append(f"no {want} kernel for {op}")
+    return _Plan(tuple(candidates), tuple(dropped))
+
+
+def _record(op: str, choice: Choice, x: torch.Tensor) -> Choice:
+    _last[op] = (choice, (x.dtype, x.shape, x.device.type))
+    if _log_on:
+        key = (op, choice.kernel.backend, choice.why)
+        with _log_lock:
+            if key not in _logged:
+                _logged.add(key)
+                log.info("%s -> %s: %s (first seen on %s)", op, choice.kernel.backend, choice.why,
+                         _describe(x))
+    return choice
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"{_dtype_name(x.dtype)}{list(x.shape)} on {x.device.type}"
+
+
+def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Choice:
+    """The kernel that runs `op` on (x, *args) under the current settings, and why.
+
+    backend: a name from BACKENDS; None reads set_backend/use_backend/FASTOPS_BACKEND.
+    Raises NotImplementedError in strict mode when no fastops kernel covers the call.
+    """
+    want = backend or get_backend()
+    if want == "torch":
+        return _record(op, _TORCH_REQUESTED[op], x)
+    device = x.device.type
+    key = (op, want, device, x.dtype)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = _plan(op, want, device, x.dtype)
+    dynamic = []
+    for k, picked, below, crossover in plan.candidates:
+        if k.supports is not None:
+            why = k.supports(x, *args)
+            if why is not None:
+                dynamic.append(f"{k.backend}: {why}")
+                continue
+        if below is not None and not strict() and x.numel() < crossover:
+            return _record(op, below, x)
+        return _record(op, picked, x)
+    return fallback(op, x, "; ".join(plan.dropped + tuple(dynamic)))
+
+
+class _TorchRequested(dict):
+    def __missing__(self, op):
+        self[op] = Choice(_TORCH[op], "backend 'torch' requested")
+        return self[op]
+
+
+_TORCH_REQUESTED = _TorchRequested()
+
+
+def fallback(op: str, x: torch.Tensor, why: str) -> Choice:
+    """Records that `op` runs on torch because of `why` (a constraint of the call itself);
+    raises NotImplementedError instead in strict mode."""
+    if strict():
+        raise NotImplementedError(f"fastops strict mode: no fastops kernel runs {op} on {_describe(x)} "
+                                  f"({why}); call without strict to fall back to torch")
+    return _record(op, Choice(_TORCH[op], f"fallback to torch ({why})"), x)
+
+
+def explain() -> str:
+    """Which implementation ran last for each op, on what, and why. Empty until an op has run."""
+    lines = []
+    for op, (c, (dtype, shape, device)) in sorted(_last.items()):
+        lines.append(f"{op}: {c.kernel.backend} for {_dtype_name(dtype)}{list(shape)} on {device} - {c.why}")
+    for op, n in sorted(_small_calls.items()):
+        lines.append(f"{op}: torch for {n} CPU call(s) below the cpu crossover of "
+                     f"{CPU_TORCH_BELOW[op]} elements (eager fast path)")
+    return "\n".join(lines)
+
+
+def last_choice(op: str) -> Optional[Choice]:
+    entry = _last.get(op)
+    return entry[0] if entry else None
+
+
+def clear_history() -> None:
+    _last.clear()
+    _small_calls.clear()
+
+
+def kernels(op: str) -> list[Kernel]:
+    """The non-torch kernels of `op`, in auto's order."""
+    return list(_TABLE.get(op, ()))
+
+
+def ops() -> list[str]:
+    return sorted(_TORCH)

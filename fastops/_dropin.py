@@ -1,0 +1,188 @@
+"""Drop-in entry points: enable()/disable() override torch's own aten kernels, patch()/unpatch()
+swap torch.nn modules for their fastops subclasses.
+
+Each op family registers what it covers here: the aten ops it can serve (with a handler that
+gets torch's original kernel to fall back on) and the torch.nn classes it has twins for.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from fastops import _dispatch
+
+DISPATCH_KEYS = ("CPU", "CUDA")
+
+
+@dataclass(frozen=True)
+class Override:
+    """handler(original, *args): `original(*args)` runs torch's own kernel for that call."""
+    family: str
+    aten: str
+    handler: Callable
+
+
+_OVERRIDES: list[Override] = []
+_MODULES: dict[str, dict[type, type]] = {}  # family -> {torch class: fastops class}
+
+
+def register_override(family: str, aten: str, handler: Callable) -> None:
+    _OVERRIDES.append(Override(family, aten, handler))
+
+
+def register_module(family: str, torch_cls: type, fastops_cls: type) -> None:
+    _MODULES.setdefault(family, {})[torch_cls] = fastops_cls
+
+
+def _valid_families() -> list[str]:
+    return sorted(set(_dispatch.families()) | set(_MODULES))
+
+
+def resolve_families(include: Optional[Iterable[str]], exclude: Optional[Iterable[str]],
+                     what: str) -> frozenset:
+    """The families named by include (default: all) minus exclude; ValueError on unknown names."""
+    valid = _valid_families()
+    chosen = set(valid if include is None else _names(include, what, "include"))
+    if exclude is not None:
+        chosen -= set(_names(exclude, what, "exclude"))
+    for name in chosen | set(_names(exclude or [], what, "exclude")):
+        if name not in valid:
+            raise ValueError(f"fastops.{what}: unknown op family {name!r}; valid names are "
+                             f"{', '.join(valid)}")
+    return frozenset(chosen)
+
+
+def _names(value, what: str, arg: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"fastops.{what}: {arg} must be a family name or a list of them, "
+                         f"got {type(value).__name__}") from None
+
+
+# ---- enable / disable ---------------------------------------------------------------------------
+
+def _boxed_original(aten: str, key: str) -> Callable:
+    kernel = torch.library.get_kernel(aten, key)
+    keyset = torch._C.DispatchKeySet(key)
+    return lambda *args: kernel.call_boxed(keyset, *args)
+
+
+class _State:
+    """The stack of active enable() scopes; the innermost one decides what is overridden."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.stack: list[Enabled] = []
+        self.library: Optional[torch.library.Library] = None
+
+    def apply(self) -> None:
+        if self.library is not None:
+            self.library._destroy()
+            self.library = None
+        _dispatch.set_enable_strict(bool(self.stack) and self.stack[-1].strict)
+        if not self.stack:
+            return
+        top = self.stack[-1]
+        self.library = torch.library.Library("aten", "IMPL")
+        for ov in _OVERRIDES:
+            if ov.family not in top.families:
+                continue
+            for key in DISPATCH_KEYS:
+                original = _boxed_original(ov.aten, key)
+                self.library.impl(ov.aten.split("::")[1], _bind(ov.handler, original), key)
+
+
+def _bind(handler, original):
+    return lambda *args: handler(original, *args)
+
+
+_state = _State()
+
+
+class Enabled:
+    """Returned by enable(): active until disable() or the end of its `with` block."""
+
+    def __init__(self, families: frozenset, strict: bool):
+        self.families = families
+        self.strict = strict
+
+    def __enter__(self) -> "Enabled":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with _state.lock:
+            if self in _state.stack:
+                _state.stack.remove(self)
+                _state.apply()
+
+    def __repr__(self) -> str:
+        return f"fastops.Enabled(families={sorted(self.families)}, strict={self.strict})"
+
+
+def enable(include=None, exclude=None, strict: bool = False, *, ops=None) -> Enabled:
+    """Routes torch's own ops (torch.softmax, F.softmax, ... and their backward) to fastops.
+
+    include/exclude: op-family names (default: every family); `ops` is an alias of include.
+    strict: raise NotImplementedError naming the constraint where no fastops kernel covers a
+    call, instead of falling back to torch (FASTOPS_STRICT=1 does the same everywhere).
+    Use as `with fastops.enable(): ...` or call and later fastops.disable(). Nested scopes:
+    the innermost decides; leaving it restores the outer one.
+    """
+    if ops is not None and include is not None:
+        raise ValueError("fastops.enable: pass include or its alias ops, not both")
+    handle = Enabled(resolve_families(include if ops is None else ops, exclude, "enable"), bool(strict))
+    with _state.lock:
+        _state.stack.append(handle)
+        _state.apply()
+    return handle
+
+
+def disable() -> None:
+    """Ends every enable() scope and restores torch's own kernels."""
+    with _state.lock:
+        _state.stack.clear()
+        _state.apply()
+
+
+def enabled_families() -> frozenset:
+    with _state.lock:
+        return _state.stack[-1].families if _state.stack else frozenset()
+
+
+# ---- patch / unpatch ----------------------------------------------------------------------------
+
+def patch(model: torch.nn.Module, include=None, exclude=None, *, ops=None) -> torch.nn.Module:
+    """Swaps supported torch.nn modules inside `model` (and model itself) for their fastops twins.
+
+    The swap changes only the class (each fastops module subclasses its torch one), so
+    parameters, buffers, hooks and state_dict keys stay as they are. Returns `model`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"fastops.patch: model must be a torch.nn.Module, got {type(model).__name__}")
+    if ops is not None and include is not None:
+        raise ValueError("fastops.patch: pass include or its alias ops, not both")
+    families = resolve_families(include if ops is None else ops, exclude, "patch")
+    swap = {t: f for fam in families for t, f in _MODULES.get(fam, {}).items()}
+    for module in model.modules():
+        target = swap.get(type(module))
+        if target is not None:
+            module.__class__ = target
+    return model
+
+
+def unpatch(model: torch.nn.Module) -> torch.nn.Module:
+    """Reverses patch(): every fastops module in `model` becomes its torch.nn class again."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"fastops.unpatch: model must be a torch.nn.Module, got {type(model).__name__}")
+    back = {f: t for table in _MODULES.values() for t, f in table.items()}
+    for module in model.modules():
+        target = back.get(type(module))
+        if target is not None:
+            module.__class__ = target
+    return model

@@ -1,0 +1,6 @@
+"""python -m fastops.bench: see fastops/bench/cli.py."""
+import sys
+
+from fastops.bench.cli import main
+
+sys.exit(main())

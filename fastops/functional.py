@@ -1,0 +1,42 @@
+"""fastops ops with torch's signatures: fastops.functional.softmax, ...
+
+Each function checks its arguments, picks a backend (see fastops.explain()) and calls the
+fastops custom op, which is autograd-aware and traceable by torch.compile. Two shortcuts keep
+the per-call cost low in eager mode: where `auto` picks torch (no kernel covers the case, or
+the shape is below the measured crossover) the call goes straight to torch, and where no
+autograd graph is being recorded the kernel is called without the custom op around it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastops import _dispatch
+from fastops.ops import softmax as _softmax
+
+__all__ = ["softmax"]
+
+
+def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """softmax(x, dim) = exp(x - max) / sum(exp(x - max)) along `dim`, as torch.softmax.
+
+    x: any shape (0-d and zero-size included), float32/float16/bfloat16 on the fastops kernels,
+    float64 through torch. dtype: cast x to this dtype first (as torch's `dtype=`).
+    Returns a contiguous tensor of x's shape and dtype; sums accumulate in float32.
+    Backward: grad_x = y * (grad - sum(grad * y, dim)), from the saved output y.
+    """
+    if dtype is None and _dispatch.small_cpu_call("softmax_forward", x):
+        return torch.softmax(x, dim)
+    _softmax.check_input(x)
+    if dtype is not None:
+        x = x.to(dtype)
+    dim = _softmax.wrap_dim(x, dim)
+    if torch.compiler.is_compiling():
+        return _softmax.softmax_op(x, dim, "auto")
+    choice = _dispatch.select("softmax_forward", x, dim)
+    if choice.kernel.backend == "torch":
+        return torch.softmax(x, dim)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return choice.kernel.fn(x, dim)  # no graph to record: skip the custom op's bookkeeping
+    return _softmax.softmax_op(x, dim, choice.kernel.backend)

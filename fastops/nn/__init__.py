@@ -1,0 +1,8 @@
+"""torch.nn modules running on fastops kernels: same constructors, attributes and state_dict keys.
+
+Each class subclasses its torch.nn twin and only replaces `forward`, so `fastops.patch(model)`
+can swap a module's class in place and `fastops.unpatch(model)` can swap it back.
+"""
+from fastops.nn.softmax import Softmax
+
+__all__ = ["Softmax"]

@@ -1,0 +1,2 @@
+"""Custom ops (fastops::*), one module per op family; importing registers them."""
+from fastops.ops import softmax  # noqa: F401

@@ -1,0 +1,1 @@
+"""Fused optimizers (fastops.optim.Adam, AdamW): not built yet."""
