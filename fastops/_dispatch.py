@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+NEVER = float("inf")  # a crossover: torch is faster at every size measured
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Devices each backend's kernels run on, and the order `auto` tries them in. On a GPU the CUDA
 # C++ kernels come first: they are compiled ahead of time, so the first call pays no JIT or
@@ -42,10 +43,11 @@ class Kernel:
     dtypes: tuple
     fn: Callable
     supports: Optional[Callable] = None
-    min_numel: dict = None  # device type -> crossover in elements
+    min_numel: dict = None  # "cpu" or "cpu:bfloat16" -> crossover in elements (NEVER: torch always)
 
-    def crossover(self, device: str) -> int:
-        return (self.min_numel or {}).get(device, 0)
+    def crossover(self, device: str, dtype: torch.dtype) -> float:
+        table = self.min_numel or {}
+        return table.get(f"{device}:{_dtype_name(dtype)}", table.get(device, 0))
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ _TORCH: dict[str, Kernel] = {}
 
 
 _FAMILIES: dict[str, list[str]] = {}
+_CROSSOVERS: dict[str, dict] = {}  # op -> its crossover table, one dict shared by its kernels
 
 
 def register_op(op: str, family: str, fns: dict, supports: Optional[dict] = None,
@@ -76,14 +79,37 @@ def register_op(op: str, family: str, fns: dict, supports: Optional[dict] = None
     """Adds the kernels of one op: fns maps a backend name to its callable (torch required).
 
     supports: backend -> predicate returning None or the reason a call is not covered.
-    crossover: device type -> elements below which `auto` prefers torch.
+    crossover: "cpu"/"cuda", or "cpu:bfloat16" for one dtype -> elements below which `auto`
+    prefers torch; NEVER where torch was measured faster at every size.
     """
     supports = supports or {}
+    crossover = _CROSSOVERS[op] = dict(crossover or {})
     _FAMILIES.setdefault(family, []).append(op)
     _TORCH[op] = Kernel(op, family, "torch", ("cpu", "cuda", "meta"), (), fns["torch"])
-    CPU_TORCH_BELOW[op] = (crossover or {}).get("cpu", 0)
+    _update_cpu_torch_below(op, crossover)
     _TABLE[op] = [Kernel(op, family, b, BACKEND_DEVICES[b], dtypes, fns[b], supports.get(b), crossover)
                   for b in AUTO_ORDER if b in fns]
+
+
+def _update_cpu_torch_below(op: str, crossover: Optional[dict]) -> None:
+    CPU_TORCH_BELOW[op] = min((n for key, n in (crossover or {}).items() if key.split(":")[0] == "cpu"),
+                              default=0)
+
+
+def set_crossover(op: str, key: str, elements: float) -> None:
+    """Sets the crossover of `op`'s kernels for key "cpu", "cuda" or "cpu:bfloat16" (e.g. from a
+    fresh `python -m fastops.bench` run); 0 removes it, NEVER sends every such call to torch."""
+    table = _CROSSOVERS.setdefault(op, {})  # shared by the op's kernels
+    if elements:
+        table[key] = elements
+    else:
+        table.pop(key, None)
+    _update_cpu_torch_below(op, table)
+    _plans.clear()
+
+
+def crossovers(op: str) -> dict:
+    return dict(_CROSSOVERS.get(op, {}))
 
 
 def families() -> dict[str, list[str]]:
@@ -256,9 +282,12 @@ def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
         if why is not None:
             dropped.append(f"{k.backend}: {why}")
             continue
-        n = k.crossover(device) if want == "auto" else 0
-        below = Choice(_TORCH[op], f"below the {k.backend} crossover of {n} elements, where torch "
-                                   f"is faster") if n else None
+        n = k.crossover(device, dtype) if want == "auto" else 0
+        if n == NEVER:
+            why = f"torch was measured faster than {k.backend} at every size for {_dtype_name(dtype)} on {device}"
+        else:
+            why = f"below the {k.backend} crossover of {n} elements, where torch is faster"
+        below = Choice(_TORCH[op], why) if n else None
         candidates.append((k, Choice(k, f"{want} picked {k.backend}"), below, n))
     if not candidates and not dropped:
         dropped.append(f"no {want} kernel for {op}")

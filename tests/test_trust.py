@@ -154,3 +154,28 @@ def test_softmax_over_2_pow_31_elements():
     for r in (0, rows // 2, rows - 1):
         torch.testing.assert_close(y[r].float(), torch.softmax(x[r].float(), 0).bfloat16().float(),
                                    rtol=1.6e-2, atol=1e-6)
+
+
+def test_auto_leaves_shapes_below_the_crossover_to_torch():
+    op = "softmax_forward"
+    saved = _dispatch.crossovers(op)
+    try:
+        _dispatch.set_crossover(op, "cpu", 1000)
+        small, big = make((2, 100), torch.float32), make((4, 1000), torch.float32)
+        torch.testing.assert_close(F.softmax(small, 1), torch.softmax(small, 1))
+        assert "below the cpu crossover of 1000 elements" in fastops.explain()
+        assert _dispatch.select(op, small, 1).backend == "torch"
+        F.softmax(big, 1)
+        assert _dispatch.last_choice(op).backend == "cpu"
+        with fastops.use_backend("cpu"):  # a named backend ignores crossovers
+            assert _dispatch.select(op, small, 1).backend == "cpu"
+        fastops.set_strict(True)  # so does strict mode
+        assert _dispatch.select(op, small, 1).backend == "cpu"
+        fastops.set_strict(False)
+        _dispatch.set_crossover(op, "cpu:bfloat16", _dispatch.NEVER)
+        choice = _dispatch.select(op, big.bfloat16(), 1)
+        assert choice.backend == "torch" and "measured faster" in choice.why
+        assert _dispatch.select(op, big, 1).backend == "cpu"
+    finally:
+        for key in ("cpu", "cpu:bfloat16"):
+            _dispatch.set_crossover(op, key, saved.get(key, 0))
