@@ -272,9 +272,16 @@ if _log_on and not log.handlers:
 
 
 def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
+    # "auto:<name>": auto already chose <name> for this call (the forward of a custom op passes
+    # it on to its backward); run <name> and say it was auto's choice.
+    by_auto = want.startswith("auto:")
+    name = want[5:] if by_auto else want
+    if name not in BACKENDS:
+        raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS)} (or auto:<name>), got {want!r}")
+    auto_why = f"auto: first usable of {', '.join(AUTO_ORDER)}"
     candidates, dropped = [], []
     for k in _TABLE.get(op, ()):
-        if want != "auto" and k.backend != want:
+        if name != "auto" and k.backend != name:
             continue
         if want == "auto" and k.backend == "triton" and INTERPRET:
             continue  # the interpreter is for tests: it runs only when asked for by name
@@ -288,7 +295,8 @@ def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
         else:
             why = f"below the {k.backend} crossover of {n} elements, where torch is faster"
         below = Choice(_TORCH[op], why) if n else None
-        candidates.append((k, Choice(k, f"{want} picked {k.backend}"), below, n))
+        picked = auto_why if want == "auto" or by_auto else f"backend {want!r} requested"
+        candidates.append((k, Choice(k, picked), below, n))
     if not candidates and not dropped:
         dropped.append(f"no {want} kernel for {op}")
     return _Plan(tuple(candidates), tuple(dropped))
@@ -313,7 +321,8 @@ def _describe(x: torch.Tensor) -> str:
 def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Choice:
     """The kernel that runs `op` on (x, *args) under the current settings, and why.
 
-    backend: a name from BACKENDS; None reads set_backend/use_backend/FASTOPS_BACKEND.
+    backend: a name from BACKENDS, or "auto:<name>" for a choice auto made already; None reads
+    set_backend/use_backend/FASTOPS_BACKEND.
     Raises NotImplementedError in strict mode when no fastops kernel covers the call.
     """
     want = backend or get_backend()
@@ -344,6 +353,12 @@ class _TorchRequested(dict):
 
 
 _TORCH_REQUESTED = _TorchRequested()
+
+
+def chosen_name(choice: Choice) -> str:
+    """The backend argument that makes a custom op run `choice` again: "auto:<name>" when auto
+    picked it (so explain() still says so), else the name that was asked for."""
+    return f"auto:{choice.kernel.backend}" if choice.why.startswith("auto:") else choice.kernel.backend
 
 
 def fallback(op: str, x: torch.Tensor, why: str) -> Choice:

@@ -39,4 +39,4 @@ def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None)
         return torch.softmax(x, dim)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return choice.kernel.fn(x, dim)  # no graph to record: skip the custom op's bookkeeping
-    return _softmax.softmax_op(x, dim, choice.kernel.backend)
+    return _softmax.softmax_op(x, dim, _dispatch.chosen_name(choice))

@@ -143,6 +143,7 @@ def test_enable_routes_torch_ops_and_disable_restores():
             torch.testing.assert_close(y, ref)
             y.backward(torch.ones_like(y))
             assert _backend_ran("softmax_backward") == "cpu"
+            assert "auto: first usable" in fastops.explain(), fastops.explain()
     _dispatch.clear_history()
     torch.softmax(x, 1)
     assert _dispatch.last_choice("softmax_forward") is None  # torch's own kernel again
@@ -229,6 +230,8 @@ def test_bad_input():
         torch.ops.fastops.softmax_backward(y[:, :2], y, 1, "cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         fastops.set_backend("gpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        torch.ops.fastops.softmax(x, 1, "gpu")
 
 
 def test_dtype_argument_casts_first():

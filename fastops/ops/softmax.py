@@ -5,8 +5,9 @@
 
 Kernels see x as a contiguous [outer, dim, inner] block (non-contiguous inputs are copied once),
 accumulate in float32 and return a contiguous tensor of x's dtype, as torch does. `backend` is a
-name from fastops.BACKENDS: the eager wrapper passes the one it selected, compiled graphs pass
-"auto" and the choice is made when the graph runs.
+name from fastops.BACKENDS (or "auto:<name>", auto's choice already made): the eager wrapper
+passes the one it selected, compiled graphs pass "auto" and the choice is made when the graph
+runs; backward runs on the backend the forward was given.
 """
 from __future__ import annotations
 
