@@ -199,14 +199,14 @@ def _own_shared(arch: str, cubin_shared: int) -> int:
 def _row(kernel, source, arch, config, usage, dynamic_shared, threads, tensor_cores) -> dict:
     shared = _own_shared(arch, usage["shared"]) + dynamic_shared
     return {"kernel": kernel, "source": source, "arch": arch, "config": config,
-            "registers": usage["registers"], "spills": usage["spills"], "shared_bytes": shared,
-            "occupancy": occupancy(arch, usage["registers"], shared, threads),
+            "registers": usage["registers"], "spills": usage["spills"], "stack_bytes": usage["stack"],
+            "shared_bytes": shared, "occupancy": occupancy(arch, usage["registers"], shared, threads),
             "tensor_cores": tensor_cores}
 
 
 def _error_row(kernel, source, arch, config, error) -> dict:
     return {"kernel": kernel, "source": source, "arch": arch, "config": config, "registers": None,
-            "spills": None, "shared_bytes": None, "occupancy": None, "tensor_cores": None,
+            "spills": None, "stack_bytes": None, "shared_bytes": None, "occupancy": None, "tensor_cores": None,
             "error": error}
 
 
@@ -340,7 +340,7 @@ def _triton_rows_in_clean_process(archs: list[str], families: list[str],
 
 
 _COLUMNS = (("kernel", "kernel"), ("source", "src"), ("arch", "arch"), ("config", "config"),
-            ("registers", "regs"), ("spills", "spill B"), ("shared_bytes", "smem B"),
+            ("registers", "regs"), ("spills", "spill B"), ("stack_bytes", "stack B"), ("shared_bytes", "smem B"),
             ("occupancy", "occup."), ("tensor_cores", "TC"))
 
 

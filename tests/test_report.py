@@ -28,7 +28,7 @@ def test_softmax_rows_resources(softmax_rows):
         assert r["spills"] == 0, r
         assert r["shared_bytes"] >= 0 and 0 < r["occupancy"] <= 1, r
         assert r["tensor_cores"] is False, r   # softmax has no matmul
-        assert set(r) == {"kernel", "source", "arch", "config", "registers", "spills",
+        assert set(r) == {"kernel", "source", "arch", "config", "registers", "spills", "stack_bytes",
                           "shared_bytes", "occupancy", "tensor_cores"}
 
 
