@@ -92,8 +92,11 @@ def register_op(op: str, family: str, fns: dict, supports: Optional[dict] = None
 
 
 def _update_cpu_torch_below(op: str, crossover: Optional[dict]) -> None:
+    """The eager fast path's threshold: the smallest CPU crossover of the op (0 when the cpu
+    backend is unavailable, so that such calls reach select() and report the real reason)."""
+    usable = backend_status("cpu")[0]
     CPU_TORCH_BELOW[op] = min((n for key, n in (crossover or {}).items() if key.split(":")[0] == "cpu"),
-                              default=0)
+                              default=0) if usable else 0
 
 
 def set_crossover(op: str, key: str, elements: float) -> None:
@@ -136,11 +139,22 @@ _enable_strict = False  # set while an enable(strict=True) scope is the innermos
 # cpu kernel's crossover). Read through small_cpu_call(); off unless the settings are plain auto.
 CPU_TORCH_BELOW: dict[str, int] = {}
 _crossovers_on = True  # fixed below once the settings are read
+_log_on = os.environ.get("FASTOPS_LOG", "0") not in ("", "0")
+_crossovers_enabled = os.environ.get("FASTOPS_CROSSOVERS", "1") not in ("", "0")
 
 
 def _update_crossovers_on() -> None:
     global _crossovers_on
-    _crossovers_on = _global_backend == "auto" and not (_strict or _enable_strict)
+    # FASTOPS_LOG=1 turns the fast path off, so every call gets select()'s precise reason logged
+    _crossovers_on = _crossovers_enabled and _global_backend == "auto" and not (_strict or _enable_strict) \
+        and not _log_on
+
+
+def set_crossovers_enabled(on: bool) -> None:
+    """Off: `auto` runs a fastops kernel whatever the size (FASTOPS_CROSSOVERS=0 does the same)."""
+    global _crossovers_enabled
+    _crossovers_enabled = bool(on)
+    _update_crossovers_on()
 
 
 def small_cpu_call(op: str, x: torch.Tensor) -> bool:
@@ -263,7 +277,6 @@ _plans: dict[tuple, _Plan] = {}
 _last: dict[str, tuple] = {}  # op -> (Choice, (dtype, shape, device)) of the latest call
 _logged: set = set()
 _log_lock = threading.Lock()
-_log_on = os.environ.get("FASTOPS_LOG", "0") not in ("", "0")
 if _log_on and not log.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("[fastops] %(message)s"))
@@ -340,7 +353,7 @@ def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Ch
             if why is not None:
                 dynamic.append(f"{k.backend}: {why}")
                 continue
-        if below is not None and not strict() and x.numel() < crossover:
+        if below is not None and _crossovers_enabled and not strict() and x.numel() < crossover:
             return _record(op, below, x)
         return _record(op, picked, x)
     return fallback(op, x, "; ".join(plan.dropped + tuple(dynamic)))
@@ -377,7 +390,8 @@ def explain() -> str:
         lines.append(f"{op}: {c.kernel.backend} for {_dtype_name(dtype)}{list(shape)} on {device} - {c.why}")
     for op, n in sorted(_small_calls.items()):
         lines.append(f"{op}: torch for {n} CPU call(s) below the cpu crossover of "
-                     f"{CPU_TORCH_BELOW[op]} elements (eager fast path)")
+                     f"{CPU_TORCH_BELOW[op]} elements (eager fast path: size alone decided; "
+                     f"FASTOPS_LOG=1 gives each call's full reason)")
     return "\n".join(lines)
 
 

@@ -67,7 +67,11 @@ def _names(value, what: str, arg: str) -> list[str]:
 
 # ---- enable / disable ---------------------------------------------------------------------------
 
-def _boxed_original(aten: str, key: str) -> Callable:
+def _boxed_original(aten: str, key: str) -> Optional[Callable]:
+    """torch's own kernel of `aten` for dispatch key `key`, or None where torch has none (a
+    CPU-only op has no CUDA kernel: there is nothing to override there)."""
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
+        return None
     kernel = torch.library.get_kernel(aten, key)
     keyset = torch._C.DispatchKeySet(key)
     return lambda *args: kernel.call_boxed(keyset, *args)
@@ -95,7 +99,8 @@ class _State:
                 continue
             for key in DISPATCH_KEYS:
                 original = _boxed_original(ov.aten, key)
-                self.library.impl(ov.aten.split("::")[1], _bind(ov.handler, original), key)
+                if original is not None:
+                    self.library.impl(ov.aten.split("::")[1], _bind(ov.handler, original), key)
 
 
 def _bind(handler, original):

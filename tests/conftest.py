@@ -19,10 +19,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fresh_fastops_state():
-    """Every test starts with backend auto, no enable() scope and no strict mode."""
+    """Every test starts with backend auto, no enable() scope and no strict mode, and with the
+    measured crossovers off, so that `auto` runs the fastops kernel whatever the size of a test
+    tensor (tests of the crossovers turn them on)."""
     import fastops
     from fastops import _dispatch
+    _dispatch.set_crossovers_enabled(False)
     yield
+    _dispatch.set_crossovers_enabled(True)
     fastops.disable()
     fastops.set_backend("auto")
     fastops.set_strict(False)

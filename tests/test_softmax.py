@@ -181,7 +181,7 @@ def test_enable_falls_back_for_float64_and_strict_raises():
 
 @pytest.mark.parametrize("bad", [["nope"], "nope", ["softmax", "matmulx"]])
 def test_unknown_family_names(bad):
-    with pytest.raises(ValueError, match="valid names are softmax"):
+    with pytest.raises(ValueError, match="valid names are .*softmax"):
         fastops.enable(include=bad)
     with pytest.raises(ValueError, match="valid names"):
         fastops.patch(torch.nn.Softmax(1), exclude=bad)

@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    """Runs python code in a fresh process from the checkout, as a user would (no interpreter)."""
+    """Runs python code in a fresh process from the checkout, as a user would (no interpreter),
+    with the crossovers off so that small test tensors reach the kernels."""
     full_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    full_env["FASTOPS_CROSSOVERS"] = "0"
     full_env.update(env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=300)
@@ -159,6 +161,7 @@ def test_softmax_over_2_pow_31_elements():
 def test_auto_leaves_shapes_below_the_crossover_to_torch():
     op = "softmax_forward"
     saved = _dispatch.crossovers(op)
+    _dispatch.set_crossovers_enabled(True)
     try:
         _dispatch.set_crossover(op, "cpu", 1000)
         small, big = make((2, 100), torch.float32), make((4, 1000), torch.float32)
