@@ -163,12 +163,12 @@ def small_cpu_call(op: str, x: torch.Tensor) -> bool:
     pays almost nothing on top of torch; it is recorded as such for explain()."""
     if _crossovers_on and isinstance(x, torch.Tensor) and x.numel() < CPU_TORCH_BELOW.get(op, 0) \
             and _scoped_backend.get() is None and not x.is_cuda:
-        _small_calls[op] = _small_calls.get(op, 0) + 1
+        _small_calls[op] = True
         return True
     return False
 
 
-_small_calls: dict[str, int] = {}
+_small_calls: dict[str, bool] = {}  # ops that took the fast path since clear_history()
 
 
 def set_backend(name: str) -> None:
@@ -388,8 +388,8 @@ def explain() -> str:
     lines = []
     for op, (c, (dtype, shape, device)) in sorted(_last.items()):
         lines.append(f"{op}: {c.kernel.backend} for {_dtype_name(dtype)}{list(shape)} on {device} - {c.why}")
-    for op, n in sorted(_small_calls.items()):
-        lines.append(f"{op}: torch for {n} CPU call(s) below the cpu crossover of "
+    for op in sorted(_small_calls):
+        lines.append(f"{op}: torch for CPU calls below the cpu crossover of "
                      f"{CPU_TORCH_BELOW[op]} elements (eager fast path: size alone decided; "
                      f"FASTOPS_LOG=1 gives each call's full reason)")
     return "\n".join(lines)
