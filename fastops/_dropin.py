@@ -74,7 +74,7 @@ def _boxed_original(aten: str, key: str) -> Optional[Callable]:
         return None
     kernel = torch.library.get_kernel(aten, key)
     keyset = torch._C.DispatchKeySet(key)
-    return lambda *args: kernel.call_boxed(keyset, *args)
+    return lambda *args, **kwargs: kernel.call_boxed(keyset, *args, **kwargs)
 
 
 class _State:
@@ -104,7 +104,7 @@ class _State:
 
 
 def _bind(handler, original):
-    return lambda *args: handler(original, *args)
+    return lambda *args, **kwargs: handler(original, *args, **kwargs)  # kwargs: keyword-only aten args
 
 
 _state = _State()

@@ -5,7 +5,10 @@ import pathlib
 import subprocess
 import sys
 
-from fastops.bench.harness import crossover_numel
+import pytest
+import torch
+
+from fastops.bench.harness import counting_compiles, crossover_numel, time_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,3 +56,16 @@ def test_crossover_is_where_fastops_stays_ahead():
     assert crossover_numel([(64, 1.0, 0.5), (4096, 1.0, 2.0), (65536, 2.0, 1.0)]) == 65536
     assert crossover_numel([(64, 1.0, 0.5), (4096, 1.0, 0.5)]) == 0
     assert crossover_numel([(64, 1.0, 0.5), (4096, 1.0, 2.0)]) is None
+
+
+def test_compiles_happen_in_warm_up_never_while_timing():
+    f = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    x = torch.ones(4).requires_grad_()
+    with counting_compiles() as compiles:
+        # the forward compiles on the first call, its backward on the first backward: both warm-up
+        stats = time_call(lambda: f(x).sum().backward(), "cpu", 2)
+    assert compiles[0] >= 1 and stats.ms > 0
+
+    sizes = iter(range(1, 1000))  # a new shape, so a recompile, on every call
+    with pytest.raises(RuntimeError, match="recompiles on every call"):
+        time_call(lambda: f(torch.ones(next(sizes))), "cpu", 2)

@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 
 import fastops
-from fastops.bench import harness, machine, output, providers, softmax
+from fastops.bench import adam, harness, machine, output, providers, softmax
 
-FAMILIES = {f.name: f for f in (softmax.FAMILY,)}
+FAMILIES = {f.name: f for f in (softmax.FAMILY, adam.FAMILY)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_DTYPES = {"cuda": "float32,float16,bfloat16", "cpu": "float32,bfloat16"}
 REPEAT, QUICK_REPEAT = 25, 5
@@ -77,7 +77,7 @@ def _sizes(family: harness.Family, quick: bool) -> tuple[tuple, tuple]:
 def _steps(family: harness.Family, args) -> int:
     """Measurements a family takes, for the progress bar."""
     shapes, sweep = _sizes(family, args.quick)
-    n_providers = len(providers.providers(args.device, family.kernel_op))
+    n_providers = len(providers.providers(args.device, family.kernel_op, family.variants, family.compile))
     return len(args.dtype) * (len(shapes) * n_providers * len(family.modes) + len(sweep))
 
 

@@ -8,6 +8,7 @@ call). No cache flush between calls: inputs stay warm in cache, as in a model's 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -20,6 +21,7 @@ from fastops import _dispatch
 from fastops.bench import providers as P
 
 MIN_SAMPLE_S = 1e-3
+WARMUP_CALLS = 3  # calls allowed to compile (a forward graph, a lazily compiled backward) before timing
 MODES = ("fwd", "bwd", "full")
 
 
@@ -58,6 +60,8 @@ class Family:
     quick_sweep: tuple
     tiny_shape: tuple = (1, 8)          # dispatch overhead
     modes: tuple = MODES
+    variants: tuple = ()                # extra torch implementations, (name, fn) pairs, timed as providers
+    compile: bool = True                # time torch.compile of torch_fn (off where compiling is the cost)
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,38 @@ def elapsed_s(call: Callable, n: int, device: str) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def counting_compiles():
+    """Counts the torch.compile compilations started while active (dynamo frames, recompiles and
+    lazily compiled backward graphs), as a one-element list."""
+    count = [0]
+    def on_start(_args):
+        count[0] += 1
+    handler = torch._dynamo.callback_handler  # torch._dynamo.reset() clears it: register per use
+    handler.register_start_callback(on_start)
+    try:
+        yield count
+    finally:
+        handler.remove_start_callback(on_start)
+
+
+def warm_up(call: Callable, device: str) -> None:
+    """Calls until a call compiles nothing, so no compile (nor a mode's recompile) is timed; a call
+    still compiling after WARMUP_CALLS calls recompiles every time and is an error, not a time."""
+    for _ in range(WARMUP_CALLS):
+        with counting_compiles() as compiles:
+            call()
+            sync(device)
+        if not compiles[0]:
+            return
+    raise RuntimeError(f"still compiling after {WARMUP_CALLS} calls (recompiles on every call)")
+
+
 def calls_per_sample(call: Callable, device: str, min_s: float = MIN_SAMPLE_S) -> int:
-    """Warms up (the first call compiles, autotunes, allocates) and returns the number of calls
-    that makes one sample last at least min_s: doubled until the fastest of three trials does, so
-    one slow trial (a page fault, a descheduled thread) does not end the search early."""
-    call()
-    sync(device)
+    """Warms up (compiles, autotunes, allocates) and returns the number of calls that makes one
+    sample last at least min_s: doubled until the fastest of three trials does, so one slow trial
+    (a page fault, a descheduled thread) does not end the search early."""
+    warm_up(call, device)
     n = 1
     while min(elapsed_s(call, n, device) for _ in range(3)) < min_s and n < 1 << 20:
         n *= 2
@@ -104,10 +134,14 @@ def calls_per_sample(call: Callable, device: str, min_s: float = MIN_SAMPLE_S) -
 
 
 def time_call(call: Callable, device: str, repeat: int) -> Stats:
-    """Median, p20 and p80 in ms per call over `repeat` samples, after warm-up."""
+    """Median, p20 and p80 in ms per call over `repeat` samples, after warm-up; an error if
+    anything compiled while the samples were taken."""
     n = calls_per_sample(call, device)
-    samples = torch.tensor([elapsed_s(call, n, device) / n * 1e3 for _ in range(max(repeat, 1))],
-                           dtype=torch.float64)
+    with counting_compiles() as compiles:
+        samples = torch.tensor([elapsed_s(call, n, device) / n * 1e3 for _ in range(max(repeat, 1))],
+                               dtype=torch.float64)
+    if compiles[0]:
+        raise RuntimeError(f"{compiles[0]} compile(s) while timing (recompiles on every call)")
     p20, p50, p80 = samples.quantile(torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)).tolist()
     return Stats(p50, p20, p80)
 
@@ -201,7 +235,7 @@ def run_family(family: Family, device: str, dtypes: list, shapes: tuple, repeat:
         for dtype in dtypes:
             case = family.make_case(shape, dtype, device)
             inputs = case.inputs()
-            for provider in P.providers(device, family.kernel_op):
+            for provider in P.providers(device, family.kernel_op, family.variants, family.compile):
                 try:
                     fn = provider.make(family)
                 except Exception as e:

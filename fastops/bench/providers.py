@@ -68,8 +68,11 @@ def fastops_backends(device: str, op: str) -> list[str]:
             if device in k.devices and _dispatch.backend_status(k.backend)[0]]
 
 
-def providers(device: str, op: str) -> list[Provider]:
-    return ([Provider("torch", torch_fn), Provider("torch.compile", compiled_fn)]
+def providers(device: str, op: str, variants: tuple = (), compile: bool = True) -> list[Provider]:
+    """torch, its variants (name, fn), torch.compile (unless compile=False), every fastops backend."""
+    return ([Provider("torch", torch_fn)]
+            + [Provider(name, (lambda fn: lambda family: fn)(fn)) for name, fn in variants]
+            + ([Provider("torch.compile", compiled_fn)] if compile else [])
             + [Provider(f"fastops[{b}]", fastops_fn, b) for b in fastops_backends(device, op)]
             + [Provider("fastops[auto]", fastops_fn, "auto")])
 
