@@ -14,8 +14,9 @@ import torch
 
 from fastops import _dispatch
 from fastops.ops import softmax as _softmax
+from fastops.ops import attention as _attention
 
-__all__ = ["softmax"]
+__all__ = ["softmax", "scaled_dot_product_attention"]
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -40,3 +41,22 @@ def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return choice.kernel.fn(x, dim)  # no graph to record: skip the custom op's bookkeeping
     return _softmax.softmax_op(x, dim, _dispatch.chosen_name(choice))
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> torch.Tensor:
+    """softmax(query key^T * scale + mask) value, as torch.nn.functional.scaled_dot_product_attention.
+
+    query (..., Hq, L, E), key (..., Hkv, S, E), value (..., Hkv, S, Ev) -> (..., Hq, L, Ev);
+    any rank >= 2 (2-D and 3-D: no head dim). float32/float16/bfloat16 on the fastops kernels
+    (float32 math), float64 through the torch reference (same custom op, same autograd).
+    attn_mask: bool (True = attend) or additive of query's dtype, broadcastable to (..., L, S);
+    an additive mask that requires grad gets its gradient. is_causal: key j <= query i,
+    top-left aligned (L != S as torch). scale: default 1/sqrt(E). enable_gqa: Hq % Hkv == 0,
+    query head h reads kv head h // (Hq / Hkv). A query row with every key masked gives 0
+    (and zero gradients), as torch. dropout_p > 0 and batch dims that broadcast run on torch
+    (see fastops.explain()). Memory beyond inputs and outputs: O(L) per (batch, head).
+    """
+    return _attention.sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)

@@ -4,5 +4,6 @@ Each class subclasses its torch.nn twin and only replaces `forward`, so `fastops
 can swap a module's class in place and `fastops.unpatch(model)` can swap it back.
 """
 from fastops.nn.softmax import Softmax
+from fastops.nn.attention import MultiheadAttention
 
-__all__ = ["Softmax"]
+__all__ = ["Softmax", "MultiheadAttention"]

@@ -1,3 +1,4 @@
 """Custom ops (fastops::*), one module per op family; importing registers them."""
 from fastops.ops import softmax  # noqa: F401
 from fastops.ops import adam  # noqa: F401
+from fastops.ops import attention  # noqa: F401
