@@ -56,7 +56,9 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     an additive mask that requires grad gets its gradient. is_causal: key j <= query i,
     top-left aligned (L != S as torch). scale: default 1/sqrt(E). enable_gqa: Hq % Hkv == 0,
     query head h reads kv head h // (Hq / Hkv). A query row with every key masked gives 0
-    (and zero gradients), as torch. dropout_p > 0 and batch dims that broadcast run on torch
-    (see fastops.explain()). Memory beyond inputs and outputs: O(L) per (batch, head).
+    (and zero gradients), as torch. 0 < dropout_p < 1: counter-based dropout inside the kernels
+    (the same bits on every backend and in backward; not torch's RNG stream). dropout_p == 1 and
+    batch dims that broadcast run on torch (see fastops.explain()). Memory beyond inputs and
+    outputs: O(L) per (batch, head).
     """
     return _attention.sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)

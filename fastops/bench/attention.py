@@ -31,7 +31,7 @@ def _fns(causal: bool):
 
     def raw_fn(q, k, v):
         """The compiled cpu kernel without dispatch or autograd."""
-        return _ext.C.attention_forward(q, k, v, None, causal, 1.0 / math.sqrt(q.shape[-1]))[0]
+        return _ext.C.attention_forward(q, k, v, None, causal, 1.0 / math.sqrt(q.shape[-1]), 0.0, 0)[0]
 
     return torch_fn, fastops_fn, raw_fn
 
