@@ -24,6 +24,7 @@
 #include "fastops/adam.h"
 #include "fastops/macros.h"
 #include "fastops/math/adam.h"
+#include "storage.cuh"
 
 namespace fastops {
 namespace cuda {
@@ -50,19 +51,7 @@ struct TensorTable {
 static_assert(sizeof(TensorTable) + sizeof(math::AdamOptions) + 2 * sizeof(void*) <= 4096,
               "kernel arguments must fit the 4 KB limit of every architecture");
 
-// ---- storage <-> float32, kVec elements at a time ----------------------------------------------
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// ---- storage <-> float32, kVec elements at a time (scalar conversions: storage.cuh) -----------
 
 __device__ __forceinline__ float half_bits(__half, unsigned short b) { return __half2float(__ushort_as_half(b)); }
 __device__ __forceinline__ float half_bits(__nv_bfloat16, unsigned short b) {

@@ -55,6 +55,7 @@
 #include "fastops/macros.h"
 #include "fastops/math/softmax.h"
 #include "fastops/softmax.h"
+#include "storage.cuh"
 
 namespace fastops {
 namespace cuda {
@@ -82,22 +83,7 @@ constexpr int kColumnThreads = 256;
 constexpr int kColumnUnroll = 4;                 // elements per column in flight
 
 // ---------------------------------------------------------------------------------------------
-// Storage <-> float32
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+// Storage <-> float32 (scalar conversions: storage.cuh)
 
 // Bit patterns of the storage types, to move elements as 32-bit words.
 __device__ __forceinline__ float f32_from_bits(float, unsigned b) { return __uint_as_float(b); }
