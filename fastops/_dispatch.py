@@ -56,6 +56,7 @@ class Choice:
     dtype) and reused, so the hot path allocates and formats nothing."""
     kernel: Kernel
     why: str
+    by_auto: bool = False  # picked by `auto` (a custom op's backward then stays on it)
 
     @property
     def backend(self) -> str:
@@ -68,6 +69,7 @@ class Choice:
 
 _TABLE: dict[str, list[Kernel]] = {}
 _TORCH: dict[str, Kernel] = {}
+_TORCH_REQUESTED: dict = {}  # op -> the Choice of an explicit backend "torch"
 
 
 _FAMILIES: dict[str, list[str]] = {}
@@ -86,6 +88,7 @@ def register_op(op: str, family: str, fns: dict, supports: Optional[dict] = None
     crossover = _CROSSOVERS[op] = dict(crossover or {})
     _FAMILIES.setdefault(family, []).append(op)
     _TORCH[op] = Kernel(op, family, "torch", ("cpu", "cuda", "meta"), (), fns["torch"])
+    _TORCH_REQUESTED[op] = Choice(_TORCH[op], "backend 'torch' requested")
     _update_cpu_torch_below(op, crossover)
     _TABLE[op] = [Kernel(op, family, b, BACKEND_DEVICES[b], dtypes, fns[b], supports.get(b), crossover)
                   for b in AUTO_ORDER if b in fns]
@@ -122,9 +125,13 @@ def families() -> dict[str, list[str]]:
 
 # ---- settings: backend, strict mode ------------------------------------------------------------
 
-def _check_backend(name: str) -> str:
+def _check_backend(name: str, given: Optional[str] = None) -> str:
+    """`name` if it is a backend name, else ValueError naming what was given (`given`: the
+    custom-op argument "auto:<name>" that `name` came from)."""
     if name not in BACKENDS:
-        raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+        hint = " (or auto:<name>)" if given is not None else ""
+        raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS)}{hint}, "
+                         f"got {given if given is not None else name!r}")
     return name
 
 
@@ -289,8 +296,7 @@ def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
     # it on to its backward); run <name> and say it was auto's choice.
     by_auto = want.startswith("auto:")
     name = want[5:] if by_auto else want
-    if name not in BACKENDS:
-        raise ValueError(f"fastops: backend must be one of {', '.join(BACKENDS)} (or auto:<name>), got {want!r}")
+    _check_backend(name, want)
     auto_why = f"auto: first usable of {', '.join(AUTO_ORDER)}"
     candidates, dropped = [], []
     for k in _TABLE.get(op, ()):
@@ -309,7 +315,7 @@ def _plan(op: str, want: str, device: str, dtype: torch.dtype) -> _Plan:
             why = f"below the {k.backend} crossover of {n} elements, where torch is faster"
         below = Choice(_TORCH[op], why) if n else None
         picked = auto_why if want == "auto" or by_auto else f"backend {want!r} requested"
-        candidates.append((k, Choice(k, picked), below, n))
+        candidates.append((k, Choice(k, picked, want == "auto" or by_auto), below, n))
     if not candidates and not dropped:
         dropped.append(f"no {want} kernel for {op}")
     return _Plan(tuple(candidates), tuple(dropped))
@@ -327,8 +333,12 @@ def _record(op: str, choice: Choice, x: torch.Tensor) -> Choice:
     return choice
 
 
+def _describe_meta(dtype: torch.dtype, shape, device: str) -> str:
+    return f"{_dtype_name(dtype)}{list(shape)} on {device}"
+
+
 def _describe(x: torch.Tensor) -> str:
-    return f"{_dtype_name(x.dtype)}{list(x.shape)} on {x.device.type}"
+    return _describe_meta(x.dtype, x.shape, x.device.type)
 
 
 def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Choice:
@@ -359,19 +369,10 @@ def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Ch
     return fallback(op, x, "; ".join(plan.dropped + tuple(dynamic)))
 
 
-class _TorchRequested(dict):
-    def __missing__(self, op):
-        self[op] = Choice(_TORCH[op], "backend 'torch' requested")
-        return self[op]
-
-
-_TORCH_REQUESTED = _TorchRequested()
-
-
 def chosen_name(choice: Choice) -> str:
     """The backend argument that makes a custom op run `choice` again: "auto:<name>" when auto
     picked it (so explain() still says so), else the name that was asked for."""
-    return f"auto:{choice.kernel.backend}" if choice.why.startswith("auto:") else choice.kernel.backend
+    return f"auto:{choice.kernel.backend}" if choice.by_auto else choice.kernel.backend
 
 
 def fallback(op: str, x: torch.Tensor, why: str) -> Choice:
@@ -386,8 +387,8 @@ def fallback(op: str, x: torch.Tensor, why: str) -> Choice:
 def explain() -> str:
     """Which implementation ran last for each op, on what, and why. Empty until an op has run."""
     lines = []
-    for op, (c, (dtype, shape, device)) in sorted(_last.items()):
-        lines.append(f"{op}: {c.kernel.backend} for {_dtype_name(dtype)}{list(shape)} on {device} - {c.why}")
+    for op, (c, meta) in sorted(_last.items()):
+        lines.append(f"{op}: {c.kernel.backend} for {_describe_meta(*meta)} - {c.why}")
     for op in sorted(_small_calls):
         lines.append(f"{op}: torch for CPU calls below the cpu crossover of "
                      f"{CPU_TORCH_BELOW[op]} elements (eager fast path: size alone decided; "
