@@ -75,7 +75,7 @@ def cuda_library_includes():
 
 
 def extension():
-    cpu_sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = sorted(glob.glob("csrc/bindings/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     includes = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # -fno-math-errno: sqrtf (Adam) vectorises only without errno, and no kernel reads errno
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", f'-DFASTOPS_TORCH_VERSION="{torch.__version__}"']
