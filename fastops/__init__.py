@@ -16,10 +16,11 @@ from fastops import _ext  # noqa: F401  (loads _C, or warns why not)
 from fastops import ops  # noqa: F401  (registers the custom ops and kernels)
 from fastops import functional, nn, optim
 from fastops._build_info import build_info
-from fastops._dispatch import BACKENDS, explain, get_backend, set_backend, set_strict, use_backend
+from fastops._dispatch import (BACKENDS, clear_history, explain, get_backend, set_backend, set_strict,
+                               use_backend)
 from fastops._dropin import disable, enable, patch, unpatch
 
 __all__ = [
-    "BACKENDS", "build_info", "disable", "enable", "explain", "functional", "get_backend", "nn",
+    "BACKENDS", "build_info", "clear_history", "disable", "enable", "explain", "functional", "get_backend", "nn",
     "optim", "patch", "set_backend", "set_strict", "unpatch", "use_backend",
 ]
