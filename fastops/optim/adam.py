@@ -14,6 +14,11 @@ parameter's device (as torch's fused Adam keeps it). With master_weights=True a 
 parameter also gets `master_param`, a float32 copy the update runs on. Loading a torch
 checkpoint upcasts its states to float32; torch loading ours casts them to the parameter dtype.
 
+Sharded parameters (DTensor, as FSDP2's `fully_shard` and tensor parallelism make them): the
+step is elementwise, so it runs on each rank's local shard (`DTensor._local_tensor`, updated in
+place) with no communication; the states are created as DTensors sharded like their parameter,
+so the optimizer's state_dict is what torch.distributed.checkpoint expects.
+
 GradScaler: the class sets `_step_supports_amp_scaling`, so `scaler.step(opt)` hands over
 `grad_scale` and `found_inf` and the kernels unscale the gradients and skip the update of a
 step with non-finite gradients, as torch's fused Adam does (`step` is not advanced then).
@@ -27,6 +32,11 @@ import itertools
 from dataclasses import dataclass, field
 
 import torch
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()
 
 from fastops.ops import adam as _adam_ops  # noqa: F401  (registers fastops::adam_step_)
 
@@ -43,6 +53,12 @@ class _Bucket:
     max_exp_avg_sqs: list = field(default_factory=list)
     masters: list = field(default_factory=list)
     steps: list = field(default_factory=list)
+    sharded: bool = False  # some are DTensors: the kernel gets their local shards
+
+
+def _local(tensors: list) -> list:
+    """The tensors the kernel updates: each DTensor's local shard (shares its storage)."""
+    return [t._local_tensor if isinstance(t, DTensor) else t for t in tensors]
 
 
 class Adam(torch.optim.Adam):
@@ -95,6 +111,7 @@ class Adam(torch.optim.Adam):
                 raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
             state = self._init_state(p, group)
             b = buckets.setdefault((p.device, p.dtype), _Bucket())
+            b.sharded = b.sharded or isinstance(p, DTensor)
             b.params.append(p)
             b.exp_avgs.append(state["exp_avg"])
             b.exp_avg_sqs.append(state["exp_avg_sq"])
@@ -158,9 +175,12 @@ class Adam(torch.optim.Adam):
                 scale = _scalar_on(grad_scale, device)
                 inf = _scalar_on(found_inf, device)
                 torch._foreach_add_(b.steps, 1)
+                grads = [p.grad for p in b.params]
+                tensors = (b.params, grads, b.exp_avgs, b.exp_avg_sqs, b.max_exp_avg_sqs, b.masters)
+                if b.sharded:
+                    tensors = tuple(map(_local, tensors))
                 torch.ops.fastops.adam_step_(
-                    b.params, [p.grad for p in b.params], b.exp_avgs, b.exp_avg_sqs, b.max_exp_avg_sqs,
-                    b.masters, b.steps, float(group["lr"]), float(beta1), float(beta2),
+                    *tensors, b.steps, float(group["lr"]), float(beta1), float(beta2),
                     float(group["weight_decay"]), float(group["eps"]), bool(group["amsgrad"]),
                     bool(group["maximize"]), bool(group["decoupled_weight_decay"]), scale, inf, "auto")
                 if inf is not None:
