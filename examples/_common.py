@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -109,6 +110,40 @@ def train(backend: str, steps: int, step: Callable[[int], float], quiet: bool = 
     return run
 
 
+def compare(args, make_model: Callable[[], torch.nn.Module], make_batches: Callable[[], Iterable],
+            loss_fn: Callable, metrics_fn: Callable[[torch.nn.Module], dict], title: str,
+            optim: str = "Adam", **optim_kwargs) -> list[Run]:
+    """Trains the same model (same initial weights, same batches) on each backend of --backend.
+
+    make_batches() gives a fresh iterator of (x, y) batches; loss_fn(model, x, y) -> scalar loss;
+    metrics_fn(model) -> {name: value}, evaluated after training under the same backend.
+    """
+    torch.manual_seed(args.seed)
+    init = make_model().state_dict()
+    runs = []
+    for backend in backends(args):
+        model = make_model().to(args.device)
+        model.load_state_dict(init)
+        model = prepare(model, backend)
+        opt = optimizer(optim, model.parameters(), backend, lr=args.lr, **optim_kwargs)
+        data = iter(make_batches())
+
+        def step(_, model=model, opt=opt, data=data):
+            x, y = (t.to(args.device) for t in next(data))
+            loss = loss_fn(model, x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        run = train(backend, args.steps, step, args.quiet)
+        with running_on(backend):
+            run.metrics = metrics_fn(model)
+        runs.append(run)
+    report(runs, args.plot, title)
+    return runs
+
+
 def report(runs: list[Run], plot: Optional[str] = None, title: str = "") -> None:
     """Prints which kernels ran, then one metrics line per backend (the last lines of output)."""
     for run in runs:
@@ -171,13 +206,70 @@ def stdlib_text(max_bytes: int = 1 << 20) -> str:
     return "".join(chunks)[:max_bytes]
 
 
-def batches(n: int, batch: int, seed: int):
-    """Endless shuffled index batches over range(n)."""
+def encode(text: str) -> tuple[torch.Tensor, int]:
+    """Character ids [len(text)] int64 and the vocabulary size."""
+    index = {c: i for i, c in enumerate(sorted(set(text)))}
+    return torch.tensor([index[c] for c in text], dtype=torch.int64), len(index)
+
+
+def windows(data: torch.Tensor, batch: int, seq: int, seed: int):
+    """Endless batches of random windows: (x [batch, seq], y = x shifted by one character)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(n, generator=g)
-        for i in range(0, n - batch + 1, batch):
-            yield order[i:i + batch]
+        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=g).tolist()
+        yield (torch.stack([data[s:s + seq] for s in starts]),
+               torch.stack([data[s + 1:s + seq + 1] for s in starts]))
+
+
+def next_char_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
+@torch.no_grad()
+def bits_per_char(model: torch.nn.Module, data: torch.Tensor, seq: int, rows: int, device) -> float:
+    """Mean next-character loss over consecutive windows of held-out text, in bits."""
+    n = min((len(data) - 1) // seq, rows)
+    x = data[:n * seq].view(n, seq).to(device)
+    y = data[1:n * seq + 1].view(n, seq).to(device)
+    return next_char_loss(model, x, y).item() / math.log(2)
+
+
+def language_model_parser(doc: str, **defaults) -> argparse.ArgumentParser:
+    p = parser(doc, **defaults)
+    p.add_argument("--seq", type=int, default=defaults.get("seq", 64), help="characters per window")
+    p.add_argument("--text-bytes", type=int, default=400_000, help="how much standard-library text to use")
+    return p
+
+
+def language_model(args, make_model: Callable[[int], torch.nn.Module], title: str, optim: str = "Adam",
+                   **optim_kwargs):
+    """Trains make_model(vocab) on the standard library's source; reports held-out bits/char."""
+    data, vocab = encode(stdlib_text(args.text_bytes))
+    cut = len(data) * 9 // 10
+    train_data, val_data = data[:cut], data[cut:]
+    return compare(args, lambda: make_model(vocab), lambda: windows(train_data, args.batch, args.seq, args.seed),
+                   next_char_loss,
+                   lambda model: {"val_bpc": bits_per_char(model, val_data, args.seq, 4 * args.batch, args.device)},
+                   title, optim, **optim_kwargs)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int):
+    """Endless shuffled (x, y) batches."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y) - batch + 1, batch):
+            idx = order[i:i + batch]
+            yield x[idx], y[idx]
+
+
+def classify(args, make_model: Callable[[], torch.nn.Module], title: str):
+    """Trains a digits classifier with Adam and cross-entropy; reports test accuracy."""
+    x_train, y_train, x_test, y_test = digits(seed=args.seed)
+    x_test, y_test = x_test.to(args.device), y_test.to(args.device)
+    return compare(args, make_model, lambda: batches(x_train, y_train, args.batch, args.seed),
+                   lambda model, x, y: torch.nn.functional.cross_entropy(model(x), y),
+                   lambda model: {"test_acc": accuracy(model, x_test, y_test)}, title)
 
 
 @torch.no_grad()

@@ -19,31 +19,7 @@ def make_model() -> nn.Module:
 
 def main(argv=None):
     args = _common.parser(__doc__, steps=200, batch=64, lr=1e-3).parse_args(argv)
-    x_train, y_train, x_test, y_test = (t.to(args.device) for t in _common.digits(seed=args.seed))
-    torch.manual_seed(args.seed)
-    init = make_model().state_dict()
-
-    runs = []
-    for backend in _common.backends(args):
-        model = make_model().to(args.device)
-        model.load_state_dict(init)
-        model = _common.prepare(model, backend)
-        opt = _common.optimizer("Adam", model.parameters(), backend, lr=args.lr)
-        order = _common.batches(len(y_train), args.batch, args.seed)
-
-        def step(_, model=model, opt=opt, order=order):
-            idx = next(order).to(args.device)
-            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
-
-        run = _common.train(backend, args.steps, step, args.quiet)
-        with _common.running_on(backend):
-            run.metrics = {"test_acc": _common.accuracy(model, x_test, y_test)}
-        runs.append(run)
-    _common.report(runs, args.plot, "CNN on digits")
+    _common.classify(args, make_model, "CNN on digits")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import _common
-from char_lstm import bits_per_char, encode, windows
 
 
 class Block(nn.Module):
@@ -40,43 +39,13 @@ class TinyTransformer(nn.Module):
 
 
 def main(argv=None):
-    p = _common.parser(__doc__, steps=200, batch=32, lr=1e-3)
-    p.add_argument("--seq", type=int, default=128)
+    p = _common.language_model_parser(__doc__, steps=200, batch=32, lr=1e-3, seq=128)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--text-bytes", type=int, default=400_000)
     args = p.parse_args(argv)
-    data, vocab = encode(_common.stdlib_text(args.text_bytes))
-    cut = len(data) * 9 // 10
-    train_data, val_data = data[:cut], data[cut:]
-    torch.manual_seed(args.seed)
-
-    def make():
-        return TinyTransformer(vocab, args.dim, args.heads, args.layers, args.seq)
-
-    init = make().state_dict()
-    runs = []
-    for backend in _common.backends(args):
-        model = make().to(args.device)
-        model.load_state_dict(init)
-        model = _common.prepare(model, backend)
-        opt = _common.optimizer("AdamW", model.parameters(), backend, lr=args.lr, weight_decay=0.01)
-        gen = torch.Generator().manual_seed(args.seed)
-
-        def step(_, model=model, opt=opt, gen=gen):
-            x, y = (t.to(args.device) for t in windows(train_data, args.batch, args.seq, gen))
-            loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
-
-        run = _common.train(backend, args.steps, step, args.quiet)
-        with _common.running_on(backend):
-            run.metrics = {"val_bpc": bits_per_char(model, val_data, args.seq, args.batch, args.device)}
-        runs.append(run)
-    _common.report(runs, args.plot, "tiny transformer on the Python standard library")
+    _common.language_model(args, lambda vocab: TinyTransformer(vocab, args.dim, args.heads, args.layers, args.seq),
+                           "tiny transformer on the Python standard library", "AdamW", weight_decay=0.01)
 
 
 if __name__ == "__main__":
