@@ -56,7 +56,7 @@ inline void check_cuda(int err, const char* what) {
 #endif
 
 // " or cuda" when this build holds CUDA kernels: the tail of "must be on cpu..." messages.
-inline const char* or_cuda() { return or_cuda(); }
+inline const char* or_cuda() { return FASTOPS_CUDA_ARCHS[0] ? " or cuda" : ""; }
 
 // Each family's binding file defines one of these; module.cpp calls them all.
 void bind_softmax(pybind11::module_& m);
