@@ -17,7 +17,7 @@
 #include <set>
 #include <vector>
 
-#include "gemm/layout.h"
+#include "cuda/gemm/layout.h"
 
 using namespace fastops::cuda::gemm_impl;
 

@@ -6,9 +6,9 @@ with a float64 reference computed from the same (already rounded) inputs, for fl
 off), float16 and bfloat16 inputs, float32 or 16-bit C, transposed operands (both tensor-core
 layouts per operand), unaligned and fully strided operands (the SIMT fallback), odd sizes including
 1, sizes past one 128 x 128 tile, batches (broadcast too), bias per row / column, every activation,
-beta != 0, non-contiguous C and zero-size problems. Tensor-core results must be within twice
-torch's own error in the same dtype (the FlashAttention rule), float32 without TF32 within the
-float32 tolerance of tests/utils.py.
+beta != 0, non-contiguous C and zero-size problems. The error must be at most twice torch's own
+error in the same dtype and TF32 setting (the FlashAttention rule of DESIGN.md) plus the absolute
+tolerance of tests/utils.py for C's dtype.
 
 On the CPU: the host simulation of the kernel's index math (tests/gemm_cuda_layout_sim.cpp) and
 the errors of the binding.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fastops import _C
-from tests.utils import ATOL, RTOL
+from tests.utils import ATOL
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVATIONS = {
@@ -53,7 +53,7 @@ def test_layout_simulation(tmp_path):
     if cxx is None:
         pytest.skip("no C++ compiler")
     exe = tmp_path / "sim"
-    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}",
                     str(ROOT / "tests" / "gemm_cuda_layout_sim.cpp"), "-o", str(exe)], check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
@@ -135,16 +135,10 @@ def _check(a, b, c0, bias=None, alpha=1.0, beta=0.0, act="none", tf32=False, per
     torch.cuda.synchronize()
     ref = _reference(a, b, c0, bias, alpha, beta, act, per_row)
     assert c.shape == ref.shape
-    k = a.shape[-1]
-    if a.dtype == torch.float32 and not tf32:
-        out_dtype = c.dtype
-        atol = ATOL[out_dtype] * max(1.0, k / 1024)
-        torch.testing.assert_close(c.double(), ref, rtol=RTOL[out_dtype], atol=atol, equal_nan=True)
-        return
     theirs = _torch_same_dtype(a, b, c0, bias, alpha, beta, act, per_row, tf32)
     err_ours = (c.double() - ref).abs().max().item() if c.numel() else 0.0
     err_torch = (theirs.double() - ref).abs().max().item() if c.numel() else 0.0
-    floor = ATOL[c.dtype] * max(1.0, k / 1024)
+    floor = ATOL[c.dtype] * max(1.0, a.shape[-1] / 1024)
     assert err_ours <= 2 * err_torch + floor, (err_ours, err_torch)
 
 

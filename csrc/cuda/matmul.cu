@@ -23,6 +23,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "fastops/gemm.h"
@@ -79,9 +80,17 @@ int launch_mma(const GemmParams& p, bool a_kmajor, bool b_kmajor, cudaStream_t s
   const int64_t tiles_m = cdiv(p.m, Cfg::BM), tiles_n = cdiv(p.n, Cfg::BN);
   if (tiles_m * tiles_n > kMaxGridX) return static_cast<int>(cudaErrorInvalidConfiguration);
   auto kernel = gemm_impl::gemm_mma_kernel<T, Cfg, MIN_BLOCKS>;
-  if (const cudaError_t err =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES))
-    return static_cast<int>(err);
+  // Above 48 KiB of dynamic shared memory a kernel must opt in, once per device.
+  static std::atomic<uint64_t> opted_in{0};
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device)) return static_cast<int>(err);
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || !(opted_in.load(std::memory_order_relaxed) & bit)) {
+    if (const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES))
+      return static_cast<int>(err);
+    opted_in.fetch_or(bit, std::memory_order_relaxed);
+  }
   const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY));
   kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p, a_kmajor, b_kmajor, tiles_m, tiles_n);
   return static_cast<int>(cudaGetLastError());
@@ -92,7 +101,7 @@ int launch_simt(const GemmParams& p, cudaStream_t stream) {
   const int64_t tiles_m = cdiv(p.m, Simt::BM), tiles_n = cdiv(p.n, Simt::BN);
   if (tiles_m * tiles_n > kMaxGridX) return static_cast<int>(cudaErrorInvalidConfiguration);
   // Threads run fastest along the dimension of smaller stride (the contiguous one, if any).
-  const bool a_kfast = p.k == 1 || (p.m > 1 && p.a.stride_col <= p.a.stride_row);
+  const bool a_kfast = p.k > 1 && (p.m == 1 || p.a.stride_col <= p.a.stride_row);
   const bool b_nfast = p.n > 1 && (p.k == 1 || p.b.stride_col <= p.b.stride_row);
   const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY));
   gemm_impl::gemm_simt_kernel<T, Simt><<<grid, Simt::THREADS, 0, stream>>>(p, a_kfast, b_nfast, tiles_m, tiles_n);

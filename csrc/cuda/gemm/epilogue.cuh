@@ -13,8 +13,8 @@
 #include "fastops/dtype.h"
 #include "fastops/gemm.h"
 #include "fastops/math/activation.h"
-#include "gemm/layout.h"
-#include "storage.cuh"
+#include "layout.h"
+#include "../storage.cuh"
 
 namespace fastops {
 namespace cuda {

@@ -15,9 +15,9 @@
 #include <cstdint>
 
 #include "fastops/gemm.h"
-#include "gemm/epilogue.cuh"
-#include "gemm/layout.h"
-#include "storage.cuh"
+#include "epilogue.cuh"
+#include "layout.h"
+#include "../storage.cuh"
 
 namespace fastops {
 namespace cuda {

@@ -27,9 +27,9 @@
 #include <cstdint>
 
 #include "fastops/gemm.h"
-#include "gemm/epilogue.cuh"
-#include "gemm/layout.h"
-#include "gemm/mma.cuh"
+#include "epilogue.cuh"
+#include "layout.h"
+#include "mma.cuh"
 
 namespace fastops {
 namespace cuda {
