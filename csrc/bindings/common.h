@@ -62,5 +62,6 @@ inline const char* or_cuda() { return FASTOPS_CUDA_ARCHS[0] ? " or cuda" : ""; }
 void bind_softmax(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+void bind_gemm_cuda(pybind11::module_& m);
 
 }  // namespace fastops
