@@ -23,14 +23,17 @@ class Override:
     family: str
     aten: str
     handler: Callable
+    composite: bool = False  # the op has only a CompositeExplicitAutograd kernel (aten::convolution)
 
 
 _OVERRIDES: list[Override] = []
 _MODULES: dict[str, dict[type, type]] = {}  # family -> {torch class: fastops class}
 
 
-def register_override(family: str, aten: str, handler: Callable) -> None:
-    _OVERRIDES.append(Override(family, aten, handler))
+def register_override(family: str, aten: str, handler: Callable, composite: bool = False) -> None:
+    """composite: torch's kernel of `aten` is its CompositeExplicitAutograd one (no per-device
+    kernel); the override is then registered for each device key and falls back to that kernel."""
+    _OVERRIDES.append(Override(family, aten, handler, composite))
 
 
 def register_module(family: str, torch_cls: type, fastops_cls: type) -> None:
@@ -67,10 +70,12 @@ def _names(value, what: str, arg: str) -> list[str]:
 
 # ---- enable / disable ---------------------------------------------------------------------------
 
-def _boxed_original(aten: str, key: str) -> Optional[Callable]:
+def _boxed_original(aten: str, key: str, composite: bool = False) -> Optional[Callable]:
     """torch's own kernel of `aten` for dispatch key `key`, or None where torch has none (a
-    CPU-only op has no CUDA kernel: there is nothing to override there)."""
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
+    CPU-only op has no CUDA kernel: there is nothing to override there). composite: an op whose
+    only kernel is CompositeExplicitAutograd; that kernel is the original for every key."""
+    # get_kernel(aten, key) resolves to the composite kernel when no per-device one is registered
+    if not composite and not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
         return None
     kernel = torch.library.get_kernel(aten, key)
     keyset = torch._C.DispatchKeySet(key)
@@ -98,7 +103,7 @@ class _State:
             if ov.family not in top.families:
                 continue
             for key in DISPATCH_KEYS:
-                original = _boxed_original(ov.aten, key)
+                original = _boxed_original(ov.aten, key, ov.composite)
                 if original is not None:
                     self.library.impl(ov.aten.split("::")[1], _bind(ov.handler, original), key)
 

@@ -15,8 +15,9 @@ import torch
 from fastops import _dispatch
 from fastops.ops import softmax as _softmax
 from fastops.ops import attention as _attention
+from fastops.ops import conv as _conv
 
-__all__ = ["softmax", "scaled_dot_product_attention"]
+__all__ = ["softmax", "scaled_dot_product_attention", "conv2d"]
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -62,3 +63,18 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     outputs: O(L) per (batch, head).
     """
     return _attention.sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
+           dilation=1, groups: int = 1, activation: Optional[str] = None) -> torch.Tensor:
+    """act(conv2d(input, weight) + bias), as torch.nn.functional.conv2d plus a fused activation.
+
+    input [N, C, H, W] or unbatched [C, H, W]; weight [O, C / groups, KH, KW]; bias [O] or None.
+    stride, dilation: int or pair; padding: int, pair, "valid" or "same" (stride 1 only; an odd
+    total pads the right/bottom one more, as torch). activation: None, "relu" or "silu", applied
+    after the bias inside the kernel. Returns [N, O, HO, WO] (or [O, HO, WO]) of input's dtype,
+    channels_last when input or weight is, else contiguous (as torch). float32/float16/bfloat16 on
+    the fastops kernels with float32 accumulation, float64 through torch. Backward gives the
+    input, weight and bias gradients (deterministic: fixed reduction order, no atomics).
+    """
+    return _conv.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)

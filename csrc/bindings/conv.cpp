@@ -1,0 +1,138 @@
+// Conv2d bindings: fastops._C.conv2d_forward / conv2d_backward (CPU kernels, csrc/cpu/conv.cpp).
+//
+// `channels_last` picks the layout the kernel runs in (fastops/ops/conv.py chooses it); inputs are
+// made dense in that layout here, outputs come back in it (the caller restores the user's format).
+// The weight is handed to the kernel as [O, K] in the layout's K order and its gradient comes back
+// as a [O, C / groups, KH, KW] view of that buffer.
+#include "bindings/common.h"
+#include "fastops/conv.h"
+
+namespace fastops {
+namespace {
+
+at::MemoryFormat format_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+Conv2dShape make_shape(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups, bool channels_last) {
+  TORCH_CHECK(x.dim() == 4, "fastops.conv2d: input must be 4-D [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(w.dim() == 4, "fastops.conv2d: weight must be 4-D [O, C / groups, KH, KW], got shape ", w.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "fastops.conv2d: stride, padding and dilation must have 2 values each");
+  check_same_device_dtype(x, "input", w, "weight");
+  TORCH_CHECK(x.is_cpu(), "fastops.conv2d: the cpu kernel takes cpu tensors, got ", x.device());
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0 && w.size(0) % groups == 0,
+              "fastops.conv2d: groups (", groups, ") must divide input channels ", x.size(1),
+              " and output channels ", w.size(0));
+  TORCH_CHECK(w.size(1) * groups == x.size(1), "fastops.conv2d: weight expects ", w.size(1) * groups,
+              " input channels (", w.size(1), " x groups ", groups, "), input has ", x.size(1));
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK(stride[d] > 0 && dilation[d] > 0 && padding[d] >= 0,
+                "fastops.conv2d: stride and dilation must be positive and padding non-negative, got stride ",
+                stride, ", padding ", padding, ", dilation ", dilation);
+  }
+  Conv2dShape s;
+  s.n = x.size(0);
+  s.c = x.size(1);
+  s.h = x.size(2);
+  s.w = x.size(3);
+  s.o = w.size(0);
+  s.kh = w.size(2);
+  s.kw = w.size(3);
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dil_h = dilation[0];
+  s.dil_w = dilation[1];
+  s.groups = groups;
+  s.ho = conv_out_size(s.h, s.kh, s.stride_h, s.pad_h, s.dil_h);
+  s.wo = conv_out_size(s.w, s.kw, s.stride_w, s.pad_w, s.dil_w);
+  TORCH_CHECK(s.ho > 0 && s.wo > 0, "fastops.conv2d: kernel size (", s.kh, ", ", s.kw, ") with dilation ",
+              dilation, " is larger than the padded input (", s.h + 2 * s.pad_h, ", ", s.w + 2 * s.pad_w, ")");
+  s.channels_last = channels_last;
+  s.dtype = to_dtype(x, "input");
+  return s;
+}
+
+// The weight as the kernel reads it: [O, K] contiguous in the layout's K order.
+at::Tensor kernel_weight(const at::Tensor& w, bool channels_last) {
+  return channels_last ? w.permute({0, 2, 3, 1}).contiguous() : w.contiguous();
+}
+
+at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          int64_t activation, bool channels_last) {
+  Conv2dForwardParams p;
+  p.s = make_shape(x_in, w_in, stride, padding, dilation, groups, channels_last);
+  TORCH_CHECK(activation >= 0 && activation <= 4, "fastops.conv2d: activation code must be in [0, 4], got ",
+              activation);
+  const at::Tensor x = x_in.contiguous(format_of(channels_last));
+  const at::Tensor w = kernel_weight(w_in, channels_last);
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    check_same_device_dtype(x, "input", *bias_in, "bias");
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == p.s.o, "fastops.conv2d: bias must be [", p.s.o,
+                "], got shape ", bias_in->sizes());
+    bias = bias_in->contiguous();
+    p.bias = bias.data_ptr();
+  }
+  at::Tensor y = at::empty({p.s.n, p.s.o, p.s.ho, p.s.wo}, x.options().memory_format(format_of(channels_last)));
+  p.x = x.data_ptr();
+  p.w = w.data_ptr();
+  p.y = y.data_ptr();
+  p.activation = static_cast<Activation>(activation);
+  cpu::conv2d_forward(p);
+  return y;
+}
+
+std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w_in,
+                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups, bool channels_last, std::vector<bool> mask) {
+  TORCH_CHECK(mask.size() == 3, "fastops.conv2d_backward: output_mask must have 3 entries");
+  Conv2dBackwardParams p;
+  p.s = make_shape(x_in, w_in, stride, padding, dilation, groups, channels_last);
+  if (p.s.depthwise()) p.s.channels_last = channels_last = true;  // the depthwise backward runs on NHWC
+  check_same_device_dtype(dy_in, "grad_output", x_in, "input");
+  TORCH_CHECK(dy_in.dim() == 4 && dy_in.size(0) == p.s.n && dy_in.size(1) == p.s.o && dy_in.size(2) == p.s.ho &&
+                  dy_in.size(3) == p.s.wo,
+              "fastops.conv2d_backward: grad_output must be [", p.s.n, ", ", p.s.o, ", ", p.s.ho, ", ", p.s.wo,
+              "], got shape ", dy_in.sizes());
+  const auto fmt = format_of(channels_last);
+  const at::Tensor dy = dy_in.contiguous(fmt), x = x_in.contiguous(fmt);
+  const at::Tensor w = kernel_weight(w_in, channels_last);
+  const bool empty = dy.numel() == 0;
+  at::Tensor dx, dw, db;
+  if (mask[0]) dx = empty ? at::zeros_like(x, fmt) : at::empty_like(x, fmt);
+  if (mask[1]) dw = empty ? at::zeros_like(w) : at::empty_like(w);
+  if (mask[2]) db = empty ? at::zeros({p.s.o}, x.options()) : at::empty({p.s.o}, x.options());
+  if (!empty && x.numel() > 0) {
+    p.dy = dy.data_ptr();
+    p.x = x.data_ptr();
+    p.w = w.data_ptr();
+    p.dx = dx.defined() ? dx.data_ptr() : nullptr;
+    p.dw = dw.defined() ? dw.data_ptr() : nullptr;
+    p.dbias = db.defined() ? db.data_ptr() : nullptr;
+    cpu::conv2d_backward(p);
+  }
+  if (dw.defined() && channels_last) dw = dw.permute({0, 3, 1, 2});
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+void bind_conv(pybind11::module_& m) {
+  m.def("conv2d_forward", &fastops::conv2d_forward,
+        "act(conv2d(x, w) + bias) in the layout `channels_last` picks; activation: 0 none, 1 relu, 4 silu, ...",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("groups"), py::arg("activation"), py::arg("channels_last"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("conv2d_backward", &fastops::conv2d_backward,
+        "(grad_input, grad_weight, grad_bias) of conv2d, each computed when output_mask says so",
+        py::arg("grad_output"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("groups"), py::arg("channels_last"), py::arg("output_mask"),
+        py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace fastops

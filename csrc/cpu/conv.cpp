@@ -1,0 +1,736 @@
+// CPU conv2d (fastops/conv.h): implicit GEMM on cpu::gemm, plus dedicated depthwise kernels.
+//
+// General case, per block of output pixels and per group, a panel of the im2col matrix is packed
+// into a buffer (never the whole matrix) and handed to cpu::gemm:
+//   NHWC: panel [pixels, K] (K = (kh, kw, ci), channel runs copied with memcpy);
+//         y[pixels, Og] = panel x w_g^T, written in place (row stride O); blocks span images.
+//   NCHW: panel [K, pixels] of one image (Caffe's im2col, K = (ci, kh, kw));
+//         y[Og, pixels] = w_g x panel, written in place (row stride HO WO).
+// 1x1 stride-1 unpadded convolutions skip the panel: the input is the GEMM operand in place.
+// Bias and activation ride on GemmParams.bias / .activation.
+// dgrad: dcol = dy x w_g (float32, per block), then col2im scattered into a float32 image
+//        buffer, each thread owning a channel range (no atomics, fixed order: deterministic).
+// wgrad: dw_g += dy_blk^T x panel, float32 accumulation across blocks in a fixed order (GEMM beta=1).
+// dbias: float32 sums over pixels in a fixed order, one thread per channel range.
+// Depthwise (groups == C, O = multiplier C): direct loops, vectorised over channels (NHWC) or
+// over output width (NCHW forward); the backward runs on NHWC (the binding converts NCHW).
+#include "fastops/conv.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "fastops/math/activation.h"
+#include "fastops/storage.h"
+
+namespace fastops {
+namespace cpu {
+namespace {
+
+constexpr int64_t kPanelElems = int64_t(1) << 19;  // elements of one packed im2col panel (1 MiB bf16)
+
+// [begin, end) of thread t out of nt over `items`, in chunks that are multiples of `align`.
+FASTOPS_FORCE_INLINE void thread_range(int64_t items, int64_t align, int64_t& begin, int64_t& end) {
+#if defined(_OPENMP)
+  const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+  const int64_t nt = 1, t = 0;
+#endif
+  int64_t chunk = (items + nt - 1) / nt;
+  chunk = (chunk + align - 1) / align * align;
+  begin = std::min(items, t * chunk);
+  end = std::min(items, begin + chunk);
+}
+
+// Output indices o with 0 <= o * stride + off < in, as [lo, hi) clamped to [0, out).
+FASTOPS_FORCE_INLINE void valid_range(int64_t off, int64_t stride, int64_t in, int64_t out, int64_t& lo,
+                                      int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = in - 1 - off < 0 ? 0 : (in - 1 - off) / stride + 1;
+  hi = std::min(hi, out);
+  lo = std::min(lo, hi);
+}
+
+// ---- im2col panels ---------------------------------------------------------------------------
+
+// NHWC panel [rows, K] of output pixels m0 .. m0 + rows (index over N HO WO), group g.
+template <typename T>
+void pack_nhwc(const Conv2dShape& s, const T* x, int64_t g, int64_t m0, int64_t rows, T* panel) {
+  const int64_t cg = s.cg(), K = s.k(), P = s.ho * s.wo;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = m0 + r, n = m / P, q = m % P, oh = q / s.wo, ow = q % s.wo;
+    T* dst = panel + r * K;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+      for (int64_t j = 0; j < s.kw; ++j, dst += cg) {
+        const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+        if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
+          std::memset(static_cast<void*>(dst), 0, cg * sizeof(T));
+        } else {
+          std::memcpy(static_cast<void*>(dst), x + ((n * s.h + ih) * s.w + iw) * s.c + g * cg, cg * sizeof(T));
+        }
+      }
+    }
+  }
+}
+
+// NCHW panel [K, cols] of pixels p0 .. p0 + cols of image n, group g.
+template <typename T>
+void pack_nchw(const Conv2dShape& s, const T* x, int64_t n, int64_t g, int64_t p0, int64_t cols, T* panel) {
+  const int64_t cg = s.cg(), taps = s.kh * s.kw, hw = s.h * s.w;
+  const T* xg = x + (n * s.c + g * cg) * hw;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < cg * taps; ++k) {
+    const int64_t ci = k / taps, i = (k / s.kw) % s.kh, j = k % s.kw;
+    const T* plane = xg + ci * hw;
+    T* dst = panel + k * cols;
+    const int64_t offw = j * s.dil_w - s.pad_w;
+    int64_t lo, hi;
+    valid_range(offw, s.stride_w, s.w, s.wo, lo, hi);
+    int64_t q = 0;
+    for (int64_t oh = p0 / s.wo; q < cols; ++oh) {
+      const int64_t ow0 = q == 0 ? p0 % s.wo : 0, ow1 = std::min(s.wo, ow0 + cols - q);
+      const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+      T* d = dst + q - ow0;
+      if (ih < 0 || ih >= s.h) {
+        for (int64_t ow = ow0; ow < ow1; ++ow) d[ow] = T{};
+      } else {
+        const T* row = plane + ih * s.w + offw;
+        for (int64_t ow = ow0; ow < ow1; ++ow)
+          d[ow] = (ow >= lo && ow < hi) ? row[ow * s.stride_w] : T{};
+      }
+      q += ow1 - ow0;
+    }
+  }
+}
+
+// ---- col2im scatter (dgrad), float32 ----------------------------------------------------------
+
+// dcol [rows, K] (kh, kw, ci) of pixels m0.. into acc [N, H, W, C], channels of group g.
+void scatter_nhwc(const Conv2dShape& s, const float* dcol, int64_t g, int64_t m0, int64_t rows, float* acc) {
+  const int64_t cg = s.cg(), K = s.k(), P = s.ho * s.wo;
+#pragma omp parallel
+  {
+    int64_t c0, c1;
+    thread_range(cg, 16, c0, c1);
+    for (int64_t r = 0; r < rows && c0 < c1; ++r) {
+      const int64_t m = m0 + r, n = m / P, q = m % P, oh = q / s.wo, ow = q % s.wo;
+      const float* src = dcol + r * K;
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        for (int64_t j = 0; j < s.kw; ++j, src += cg) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+          if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
+          float* dst = acc + ((n * s.h + ih) * s.w + iw) * s.c + g * cg;
+#pragma omp simd
+          for (int64_t ci = c0; ci < c1; ++ci) dst[ci] += src[ci];
+        }
+      }
+    }
+  }
+}
+
+// dcol [K, cols] (ci, kh, kw) of pixels p0.. of image n into acc [N, C, H, W], group g.
+void scatter_nchw(const Conv2dShape& s, const float* dcol, int64_t n, int64_t g, int64_t p0, int64_t cols,
+                  float* acc) {
+  const int64_t cg = s.cg(), taps = s.kh * s.kw, hw = s.h * s.w;
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < cg; ++ci) {
+    float* plane = acc + (n * s.c + g * cg + ci) * hw;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t i = t / s.kw, j = t % s.kw, offw = j * s.dil_w - s.pad_w;
+      const float* src = dcol + (ci * taps + t) * cols;
+      int64_t lo, hi;
+      valid_range(offw, s.stride_w, s.w, s.wo, lo, hi);
+      int64_t q = 0;
+      for (int64_t oh = p0 / s.wo; q < cols; ++oh) {
+        const int64_t ow0 = q == 0 ? p0 % s.wo : 0, ow1 = std::min(s.wo, ow0 + cols - q);
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (ih >= 0 && ih < s.h) {
+          float* row = plane + ih * s.w + offw;
+          const float* sr = src + q - ow0;
+          for (int64_t ow = std::max(ow0, lo); ow < std::min(ow1, hi); ++ow) row[ow * s.stride_w] += sr[ow];
+        }
+        q += ow1 - ow0;
+      }
+    }
+  }
+}
+
+// ---- small parallel helpers -----------------------------------------------------------------
+
+template <typename T>
+void store_from_float(const float* src, T* dst, int64_t count) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) dst[i] = from_float<T>(src[i]);
+}
+
+// dbias[o] = sum over n and pixels of dy, float32, fixed order per channel.
+template <typename T>
+void bias_grad(const Conv2dShape& s, const T* dy, T* db) {
+  const int64_t P = s.ho * s.wo, M = s.n * P;
+  if (s.channels_last) {
+#pragma omp parallel
+    {
+      int64_t c0, c1;
+      thread_range(s.o, 16, c0, c1);
+      if (c0 < c1) {
+        std::vector<float> acc(c1 - c0, 0.0f);
+        for (int64_t m = 0; m < M; ++m) {
+          const T* row = dy + m * s.o;
+#pragma omp simd
+          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += to_float(row[c]);
+        }
+        for (int64_t c = c0; c < c1; ++c) db[c] = from_float<T>(acc[c - c0]);
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < s.o; ++c) {
+      float acc = 0.0f;
+      for (int64_t n = 0; n < s.n; ++n) {
+        const T* plane = dy + (n * s.o + c) * P;
+        for (int64_t q = 0; q < P; ++q) acc += to_float(plane[q]);
+      }
+      db[c] = from_float<T>(acc);
+    }
+  }
+}
+
+GemmParams base_gemm(const Conv2dShape& s) {
+  GemmParams g;
+  g.ab_dtype = s.dtype;
+  g.c_dtype = s.dtype;
+  return g;
+}
+
+int64_t block_of(int64_t K, int64_t total) { return std::max<int64_t>(1, std::min(total, kPanelElems / K)); }
+
+// ---- forward on the GEMM ----------------------------------------------------------------------
+
+template <typename T>
+void forward_gemm(const Conv2dForwardParams& p) {
+  const Conv2dShape& s = p.s;
+  const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  GemmParams gp = base_gemm(s);
+  gp.activation = p.activation;
+  if (s.channels_last) {
+    // y[m, g og + j] = sum_k panel[m, k] w[g og + j, k]
+    gp.n = og;
+    gp.k = K;
+    gp.b = {nullptr, 0, 1, K};
+    gp.c_stride_row = s.o;
+    if (s.pointwise()) {
+      for (int64_t g = 0; g < s.groups; ++g) {
+        gp.m = M;
+        gp.a = {x + g * cg, 0, s.c, 1};
+        gp.b.ptr = w + g * og * K;
+        gp.c = y + g * og;
+        gp.bias = bias ? bias + g * og : nullptr;
+        gemm(gp);
+      }
+      return;
+    }
+    const int64_t mb = block_of(K, M);
+    std::vector<T> panel(mb * K);
+    for (int64_t m0 = 0; m0 < M; m0 += mb) {
+      const int64_t rows = std::min(mb, M - m0);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        pack_nhwc(s, x, g, m0, rows, panel.data());
+        gp.m = rows;
+        gp.a = {panel.data(), 0, K, 1};
+        gp.b.ptr = w + g * og * K;
+        gp.c = y + m0 * s.o + g * og;
+        gp.bias = bias ? bias + g * og : nullptr;
+        gemm(gp);
+      }
+    }
+    return;
+  }
+  // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]
+  gp.m = og;
+  gp.k = K;
+  gp.a = {nullptr, 0, K, 1};
+  gp.c_stride_row = P;
+  gp.bias_per_row = true;
+  if (s.pointwise()) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      gp.batch = s.n;
+      gp.n = P;
+      gp.a.ptr = w + g * og * K;
+      gp.b = {x + g * cg * P, s.c * P, P, 1};
+      gp.c = y + g * og * P;
+      gp.c_stride_batch = s.o * P;
+      gp.bias = bias ? bias + g * og : nullptr;
+      gemm(gp);
+    }
+    return;
+  }
+  const int64_t pb = block_of(K, P);
+  std::vector<T> panel(pb * K);
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t p0 = 0; p0 < P; p0 += pb) {
+      const int64_t cols = std::min(pb, P - p0);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        pack_nchw(s, x, n, g, p0, cols, panel.data());
+        gp.n = cols;
+        gp.a.ptr = w + g * og * K;
+        gp.b = {panel.data(), 0, cols, 1};
+        gp.c = y + (n * s.o + g * og) * P + p0;
+        gp.bias = bias ? bias + g * og : nullptr;
+        gemm(gp);
+      }
+    }
+  }
+}
+
+// ---- backward on the GEMM ---------------------------------------------------------------------
+
+template <typename T>
+void dgrad_gemm(const Conv2dBackwardParams& p) {
+  const Conv2dShape& s = p.s;
+  const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
+  const T* dy = static_cast<const T*>(p.dy);
+  const T* w = static_cast<const T*>(p.w);
+  T* dx = static_cast<T*>(p.dx);
+  const int64_t numel = s.n * s.c * s.h * s.w;
+  GemmParams gp = base_gemm(s);
+  if (s.pointwise()) {  // dx = dy x w_g, in place
+    for (int64_t g = 0; g < s.groups; ++g) {
+      gp.k = og;
+      if (s.channels_last) {
+        gp.m = M;
+        gp.n = cg;
+        gp.a = {dy + g * og, 0, s.o, 1};
+        gp.b = {w + g * og * K, 0, K, 1};
+        gp.c = dx + g * cg;
+        gp.c_stride_row = s.c;
+      } else {
+        gp.batch = s.n;
+        gp.m = cg;
+        gp.n = P;
+        gp.a = {w + g * og * K, 0, 1, K};
+        gp.b = {dy + g * og * P, s.o * P, P, 1};
+        gp.c = dx + g * cg * P;
+        gp.c_stride_batch = s.c * P;
+        gp.c_stride_row = P;
+      }
+      gemm(gp);
+    }
+    return;
+  }
+  std::vector<float> buffer(std::is_same_v<T, float> ? 0 : numel);
+  float* acc = std::is_same_v<T, float> ? reinterpret_cast<float*>(dx) : buffer.data();
+  std::fill(acc, acc + numel, 0.0f);
+  gp.c_dtype = DType::kFloat32;
+  gp.k = og;
+  if (s.channels_last) {
+    const int64_t mb = block_of(K, M);
+    std::vector<float> dcol(mb * K);
+    for (int64_t m0 = 0; m0 < M; m0 += mb) {
+      const int64_t rows = std::min(mb, M - m0);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        gp.m = rows;
+        gp.n = K;
+        gp.a = {dy + m0 * s.o + g * og, 0, s.o, 1};
+        gp.b = {w + g * og * K, 0, K, 1};
+        gp.c = dcol.data();
+        gp.c_stride_row = K;
+        gemm(gp);
+        scatter_nhwc(s, dcol.data(), g, m0, rows, acc);
+      }
+    }
+  } else {
+    const int64_t pb = block_of(K, P);
+    std::vector<float> dcol(pb * K);
+    for (int64_t n = 0; n < s.n; ++n) {
+      for (int64_t p0 = 0; p0 < P; p0 += pb) {
+        const int64_t cols = std::min(pb, P - p0);
+        for (int64_t g = 0; g < s.groups; ++g) {
+          gp.m = K;
+          gp.n = cols;
+          gp.a = {w + g * og * K, 0, 1, K};
+          gp.b = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
+          gp.c = dcol.data();
+          gp.c_stride_row = cols;
+          gemm(gp);
+          scatter_nchw(s, dcol.data(), n, g, p0, cols, acc);
+        }
+      }
+    }
+  }
+  if (!std::is_same_v<T, float>) store_from_float(acc, dx, numel);
+}
+
+template <typename T>
+void wgrad_gemm(const Conv2dBackwardParams& p) {
+  const Conv2dShape& s = p.s;
+  const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
+  const T* dy = static_cast<const T*>(p.dy);
+  const T* x = static_cast<const T*>(p.x);
+  T* dw = static_cast<T*>(p.dw);
+  GemmParams gp = base_gemm(s);
+  gp.m = og;
+  gp.n = K;
+  gp.c_stride_row = K;
+  if (s.pointwise() && s.channels_last) {  // one GEMM per group reduces over every pixel
+    for (int64_t g = 0; g < s.groups; ++g) {
+      gp.k = M;
+      gp.a = {dy + g * og, 0, 1, s.o};
+      gp.b = {x + g * cg, 0, s.c, 1};
+      gp.c = dw + g * og * K;
+      gemm(gp);
+    }
+    return;
+  }
+  std::vector<float> buffer(std::is_same_v<T, float> ? 0 : s.o * K);
+  float* acc = std::is_same_v<T, float> ? reinterpret_cast<float*>(dw) : buffer.data();
+  std::fill(acc, acc + s.o * K, 0.0f);  // also the answer when there are no pixels
+  gp.c_dtype = DType::kFloat32;
+  if (s.channels_last) {
+    const int64_t mb = block_of(K, M);
+    std::vector<T> panel(mb * K);
+    for (int64_t m0 = 0; m0 < M; m0 += mb) {
+      const int64_t rows = std::min(mb, M - m0);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        pack_nhwc(s, x, g, m0, rows, panel.data());
+        gp.k = rows;
+        gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+        gp.b = {panel.data(), 0, K, 1};
+        gp.c = acc + g * og * K;
+        gp.beta = m0 == 0 ? 0.0f : 1.0f;
+        gemm(gp);
+      }
+    }
+  } else {
+    const int64_t pb = s.pointwise() ? P : block_of(K, P);
+    std::vector<T> panel(s.pointwise() ? 0 : pb * K);
+    for (int64_t n = 0; n < s.n; ++n) {
+      for (int64_t p0 = 0; p0 < P; p0 += pb) {
+        const int64_t cols = std::min(pb, P - p0);
+        for (int64_t g = 0; g < s.groups; ++g) {
+          gp.k = cols;
+          gp.a = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
+          if (s.pointwise()) {
+            gp.b = {x + (n * s.c + g * cg) * P, 0, 1, P};
+          } else {
+            pack_nchw(s, x, n, g, p0, cols, panel.data());
+            gp.b = {panel.data(), 0, 1, cols};
+          }
+          gp.c = acc + g * og * K;
+          gp.beta = (n == 0 && p0 == 0) ? 0.0f : 1.0f;
+          gemm(gp);
+        }
+      }
+    }
+  }
+  if (!std::is_same_v<T, float>) store_from_float(acc, dw, s.o * K);
+}
+
+// ---- depthwise --------------------------------------------------------------------------------
+
+// Everything a depthwise work range needs; wt is the weight as float32 [KH KW, O] (tap-major).
+struct DwJob {
+  Conv2dShape s;
+  const void* in = nullptr;   // x (forward, wgrad) or dy (dgrad)
+  const void* in2 = nullptr;  // dy (wgrad)
+  const void* bias = nullptr;
+  void* out = nullptr;
+  const float* wt = nullptr;
+  Activation act = Activation::kNone;
+};
+
+template <typename T>
+FASTOPS_FORCE_INLINE void store_act(const float* acc, T* dst, int64_t count, Activation act) {
+  if (act == Activation::kRelu) {
+#pragma omp simd
+    for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(acc[c] > 0.0f ? acc[c] : 0.0f);
+  } else if (act == Activation::kNone) {
+#pragma omp simd
+    for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(acc[c]);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(math::activate(act, acc[c]));
+  }
+}
+
+// NHWC forward over output rows (n, oh) in [b, e): vectorised over channels.
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in);
+  const T* bias = static_cast<const T*>(jb.bias);
+  T* y = static_cast<T*>(jb.out);
+  const int64_t mult = s.o / s.c;
+  std::vector<float> acc(s.o), bf(s.o, 0.0f);
+  if (bias)
+    for (int64_t c = 0; c < s.o; ++c) bf[c] = to_float(bias[c]);
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t n = r / s.ho, oh = r % s.ho;
+    for (int64_t ow = 0; ow < s.wo; ++ow) {
+      float* a = acc.data();
+      std::memcpy(a, bf.data(), s.o * sizeof(float));
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (ih < 0 || ih >= s.h) continue;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+          if (iw < 0 || iw >= s.w) continue;
+          const T* xp = x + ((n * s.h + ih) * s.w + iw) * s.c;
+          const float* wp = jb.wt + (i * s.kw + j) * s.o;
+          if (mult == 1) {
+#pragma omp simd
+            for (int64_t c = 0; c < s.c; ++c) a[c] += to_float(xp[c]) * wp[c];
+          } else {
+            for (int64_t c = 0; c < s.c; ++c) {
+              const float xv = to_float(xp[c]);
+              for (int64_t m = 0; m < mult; ++m) a[c * mult + m] += xv * wp[c * mult + m];
+            }
+          }
+        }
+      }
+      store_act(a, y + ((n * s.ho + oh) * s.wo + ow) * s.o, s.o, jb.act);
+    }
+  }
+}
+
+// NCHW forward over output planes (n, o) in [b, e): vectorised over the output width.
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_forward_nchw(const DwJob& jb, int64_t b, int64_t e) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in);
+  const T* bias = static_cast<const T*>(jb.bias);
+  T* y = static_cast<T*>(jb.out);
+  const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
+  std::vector<float> acc(s.wo);
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t n = r / s.o, o = r % s.o, c = o / mult;
+    const T* plane = x + (n * s.c + c) * s.h * s.w;
+    const float b0 = bias ? to_float(bias[o]) : 0.0f;
+    for (int64_t oh = 0; oh < s.ho; ++oh) {
+      float* a = acc.data();
+      for (int64_t ow = 0; ow < s.wo; ++ow) a[ow] = b0;
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (ih < 0 || ih >= s.h) continue;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const int64_t offw = j * s.dil_w - s.pad_w;
+          int64_t lo, hi;
+          valid_range(offw, s.stride_w, s.w, s.wo, lo, hi);
+          const float wv = jb.wt[(i * s.kw + j) * s.o + o];
+          const T* row = plane + ih * s.w + offw;
+          if (s.stride_w == 1) {
+#pragma omp simd
+            for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * to_float(row[ow]);
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * to_float(row[ow * s.stride_w]);
+          }
+        }
+      }
+      (void)taps;
+      store_act(a, y + ((n * s.o + o) * s.ho + oh) * s.wo, s.wo, jb.act);
+    }
+  }
+}
+
+// NHWC dgrad over input rows (n, ih) in [b, e): gathers every output that reads the pixel.
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
+  const Conv2dShape& s = jb.s;
+  const T* dy = static_cast<const T*>(jb.in);
+  T* dx = static_cast<T*>(jb.out);
+  const int64_t mult = s.o / s.c;
+  std::vector<float> acc(s.c);
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t n = r / s.h, ih = r % s.h;
+    for (int64_t iw = 0; iw < s.w; ++iw) {
+      float* a = acc.data();
+      std::fill(a, a + s.c, 0.0f);
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const int64_t th = ih + s.pad_h - i * s.dil_h;
+        if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.ho) continue;
+        const int64_t oh = th / s.stride_h;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const int64_t tw = iw + s.pad_w - j * s.dil_w;
+          if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.wo) continue;
+          const int64_t ow = tw / s.stride_w;
+          const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
+          const float* wp = jb.wt + (i * s.kw + j) * s.o;
+          if (mult == 1) {
+#pragma omp simd
+            for (int64_t c = 0; c < s.c; ++c) a[c] += to_float(gp[c]) * wp[c];
+          } else {
+            for (int64_t c = 0; c < s.c; ++c)
+              for (int64_t m = 0; m < mult; ++m) a[c] += to_float(gp[c * mult + m]) * wp[c * mult + m];
+          }
+        }
+      }
+      T* dst = dx + ((n * s.h + ih) * s.w + iw) * s.c;
+#pragma omp simd
+      for (int64_t c = 0; c < s.c; ++c) dst[c] = from_float<T>(a[c]);
+    }
+  }
+}
+
+// NHWC wgrad (and dbias) for output channels [b, e): every pixel in order, float32 sums.
+// out: float32 [KH KW, O] tap-major accumulators (this range's columns); bias sums into out + taps O.
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in);
+  const T* dy = static_cast<const T*>(jb.in2);
+  float* acc = static_cast<float*>(jb.out);
+  const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
+  float* bacc = acc + taps * s.o;
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t oh = 0; oh < s.ho; ++oh) {
+      for (int64_t ow = 0; ow < s.wo; ++ow) {
+        const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
+#pragma omp simd
+        for (int64_t o = b; o < e; ++o) bacc[o] += to_float(gp[o]);
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+          if (ih < 0 || ih >= s.h) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+            if (iw < 0 || iw >= s.w) continue;
+            const T* xp = x + ((n * s.h + ih) * s.w + iw) * s.c;
+            float* ap = acc + (i * s.kw + j) * s.o;
+            if (mult == 1) {
+#pragma omp simd
+              for (int64_t o = b; o < e; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o]);
+            } else {
+              for (int64_t o = b; o < e; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o / mult]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+using DwFn = void (*)(const DwJob&, int64_t, int64_t);
+
+#define FASTOPS_CONV_ENTRIES(name)                                                                     \
+  template <typename T>                                                                                \
+  FASTOPS_TARGET_AVX512 void name##_avx512(const DwJob& j, int64_t b, int64_t e) { name<T>(j, b, e); } \
+  template <typename T>                                                                                \
+  FASTOPS_TARGET_AVX2 void name##_avx2(const DwJob& j, int64_t b, int64_t e) { name<T>(j, b, e); }     \
+  template <typename T>                                                                                \
+  FASTOPS_TARGET_BASELINE void name##_base(const DwJob& j, int64_t b, int64_t e) { name<T>(j, b, e); } \
+  template <typename T>                                                                                \
+  DwFn name##_entry() { return select_isa<DwFn>(name##_base<T>, name##_avx2<T>, name##_avx512<T>); }
+
+FASTOPS_CONV_ENTRIES(dw_forward_nhwc)
+FASTOPS_CONV_ENTRIES(dw_forward_nchw)
+FASTOPS_CONV_ENTRIES(dw_dgrad_nhwc)
+FASTOPS_CONV_ENTRIES(dw_wgrad_nhwc)
+#undef FASTOPS_CONV_ENTRIES
+
+// Runs fn over [0, items) split in equal static chunks (multiples of align) across threads.
+void parallel_range(DwFn fn, const DwJob& job, int64_t items, int64_t align = 1) {
+#pragma omp parallel
+  {
+    int64_t b, e;
+    thread_range(items, align, b, e);
+    if (b < e) fn(job, b, e);
+  }
+}
+
+// The weight [O, KH KW] as float32 [KH KW, O].
+template <typename T>
+std::vector<float> taps_major(const Conv2dShape& s, const T* w) {
+  const int64_t taps = s.kh * s.kw;
+  std::vector<float> wt(taps * s.o);
+  for (int64_t o = 0; o < s.o; ++o)
+    for (int64_t t = 0; t < taps; ++t) wt[t * s.o + o] = to_float(w[o * taps + t]);
+  return wt;
+}
+
+template <typename T>
+void dw_forward(const Conv2dForwardParams& p) {
+  const Conv2dShape& s = p.s;
+  const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
+  DwJob job{s, p.x, nullptr, p.bias, p.y, wt.data(), p.activation};
+  if (s.channels_last) {
+    parallel_range(dw_forward_nhwc_entry<T>(), job, s.n * s.ho);
+  } else {
+    parallel_range(dw_forward_nchw_entry<T>(), job, s.n * s.o);
+  }
+}
+
+template <typename T>
+void dw_backward(const Conv2dBackwardParams& p) {
+  const Conv2dShape& s = p.s;
+  const int64_t taps = s.kh * s.kw;
+  if (p.dx) {
+    const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
+    DwJob job{s, p.dy, nullptr, nullptr, p.dx, wt.data()};
+    parallel_range(dw_dgrad_nhwc_entry<T>(), job, s.n * s.h);
+  }
+  if (p.dw || p.dbias) {
+    std::vector<float> acc((taps + 1) * s.o, 0.0f);
+    DwJob job{s, p.x, p.dy, nullptr, acc.data(), nullptr};
+    parallel_range(dw_wgrad_nhwc_entry<T>(), job, s.o, 16);
+    if (p.dw) {
+      T* dw = static_cast<T*>(p.dw);
+      for (int64_t o = 0; o < s.o; ++o)
+        for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = from_float<T>(acc[t * s.o + o]);
+    }
+    if (p.dbias) {
+      T* db = static_cast<T*>(p.dbias);
+      for (int64_t o = 0; o < s.o; ++o) db[o] = from_float<T>(acc[taps * s.o + o]);
+    }
+  }
+}
+
+template <typename T>
+void forward_typed(const Conv2dForwardParams& p) {
+  if (p.s.depthwise()) {
+    dw_forward<T>(p);
+  } else {
+    forward_gemm<T>(p);
+  }
+}
+
+template <typename T>
+void backward_typed(const Conv2dBackwardParams& p) {
+  if (p.s.depthwise() && p.s.channels_last) {
+    dw_backward<T>(p);
+    return;
+  }
+  if (p.dx) dgrad_gemm<T>(p);
+  if (p.dw) wgrad_gemm<T>(p);
+  if (p.dbias) bias_grad(p.s, static_cast<const T*>(p.dy), static_cast<T*>(p.dbias));
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dForwardParams& p) {
+  if (p.s.n * p.s.o * p.s.ho * p.s.wo == 0) return;
+  switch (p.s.dtype) {
+    case DType::kFloat16: return forward_typed<Half>(p);
+    case DType::kBFloat16: return forward_typed<BFloat16>(p);
+    default: return forward_typed<float>(p);
+  }
+}
+
+void conv2d_backward(const Conv2dBackwardParams& p) {
+  switch (p.s.dtype) {
+    case DType::kFloat16: return backward_typed<Half>(p);
+    case DType::kBFloat16: return backward_typed<BFloat16>(p);
+    default: return backward_typed<float>(p);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastops

@@ -1,0 +1,74 @@
+// 2-D convolution (torch.nn.functional.conv2d semantics): torch-free parameters and entry points.
+//
+// Dims: N images, C input channels, H x W input, O output channels, G groups (Cg = C / G input and
+// Og = O / G output channels per group), kernel KH x KW, output HO x WO with
+//   HO = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1 (the same for WO).
+// x, y, dx and dy are dense 4-D tensors in one memory format: NCHW (channels_last = false) or
+// NHWC (channels_last = true). The weight (and its gradient) is [O, K] contiguous, K = Cg KH KW in
+// the order that matches the layout: (ci, kh, kw) for NCHW, (kh, kw, ci) for NHWC, so that a
+// K-run of the implicit im2col matrix reads memory in order. bias is [O], or null.
+// Storage float32/float16/bfloat16; every sum accumulates in float32 in a fixed order
+// (deterministic whatever the thread count); offsets are int64.
+#pragma once
+
+#include <cstdint>
+
+#include "fastops/dtype.h"
+#include "fastops/gemm.h"
+#include "fastops/macros.h"
+
+namespace fastops {
+
+struct Conv2dShape {
+  int64_t n = 0, c = 0, h = 0, w = 0;   // input
+  int64_t o = 0, kh = 1, kw = 1;        // weight [O, C / groups, KH, KW]
+  int64_t ho = 0, wo = 0;               // output
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1, groups = 1;
+  bool channels_last = false;
+  DType dtype = DType::kFloat32;
+
+  FASTOPS_HOST_DEVICE int64_t cg() const { return c / groups; }
+  FASTOPS_HOST_DEVICE int64_t og() const { return o / groups; }
+  FASTOPS_HOST_DEVICE int64_t k() const { return cg() * kh * kw; }
+  // A 1x1, stride-1, unpadded convolution: a plain GEMM on the input in place.
+  FASTOPS_HOST_DEVICE bool pointwise() const {
+    return kh == 1 && kw == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+  }
+  // groups == C == O / multiplier: the dedicated depthwise kernels.
+  FASTOPS_HOST_DEVICE bool depthwise() const { return groups > 1 && groups == c && o % c == 0; }
+};
+
+// Output length of one spatial dim (may be <= 0 for a kernel larger than the padded input).
+FASTOPS_HOST_DEVICE inline int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad,
+                                                 int64_t dil) {
+  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+}
+
+// y = act(conv(x, w) + bias).
+struct Conv2dForwardParams {
+  Conv2dShape s;
+  const void* x = nullptr;
+  const void* w = nullptr;
+  const void* bias = nullptr;  // [O] or null
+  void* y = nullptr;
+  Activation activation = Activation::kNone;
+};
+
+// Gradients of y = conv(x, w) + bias from dy; each output is skipped when its pointer is null.
+struct Conv2dBackwardParams {
+  Conv2dShape s;
+  const void* dy = nullptr;
+  const void* x = nullptr;
+  const void* w = nullptr;
+  void* dx = nullptr;     // layout of x
+  void* dw = nullptr;     // [O, K] in the layout's K order, storage dtype
+  void* dbias = nullptr;  // [O], storage dtype
+};
+
+namespace cpu {
+// Call from outside any OpenMP parallel region (they run cpu::gemm, which is parallel).
+void conv2d_forward(const Conv2dForwardParams& p);
+void conv2d_backward(const Conv2dBackwardParams& p);
+}  // namespace cpu
+
+}  // namespace fastops

@@ -1,0 +1,369 @@
+"""2-D convolution as custom ops: fastops::conv2d and fastops::conv2d_backward, with their kernels.
+
+    conv2d(x [N, C, H, W], weight [O, C / groups, KH, KW], bias [O] or None, stride, padding,
+           dilation, groups, activation, backend) -> y [N, O, HO, WO] = act(conv(x, weight) + bias)
+    conv2d_backward(grad [N, O, HO, WO], x, weight, stride, padding, dilation, groups, output_mask,
+                    backend) -> (grad_x, grad_weight, grad_bias); an output left out of
+                    output_mask comes back as an empty tensor
+
+stride/padding/dilation are pairs (symmetric padding; "same" with an odd total is padded on the
+host first, as torch does). activation: 0 none, 1 relu, 4 silu (the codes of fastops::Activation).
+y is channels_last when x or weight is, else contiguous, as torch's CPU and CUDA convolutions give;
+the gradients come back in the formats of x and weight. float32/float16/bfloat16 storage, float32
+accumulation; float64 runs on torch. The backward of an activated conv multiplies grad by act'
+first (relu from the saved output, silu from a recomputed pre-activation). `backend` is a name
+from fastops.BACKENDS (or "auto:<name>"), as in fastops/ops/softmax.py.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastops import _dispatch, _dropin, _ext
+
+FAMILY = "conv"
+_NAME = "fastops.conv2d"
+ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "silu": 4}
+
+
+# ---- argument checks and normalisation (torch's semantics and error messages) -------------------
+
+def _fail(msg: str):
+    raise RuntimeError(f"{_NAME}: {msg}")
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (1, 2) and \
+            all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (value[0], value[-1])
+    _fail(f"expected {name} to be a single integer value or a list of 2 values to match the "
+          f"convolution dimensions, but got {name}={value!r}")
+
+
+def activation_code(activation) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{_NAME}: activation must be None, 'relu' or 'silu', got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+class Args:
+    """A checked call: x4 [N, C, H, W] (padded on the right/bottom for an odd 'same'), symmetric
+    integer pairs, and whether the input was unbatched."""
+
+    def __init__(self, x4, unbatched, stride, padding, dilation, groups, act):
+        self.x4, self.unbatched = x4, unbatched
+        self.stride, self.padding, self.dilation, self.groups, self.act = stride, padding, dilation, groups, act
+
+
+def check(x, weight, bias, stride, padding, dilation, groups, activation) -> Args:
+    """Raises what torch's conv2d raises (RuntimeError), naming the argument; returns the call's Args."""
+    for name, t in (("input", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{_NAME}: {name} must be a Tensor, got {type(t).__name__}")
+    if x.dim() not in (3, 4):
+        _fail(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(x.shape)}")
+    if weight.dim() != 4:
+        _fail(f"weight must be 4-D [out_channels, in_channels / groups, kH, kW], got shape {list(weight.shape)}")
+    if x.dtype != weight.dtype or x.device != weight.device:
+        _fail(f"input and weight must have the same dtype and device, got {x.dtype} on {x.device} and "
+              f"{weight.dtype} on {weight.device}")
+    if not x.is_floating_point():
+        _fail(f"input must be a floating-point tensor, got {x.dtype}")
+    act = activation_code(activation)
+    unbatched = x.dim() == 3
+    x4 = x.unsqueeze(0) if unbatched else x
+    if not isinstance(groups, int) or groups <= 0:
+        _fail(f"non-positive groups is not supported (groups={groups!r})")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride) <= 0:
+        _fail(f"non-positive stride is not supported (stride={list(stride)})")
+    if min(dilation) <= 0:
+        _fail(f"dilation should be greater than zero, but got {list(dilation)}")
+    O, Cg, KH, KW = weight.shape
+    if O % groups != 0:
+        _fail(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, but got "
+              f"weight of size {list(weight.shape)} instead")
+    if Cg * groups != x4.shape[1]:
+        _fail(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(x4.shape)} to "
+              f"have {Cg * groups} channels, but got {x4.shape[1]} channels instead")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{_NAME}: bias must be a Tensor or None, got {type(bias).__name__}")
+        if bias.dim() != 1 or bias.shape[0] != O:
+            _fail(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {O} "
+                  f"elements, but got bias of size {list(bias.shape)} instead")
+        if bias.dtype != x.dtype or bias.device != x.device:
+            _fail(f"bias must have input's dtype {x.dtype} and device {x.device}, got {bias.dtype} on {bias.device}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if max(stride) != 1:
+                _fail("padding='same' is not supported for strided convolutions")
+            totals = (dilation[0] * (KH - 1), dilation[1] * (KW - 1))
+            padding = (totals[0] // 2, totals[1] // 2)
+            extra = (totals[0] % 2, totals[1] % 2)
+            if any(extra):  # torch pads the odd one on the right/bottom
+                x4 = torch.nn.functional.pad(x4, (0, extra[1], 0, extra[0]))
+        else:
+            _fail(f"Invalid padding string: {padding!r} (expected 'same', 'valid' or integers)")
+    else:
+        padding = _pair(padding, "padding")
+        if min(padding) < 0:
+            _fail(f"negative padding is not supported (padding={list(padding)})")
+    padded = (x4.shape[2] + 2 * padding[0], x4.shape[3] + 2 * padding[1])
+    if padded[0] < dilation[0] * (KH - 1) + 1 or padded[1] < dilation[1] * (KW - 1) + 1:
+        _fail(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+              f"({dilation[0] * (KH - 1) + 1} x {dilation[1] * (KW - 1) + 1}). Kernel size can't be greater "
+              f"than actual input size")
+    return Args(x4, unbatched, stride, padding, dilation, groups, act)
+
+
+def output_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """channels_last when x or weight is (as torch's convolutions), else contiguous."""
+    if x.dim() == 4 and (_is_cl(x) or _is_cl(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _is_cl(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.shape[1] > 1 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous()
+
+
+def _empty():
+    return torch.empty(0)
+
+
+# ---- kernels -----------------------------------------------------------------------------------
+# Each forward takes (x, weight, bias, stride, padding, dilation, groups, act) and returns y in
+# output_format(x, weight); each backward takes (grad, x, weight, stride, padding, dilation, groups,
+# mask) and returns (dx or None, dw or None, db or None) in the formats of x and weight.
+
+def _forward_c(x, weight, bias, stride, padding, dilation, groups, act):
+    fmt = output_format(x, weight)
+    y = _ext.C.conv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), groups, act,
+                              fmt == torch.channels_last)
+    return y.contiguous(memory_format=fmt)
+
+
+def _backward_c(grad, x, weight, stride, padding, dilation, groups, mask):
+    cl = output_format(x, weight) == torch.channels_last
+    dx, dw, db = _ext.C.conv2d_backward(grad, x, weight, list(stride), list(padding), list(dilation), groups, cl,
+                                        list(mask))
+    return _formats(x, weight, dx, dw, db)
+
+
+def _formats(x, weight, dx, dw, db):
+    if dx is not None:
+        dx = dx.contiguous(memory_format=torch.channels_last if _is_cl(x) else torch.contiguous_format)
+    if dw is not None:
+        dw = dw.contiguous(memory_format=torch.channels_last if _is_cl(weight) else torch.contiguous_format)
+    return dx, dw, db
+
+
+def _forward_triton(x, weight, bias, stride, padding, dilation, groups, act):
+    from fastops.triton import conv as tk
+    return tk.conv2d_forward(x, weight, bias, stride, padding, dilation, groups, act, output_format(x, weight))
+
+
+def _backward_triton(grad, x, weight, stride, padding, dilation, groups, mask):
+    from fastops.triton import conv as tk
+    dx, dw, db = tk.conv2d_backward(grad, x, weight, stride, padding, dilation, groups, mask)
+    return _formats(x, weight, dx, dw, db)
+
+
+def apply_activation(y: torch.Tensor, act: int) -> torch.Tensor:
+    if act == 1:
+        return torch.relu(y)
+    if act == 4:
+        return torch.nn.functional.silu(y)
+    return y
+
+
+def forward_ref(x, weight, bias, stride, padding, dilation, groups, act):
+    """The torch kernel: torch's conv2d, then the activation."""
+    y = torch.ops.aten.convolution(x, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
+                                   groups)
+    return apply_activation(y, act)
+
+
+def backward_ref(grad, x, weight, stride, padding, dilation, groups, mask):
+    dx, dw, db = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], list(stride),
+                                                     list(padding), list(dilation), False, [0, 0], groups,
+                                                     list(mask))
+    return dx, dw, db
+
+
+def _supports(x, weight, bias, stride, padding, dilation, groups, act):
+    if x.dim() != 4:
+        return f"input must be 4-D here, got {x.dim()}-D"
+    if act not in (0, 1, 4):
+        return f"activation code {act}"
+    return None
+
+
+def _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask):
+    return None if x.dim() == 4 else f"input must be 4-D here, got {x.dim()}-D"
+
+
+# Input elements (N C H W) below which `auto` calls torch on the CPU, from
+# `python -m fastops.bench --ops conv` on the development machine (see README): below it the
+# Python dispatch and the panel set-up cost more than oneDNN's whole convolution.
+CROSSOVER = {"cpu": 4096}
+
+_dispatch.register_op("conv2d_forward", FAMILY, {
+    "triton": _forward_triton, "cpu": _forward_c, "torch": forward_ref,
+}, supports={"triton": _supports, "cpu": _supports}, crossover=CROSSOVER)
+_dispatch.register_op("conv2d_backward", FAMILY, {
+    "triton": _backward_triton, "cpu": _backward_c, "torch": backward_ref,
+}, supports={"triton": _supports_backward, "cpu": _supports_backward}, crossover=CROSSOVER)
+
+
+def run(op: str, backend: str, *args):
+    choice = _dispatch.select(op, args[0], *args[1:], backend=None if backend == "auto" else backend)
+    return choice.kernel.fn(*args)
+
+
+# ---- custom ops --------------------------------------------------------------------------------
+
+def _check_op_args(x, weight, bias, stride, padding, dilation, groups):
+    torch._check(x.dim() == 4 and weight.dim() == 4, lambda: f"{_NAME}: x and weight must be 4-D")
+    torch._check(len(stride) == 2 and len(padding) == 2 and len(dilation) == 2,
+                 lambda: f"{_NAME}: stride, padding and dilation must be pairs")
+    torch._check(groups > 0 and weight.shape[0] % groups == 0 and weight.shape[1] * groups == x.shape[1],
+                 lambda: f"{_NAME}: weight {list(weight.shape)} does not match input channels {x.shape[1]} "
+                         f"with groups={groups}")
+    torch._check(bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]),
+                 lambda: f"{_NAME}: bias must be [{weight.shape[0]}]")
+
+
+def _out_shape(x, weight, stride, padding, dilation):
+    ho = out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    wo = out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    torch._check(ho > 0 and wo > 0, lambda: f"{_NAME}: kernel larger than the padded input")
+    return (x.shape[0], weight.shape[0], ho, wo)
+
+
+@torch.library.custom_op("fastops::conv2d", mutates_args=())
+def conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+              padding: list[int], dilation: list[int], groups: int, activation: int, backend: str) -> torch.Tensor:
+    _check_op_args(x, weight, bias, stride, padding, dilation, groups)
+    return run("conv2d_forward", backend, x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+               activation)
+
+
+@conv2d_op.register_fake
+def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, activation, backend):
+    _check_op_args(x, weight, bias, stride, padding, dilation, groups)
+    shape = _out_shape(x, weight, stride, padding, dilation)
+    return x.new_empty(shape).contiguous(memory_format=output_format(x, weight))
+
+
+@torch.library.custom_op("fastops::conv2d_backward", mutates_args=())
+def conv2d_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                       padding: list[int], dilation: list[int], groups: int, output_mask: list[bool],
+                       backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_op_args(x, weight, None, stride, padding, dilation, groups)
+    torch._check(tuple(grad.shape) == _out_shape(x, weight, stride, padding, dilation),
+                 lambda: f"{_NAME}: grad_output must have the output's shape")
+    dx, dw, db = run("conv2d_backward", backend, grad, x, weight, tuple(stride), tuple(padding), tuple(dilation),
+                     groups, tuple(output_mask))
+    return tuple(t if keep else x.new_empty(0) for t, keep in zip((dx, dw, db), output_mask))
+
+
+@conv2d_backward_op.register_fake
+def _conv2d_backward_fake(grad, x, weight, stride, padding, dilation, groups, output_mask, backend):
+    _check_op_args(x, weight, None, stride, padding, dilation, groups)
+    dx = torch.empty_like(x, memory_format=torch.channels_last if _is_cl(x) else torch.contiguous_format)
+    dw = torch.empty_like(weight, memory_format=torch.channels_last if _is_cl(weight) else torch.contiguous_format)
+    outs = (dx, dw, x.new_empty(weight.shape[0]))
+    return tuple(t if keep else x.new_empty(0) for t, keep in zip(outs, output_mask))
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, weight, bias, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, ctx.act, ctx.backend = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, bias if ctx.act == 4 else None, output if ctx.act == 1 else None)
+
+
+def _conv2d_bwd(ctx, grad):
+    x, weight, bias, y = ctx.saved_tensors
+    if ctx.act == 1:
+        grad = grad * (y > 0).to(grad.dtype)
+    elif ctx.act == 4:  # silu'(z) from the recomputed pre-activation z
+        z = conv2d_op(x, weight, bias, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, 0, ctx.backend)
+        s = torch.sigmoid(z.float())
+        grad = (grad.float() * s * (1.0 + z.float() * (1.0 - s))).to(grad.dtype)
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    dx, dw, db = conv2d_backward_op(grad, x, weight, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, mask,
+                                    ctx.backend)
+    return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None,
+            None, None, None, None, None, None)
+
+
+conv2d_op.register_autograd(_conv2d_bwd, setup_context=_conv2d_setup)
+
+
+# ---- the functional entry point (fastops.functional.conv2d) --------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    if activation is None and _dispatch.small_cpu_call("conv2d_forward", x):  # below the crossover
+        return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    a = check(x, weight, bias, stride, padding, dilation, groups, activation)
+    args = (a.x4, weight, bias, a.stride, a.padding, a.dilation, a.groups)
+    if torch.compiler.is_compiling():
+        y = conv2d_op(*args, a.act, "auto")
+    else:
+        choice = _dispatch.select("conv2d_forward", *args, a.act)
+        needs_graph = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight, bias))
+        if choice.kernel.backend == "torch":
+            y = forward_ref(*args, a.act)
+        elif not needs_graph:
+            y = choice.kernel.fn(*args, a.act)
+        elif a.act == 4:  # training through silu: the op without it, torch's silu (and its backward) after
+            y = torch.nn.functional.silu(conv2d_op(*args, 0, _dispatch.chosen_name(choice)))
+        else:
+            y = conv2d_op(*args, a.act, _dispatch.chosen_name(choice))
+    return y.squeeze(0) if a.unbatched else y
+
+
+# ---- aten overrides for fastops.enable() --------------------------------------------------------
+
+def _aten_convolution(original, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed or x.dim() != 4 or len(stride) != 2:
+        _dispatch.fallback("conv2d_forward", x, "transposed or non-2-D convolution")
+        return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    args = (x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, 0)
+    choice = _dispatch.select("conv2d_forward", *args)
+    if choice.kernel.backend == "torch":
+        return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    return choice.kernel.fn(*args)
+
+
+def _aten_convolution_backward(original, grad, x, weight, bias_sizes, stride, padding, dilation, transposed,
+                               output_padding, groups, output_mask):
+    def torch_backward():
+        return original(grad, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
+                        groups, output_mask)
+
+    if transposed or x.dim() != 4 or len(stride) != 2:
+        _dispatch.fallback("conv2d_backward", grad, "transposed or non-2-D convolution")
+        return torch_backward()
+    args = (grad, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(output_mask))
+    choice = _dispatch.select("conv2d_backward", *args)
+    if choice.kernel.backend == "torch":
+        return torch_backward()
+    return choice.kernel.fn(*args)
+
+
+_dropin.register_override(FAMILY, "aten::convolution", _aten_convolution, composite=True)
+_dropin.register_override(FAMILY, "aten::convolution_backward", _aten_convolution_backward, composite=True)

@@ -1,0 +1,274 @@
+"""fastops conv2d against torch's conv2d (float64 reference): cpu and triton backends, stride /
+padding (incl. "same", "valid") / dilation / groups (incl. depthwise with multiplier) / kernels 1x1,
+3x3, 5x5, 7x7 and non-square, odd spatial sizes, batch 1 and > 1 and unbatched, NCHW and
+channels_last, every dtype, forward and the three gradients; the fused bias + relu/silu epilogue;
+gradcheck (float64 through torch), opcheck, torch.compile, determinism, a long-K bfloat16 case,
+errors as torch raises them, nn.Conv2d (padding modes, state_dict), enable() and patch()."""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastops
+from fastops import _dispatch
+from fastops import functional as F
+from fastops.ops import conv as C
+from utils import ATOL, DTYPES, RTOL, make
+
+CL = torch.channels_last
+
+# (N or None for unbatched, C, H, W, O, KH, KW, stride, padding, dilation, groups)
+CPU_CASES = [
+    (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1),
+    (1, 3, 11, 10, 5, 5, 3, (2, 1), (2, 0), (1, 2), 1),
+    (2, 8, 6, 6, 8, 1, 1, 1, 0, 1, 1),           # pointwise: GEMM in place
+    (2, 8, 7, 6, 4, 1, 1, 2, 0, 1, 2),           # strided 1x1, groups
+    (2, 6, 7, 9, 6, 3, 3, 1, 1, 1, 6),           # depthwise
+    (2, 6, 7, 9, 12, 3, 3, 2, 1, 1, 6),          # depthwise, multiplier 2, stride 2
+    (1, 4, 9, 9, 8, 7, 7, 1, 3, 1, 2),
+    (3, 5, 13, 11, 7, 5, 5, 2, "valid", 1, 1),
+    (None, 3, 10, 9, 4, 3, 2, 1, "same", (2, 1), 1),  # unbatched, non-square, asymmetric "same"
+    (1, 16, 5, 5, 16, 3, 3, 1, 1, 2, 16),        # dilated depthwise
+    (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
+]
+TRITON_CASES = [
+    (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1),
+    (1, 3, 11, 10, 5, 5, 3, (2, 1), (2, 0), (1, 2), 1),
+    (None, 6, 7, 5, 12, 3, 3, 2, 1, 1, 6),
+    (1, 4, 6, 6, 8, 1, 1, 1, 0, 1, 2),
+]
+
+
+def _inputs(case, dtype, fmt, bias=True, seed=0):
+    n, c, h, w, o, kh, kw, stride, padding, dilation, groups = case
+    shape = (c, h, w) if n is None else (n, c, h, w)
+    x = make(shape, dtype, seed=seed, scale=1.0)
+    if fmt == CL and n is not None:
+        x = x.contiguous(memory_format=CL)
+    wt = make((o, c // groups, kh, kw), dtype, seed=seed + 1, scale=1.0)
+    b = make((o,), dtype, seed=seed + 2, scale=1.0) if bias else None
+    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _run(fn, x, w, b, kw, grad=None, **extra):
+    ts = [t.detach().clone().requires_grad_() for t in (x, w, b) if t is not None]
+    out = fn(*ts[:2], ts[2] if b is not None else None, **kw, **extra)
+    g = grad if grad is not None else make(out.shape, out.dtype, seed=99, scale=1.0)
+    grads = torch.autograd.grad(out, ts, g.to(out.dtype))
+    return out, grads, g
+
+
+def _check_case(case, dtype, fmt, backend, activation=None):
+    x, w, b, kw = _inputs(case, dtype, fmt)
+    with fastops.use_backend(backend):
+        out, grads, g = _run(F.conv2d, x, w, b, kw, activation=activation)
+    assert _dispatch.last_choice("conv2d_forward").backend == backend
+    ref_out, ref_grads, _ = _run(_torch_conv(activation), x.double(), w.double(), b.double(), kw, grad=g.double())
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    if x.dim() == 4:
+        assert out.is_contiguous(memory_format=fmt), "output must keep torch's memory format"
+        assert grads[0].is_contiguous(memory_format=fmt)
+    k = w.shape[1] * w.shape[2] * w.shape[3]
+    pixels = ref_out.numel() // ref_out.shape[-3]
+    # fastops' error against float64 at most twice torch's own error in this dtype (plus a floor)
+    torch_out, torch_grads, _ = _run(_torch_conv(activation), x, w, b, kw, grad=g)
+    for name, a, r, t, red in (("out", out, ref_out, torch_out, k), ("dx", grads[0], ref_grads[0], torch_grads[0], k),
+                               ("dw", grads[1], ref_grads[1], torch_grads[1], pixels),
+                               ("db", grads[2], ref_grads[2], torch_grads[2], pixels)):
+        err = (a.double() - r).abs().max().item()
+        torch_err = (t.double() - r).abs().max().item()
+        floor = ATOL[dtype] * max(1.0, red / 1024) + RTOL[dtype] * r.abs().max().item()
+        assert err <= 2 * torch_err + floor, f"{name}: error {err:.3g}, torch's {torch_err:.3g}, floor {floor:.3g}"
+
+
+def _torch_conv(activation):
+    def fn(x, w, b, activation=None, **kw):
+        return C.apply_activation(TF.conv2d(x, w, b, **kw), C.ACTIVATIONS[activation])
+    return lambda x, w, b, **kw: fn(x, w, b, activation=activation, **kw)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_cpu_matches_torch(case, dtype, fmt):
+    _check_case(case, dtype, fmt, "cpu")
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [CPU_CASES[0], CPU_CASES[2], CPU_CASES[5]], ids=str)
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_fused_activation(backend, case, fmt, activation):
+    _check_case(case, torch.float32, fmt, backend, activation)
+    # inference: the kernel's own epilogue (no autograd graph)
+    x, w, b, kw = _inputs(case, torch.bfloat16, fmt)
+    with fastops.use_backend(backend), torch.no_grad():
+        y = F.conv2d(x, w, b, activation=activation, **kw)
+    ref = _torch_conv(activation)(x.double(), w.double(), b.double(), **kw)
+    torch.testing.assert_close(y.double(), ref, rtol=RTOL[torch.bfloat16] * 2, atol=ATOL[torch.bfloat16] * 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", TRITON_CASES, ids=str)
+def test_triton_matches_torch(case, dtype):
+    _check_case(case, dtype, CL if case[0] == 2 else torch.contiguous_format, "triton")
+
+
+def test_float16_triton():
+    _check_case(TRITON_CASES[0], torch.float16, torch.contiguous_format, "triton")
+
+
+def test_no_bias_and_partial_grads():
+    x, w, _, kw = _inputs(CPU_CASES[0], torch.float32, CL, bias=False)
+    xr = x.clone().requires_grad_()
+    with fastops.use_backend("cpu"):
+        y = F.conv2d(xr, w, None, **kw)  # only the input needs a gradient
+        (gx,) = torch.autograd.grad(y.sum(), xr)
+    torch.testing.assert_close(gx, torch.autograd.grad(TF.conv2d(xr, w, None, **kw).sum(), xr)[0])
+
+
+def test_long_k_bfloat16_against_float32():
+    """K = 256 * 9 = 2304: float32 accumulation keeps bfloat16 within its rounding of the result."""
+    x = make((1, 256, 9, 9), torch.bfloat16, scale=1.0)
+    w = make((32, 256, 3, 3), torch.bfloat16, seed=1, scale=0.05)
+    with fastops.use_backend("cpu"):
+        y = F.conv2d(x, w, padding=1)
+    ref = TF.conv2d(x.float(), w.float(), padding=1)
+    torch.testing.assert_close(y.float(), ref, rtol=1.6e-2, atol=1.6e-2 * ref.abs().max().item() / 8)
+
+
+def test_noncontiguous_and_empty():
+    x = make((2, 3, 10, 12), torch.float32, scale=1.0)[:, :, ::2, 1:]  # strided view
+    w = make((4, 3, 3, 3), torch.float32, seed=1, scale=1.0)
+    with fastops.use_backend("cpu"):
+        torch.testing.assert_close(F.conv2d(x, w, padding=1), TF.conv2d(x, w, padding=1))
+        e = torch.zeros(0, 3, 8, 8, requires_grad=True)
+        w.requires_grad_()
+        y = F.conv2d(e, w, padding=1)
+        assert y.shape == (0, 4, 8, 8)
+        (gw,) = torch.autograd.grad(y.sum(), [w])
+        assert torch.equal(gw, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_deterministic_backward(backend):
+    case = (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1) if backend == "cpu" else TRITON_CASES[0]
+    x, w, b, kw = _inputs(case, torch.bfloat16, CL)
+    runs = 10 if backend == "cpu" else 3
+    with fastops.use_backend(backend):
+        first = _run(F.conv2d, x, w, b, kw)[1]
+        for _ in range(runs - 1):
+            again = _run(F.conv2d, x, w, b, kw)[1]
+            assert all(torch.equal(a, b_) for a, b_ in zip(first, again))
+
+
+def test_gradcheck_float64_through_torch():
+    x, w, b, kw = _inputs(CPU_CASES[1], torch.float64, torch.contiguous_format)
+    ts = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(lambda a, c, d: F.conv2d(a, c, d, **kw), ts)
+    assert _dispatch.last_choice("conv2d_forward").backend == "torch"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_opcheck(backend):
+    x, w, b, _ = _inputs((1, 4, 6, 5, 4, 3, 3, 1, 1, 1, 2), torch.float32, CL)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [1, 1], [1, 1], [1, 1], 2, 1, backend)
+    torch.library.opcheck(C.conv2d_op, args)
+    g = make((1, 4, 6, 5), torch.float32, seed=5, scale=1.0)
+    torch.library.opcheck(C.conv2d_backward_op, (g, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2,
+                                                 [True, True, True], backend))
+
+
+def test_compile_fullgraph():
+    x, w, b, kw = _inputs(CPU_CASES[0], torch.float32, torch.contiguous_format)
+
+    def f(x, w, b):
+        return F.conv2d(x, w, b, activation="relu", **kw).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    xs = [t.clone().requires_grad_() for t in (x, w, b)]
+    with fastops.use_backend("cpu"):
+        out = compiled(*xs)
+        grads = torch.autograd.grad(out, xs)
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref_out = TF.conv2d(*ref, **kw).relu().sum()
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
+    for a, r in zip(grads, torch.autograd.grad(ref_out, ref)):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
+BAD = [
+    (lambda conv, x: conv(x, torch.randn(4, 3, 3, 3)), "channels"),
+    (lambda conv, x: conv(x, torch.randn(3, 2, 3, 3), groups=2), "divisible"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 7, 7)), "Kernel size"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), padding=-1), "negative padding"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), padding="same", stride=2), "strided"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), padding="full"), "padding string"),
+    (lambda conv, x: conv(x[0, 0], torch.randn(4, 4, 3, 3)), "3D"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), stride=0), "stride"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), torch.randn(3)), "bias"),
+    (lambda conv, x: conv(x, torch.randn(4, 4, 3, 3), groups=0), "groups"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=[b[1] for b in BAD])
+def test_errors_like_torch(bad):
+    fn, words = bad
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(RuntimeError):  # torch's type on the same call...
+        fn(TF.conv2d, x)
+    with pytest.raises(RuntimeError, match=words):  # ...and fastops names the problem
+        fn(F.conv2d, x)
+
+
+def test_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        F.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), activation="tanh")
+    with pytest.raises(ValueError, match="activation"):
+        fastops.nn.Conv2d(4, 4, 3, activation="tanh")
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_nn_conv2d(mode):
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode=mode)
+    mod = fastops.nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode=mode)
+    mod.load_state_dict(ref.state_dict())
+    assert set(mod.state_dict()) == set(ref.state_dict())
+    x = make((2, 4, 9, 8), torch.float32, scale=1.0)
+    with fastops.use_backend("cpu"):
+        torch.testing.assert_close(mod(x), ref(x), rtol=1e-5, atol=1e-5)
+    fused = fastops.nn.Conv2d(4, 6, 3, padding=1, activation="relu")
+    fused.load_state_dict(torch.nn.Conv2d(4, 6, 3, padding=1).state_dict())
+    with fastops.use_backend("cpu"):
+        assert (fused(x) >= 0).all()
+
+
+def test_patch_and_enable():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, groups=8, padding=1))
+    x = make((2, 3, 12, 12), torch.float32, scale=1.0).requires_grad_()
+    ref = model(x)
+    ref_grad = torch.autograd.grad(ref.sum(), x)[0]
+    fastops.patch(model)
+    assert isinstance(model[0], fastops.nn.Conv2d)
+    with fastops.use_backend("cpu"):
+        out = model(x)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    fastops.unpatch(model)
+    assert type(model[0]) is torch.nn.Conv2d
+    _dispatch.clear_history()
+    with fastops.enable(include="conv"), fastops.use_backend("cpu"):
+        out = model(x)
+        grad = torch.autograd.grad(out.sum(), x)[0]
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    assert _dispatch.last_choice("conv2d_backward").backend == "cpu"
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_explain_names_fallback_for_float64():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    F.conv2d(x, torch.randn(2, 2, 3, 3, dtype=torch.float64))
+    assert "conv2d_forward: torch" in fastops.explain()
