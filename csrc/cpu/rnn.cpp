@@ -8,6 +8,7 @@
 // gradients ordered column sums, so results do not depend on the thread count.
 // fp16/bf16: the weights are widened to float32 once per backward call, so every product and sum
 // of the backward is float32 (the forward's GEMMs read bf16/fp16 and accumulate in float32).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -173,6 +174,28 @@ struct F32View {
   }
 };
 
+// dst[c * rows + r] = float(src[r * cols + c]): a float32 transposed copy, in 32 x 32 tiles.
+template <typename T>
+void transpose_to(const void* src, int64_t rows, int64_t cols, float* dst) {
+  const T* s = static_cast<const T*>(src);
+  constexpr int64_t kTile = 32;
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+  for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+      for (int64_t c = c0; c < std::min(c0 + kTile, cols); ++c)
+        for (int64_t r = r0; r < std::min(r0 + kTile, rows); ++r) dst[c * rows + r] = to_float(s[r * cols + c]);
+}
+
+std::vector<float> transposed(DType d, const void* src, int64_t rows, int64_t cols) {
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  switch (d) {
+    case DType::kFloat16: transpose_to<Half>(src, rows, cols, out.data()); break;
+    case DType::kBFloat16: transpose_to<BFloat16>(src, rows, cols, out.data()); break;
+    default: transpose_to<float>(src, rows, cols, out.data()); break;
+  }
+  return out;
+}
+
 // C[m, n] (row stride ldc) = beta * C + A[m, k] B[k, n], all addressed through element strides.
 void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row, int64_t a_col, const void* b,
         int64_t b_row, int64_t b_col, float* c, int64_t ldc, float beta) {
@@ -296,7 +319,9 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     c0.resize(static_cast<size_t>(B * H));
     widen_any(p.dtype, p.c0, c0.data(), B * H);
   }
-  const F32View whh(p.dtype, p.w_hh, GH * H);
+  // Every backward GEMM reads A along rows and B along k (both unit stride): W_hh, W_ih and the
+  // operands of the weight gradients are transposed into float32 copies first.
+  const std::vector<float> whh_t = transposed(p.dtype, p.w_hh, GH, H);  // [H, GH]
   const char* dy = static_cast<const char*>(q.dy);
   for (int64_t s = T - 1; s >= 0 && !empty; --s) {
     const int64_t t = forward_time(p, s);
@@ -320,7 +345,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     sp.t = t;
     rnn_step_backward(sp);
     // dh += dgh[B, GH] W_hh[GH, H]
-    mm(B, H, GH, DType::kFloat32, dgh + t * B * GH, GH, 1, whh.ptr, H, 1, q.dh0, H, 1.0f);
+    mm(B, H, GH, DType::kFloat32, dgh + t * B * GH, GH, 1, whh_t.data(), 1, GH, q.dh0, H, 1.0f);
   }
   if (empty) {
     std::memset(q.dx, 0, sizeof(float) * T * B * I);
@@ -330,22 +355,32 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     if (q.db_hh) std::memset(q.db_hh, 0, sizeof(float) * GH);
     return;
   }
-  const F32View wih(p.dtype, p.w_ih, GH * I);
-  mm(T * B, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih.ptr, I, 1, q.dx, I, 0.0f);  // dx = dgi W_ih
-  const F32View xv(p.dtype, p.x, T * B * I);
-  // dW_ih = dgi^T x, dW_hh = dgh^T hprev (sums over all T*B rows)
-  mm(GH, I, T * B, DType::kFloat32, dgi.data(), 1, GH, xv.ptr, I, 1, q.dw_ih, I, 0.0f);
-  mm(GH, H, T * B, DType::kFloat32, dgh, 1, GH, hprev.data(), H, 1, q.dw_hh, H, 0.0f);
+  const int64_t TB = T * B;
+  const std::vector<float> wih_t = transposed(p.dtype, p.w_ih, GH, I);  // [I, GH]
+  mm(TB, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih_t.data(), 1, GH, q.dx, I, 0.0f);  // dx = dgi W_ih
+  // dW_ih = dgi^T x, dW_hh = dgh^T hprev: sums over all T*B rows, from [GH, TB] and [I|H, TB] copies
+  const std::vector<float> dgi_t = transposed(DType::kFloat32, dgi.data(), TB, GH);
+  const std::vector<float> dgh_t = gru ? transposed(DType::kFloat32, dgh, TB, GH) : std::vector<float>();
+  const float* dgh_tp = gru ? dgh_t.data() : dgi_t.data();
+  {
+    const std::vector<float> x_t = transposed(p.dtype, p.x, TB, I);
+    mm(GH, I, TB, DType::kFloat32, dgi_t.data(), TB, 1, x_t.data(), 1, TB, q.dw_ih, I, 0.0f);
+  }
+  {
+    const std::vector<float> hprev_t = transposed(DType::kFloat32, hprev.data(), TB, H);
+    mm(GH, H, TB, DType::kFloat32, dgh_tp, TB, 1, hprev_t.data(), 1, TB, q.dw_hh, H, 0.0f);
+  }
   float* db[2] = {q.db_ih, q.db_hh};
-  const float* src[2] = {dgi.data(), dgh};
+  const float* src[2] = {dgi_t.data(), dgh_tp};
   for (int w = 0; w < 2; ++w) {
     if (!db[w]) continue;
     float* out = db[w];
     const float* g = src[w];
-    std::memset(out, 0, sizeof(float) * GH);
-    for (int64_t r = 0; r < T * B; ++r) {  // ordered over rows, vectorised over columns
-#pragma omp simd
-      for (int64_t k = 0; k < GH; ++k) out[k] += g[r * GH + k];
+#pragma omp parallel for schedule(static) if (GH * TB >= (1 << 16))
+    for (int64_t k = 0; k < GH; ++k) {  // each a sum over rows in order: thread-count independent
+      float acc = 0.0f;
+      for (int64_t r = 0; r < TB; ++r) acc += g[k * TB + r];
+      out[k] = acc;
     }
   }
 }
