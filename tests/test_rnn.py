@@ -307,6 +307,8 @@ def test_errors_as_torch():
         with pytest.raises(RuntimeError) as got:
             m(bad_x, bad_h)
         assert str(got.value) == str(want.value)
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        m(torch.randn(0, 2, 4))
     with pytest.raises(ValueError, match="proj_size"):
         fastops.nn.LSTM(4, 5, proj_size=5)
     with pytest.raises(ValueError, match="2D or 3D"):
@@ -317,6 +319,19 @@ def test_errors_as_torch():
         F.lstm_cell(torch.randn(2, 4), (torch.randn(2, 5), torch.randn(2, 6)), torch.randn(20, 4), torch.randn(20, 5))
     with pytest.raises(RuntimeError, match="Input batch size 2 doesn't match hidden batch size 3"):
         F.rnn_tanh_cell(torch.randn(2, 4), torch.randn(3, 5), torch.randn(5, 4), torch.randn(5, 5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_batch(backend):
+    mine, ref = _pair("GRU", torch.float32, input_size=4, hidden_size=5, bidirectional=True)
+    x = torch.randn(3, 0, 4, requires_grad=True)
+    with fastops.use_backend(backend):
+        out, h = mine(x)
+        assert _ran() == backend
+        (out.sum() + h.sum()).backward()
+    out_r, h_r = ref(x.detach().double())
+    assert out.shape == out_r.shape and h.shape == h_r.shape and x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in mine.parameters())
 
 
 def test_proj_size_falls_back_visibly():

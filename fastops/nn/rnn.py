@@ -120,6 +120,8 @@ class _FastRNNBase:
                                        f"For {kind} input, hx should also be {want}-D but got {got} tensor")
                 if not batched:
                     hx = tuple(h.unsqueeze(1) for h in hs) if lstm else hx.unsqueeze(1)
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch's words
         B = x.shape[1]
         if hx is None:
             zeros = torch.zeros(self.num_layers * D, B, self.hidden_size, dtype=x.dtype, device=x.device)

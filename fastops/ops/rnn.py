@@ -78,7 +78,7 @@ def _loop_forward(backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, rev
     T, B, I = x.shape
     H = h0.shape[1]
     acc = acc_dtype(x.dtype)
-    gx = (x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()).reshape(T, B, -1)
+    gx = (x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()).reshape(T, B, w_ih.shape[0])
     whh_t = w_hh.to(acc).t()
     bi, bh = _opt(b_ih, acc), _opt(b_hh, acc)
     lens = None if lengths is None else lengths.to(x.device)
