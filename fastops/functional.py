@@ -17,7 +17,8 @@ from fastops.ops import softmax as _softmax
 from fastops.ops import attention as _attention
 from fastops.ops import conv as _conv
 
-__all__ = ["softmax", "scaled_dot_product_attention", "conv2d"]
+__all__ = ["softmax", "scaled_dot_product_attention", "conv2d", "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
+from fastops.ops import rnn as _rnn
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -78,3 +79,27 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     input, weight and bias gradients (deterministic: fixed reduction order, no atomics).
     """
     return _conv.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)
+# ---- RNN cells (torch._VF semantics; fastops/ops/rnn.py) ----------------------------------------
+# input [B, I] or unbatched [I]; hx (and cx) [B, H] or [H]; w_ih [G*H, I], w_hh [G*H, H],
+# b_ih/b_hh [G*H] or None; G = 1 (tanh/relu), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n). One dtype
+# for all (float32/float16/bfloat16 on the kernels, float32 gate math and cell state; float64
+# through torch). Gradients reach every tensor argument.
+def rnn_tanh_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                  b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh), as torch._VF.rnn_tanh_cell."""
+    return _rnn.cell(_rnn.TANH, input, hx, None, w_ih, w_hh, b_ih, b_hh)
+def rnn_relu_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                  b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """h' = relu(x W_ih^T + b_ih + h W_hh^T + b_hh), as torch._VF.rnn_relu_cell."""
+    return _rnn.cell(_rnn.RELU, input, hx, None, w_ih, w_hh, b_ih, b_hh)
+def lstm_cell(input: torch.Tensor, hx, w_ih: torch.Tensor, w_hh: torch.Tensor,
+              b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None):
+    """(h', c') of an LSTM cell from hx = (h, c), as torch._VF.lstm_cell: i, f, o = sigmoid(.),
+    g = tanh(.), c' = f c + i g, h' = o tanh(c')."""
+    h, c = hx
+    return _rnn.cell(_rnn.LSTM, input, h, c, w_ih, w_hh, b_ih, b_hh)
+def gru_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+             b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """h' of a GRU cell, as torch._VF.gru_cell: r, z = sigmoid(.), n = tanh(x W_in^T + b_in +
+    r (h W_hn^T + b_hn)), h' = (1 - z) n + z h."""
+    return _rnn.cell(_rnn.GRU, input, hx, None, w_ih, w_hh, b_ih, b_hh)

@@ -7,4 +7,5 @@ from fastops.nn.softmax import Softmax
 from fastops.nn.attention import MultiheadAttention
 from fastops.nn.conv import Conv2d
 
-__all__ = ["Softmax", "MultiheadAttention", "Conv2d"]
+__all__ = ["Softmax", "MultiheadAttention", "Conv2d", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
+from fastops.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell

@@ -1,0 +1,312 @@
+// RNN bindings: fastops._C.rnn_layer_forward / rnn_layer_backward (CPU: the whole time loop in
+// C++) and rnn_step_forward / rnn_step_backward (one fused pointwise step, CPU or CUDA; the GPU
+// layers run their loop in Python with the GEMMs from torch).
+#include "bindings/common.h"
+#include "fastops/rnn.h"
+
+namespace fastops {
+namespace {
+
+RnnMode to_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 3, "fastops: rnn mode must be 0 (tanh), 1 (relu), 2 (lstm) or 3 (gru), got ",
+              mode);
+  return static_cast<RnnMode>(mode);
+}
+
+const char* device_hint() {
+#ifdef FASTOPS_WITH_CUDA
+  return "cpu or cuda";
+#else
+  return "cpu";
+#endif
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "fastops: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+void check_storage(const at::Tensor& t, const char* name, const at::Tensor& like, at::IntArrayRef shape) {
+  check_contiguous(t, name);
+  check_same_device_dtype(t, name, like, "x");
+  check_shape(t, name, shape);
+}
+
+void check_f32(const at::Tensor& t, const char* name, const at::Tensor& like, at::IntArrayRef shape) {
+  check_contiguous(t, name);
+  TORCH_CHECK(t.device() == like.device(), "fastops: ", name, " must be on ", like.device(), ", got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "fastops: ", name, " must be float32, got ", t.scalar_type());
+  check_shape(t, name, shape);
+}
+
+const float* opt_f32(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& like,
+                     at::IntArrayRef shape) {
+  if (!t.has_value()) return nullptr;
+  check_f32(*t, name, like, shape);
+  return t->data_ptr<float>();
+}
+
+const int64_t* opt_lengths(const c10::optional<at::Tensor>& t, int64_t batch) {
+  if (!t.has_value()) return nullptr;
+  check_contiguous(*t, "lengths");
+  TORCH_CHECK(t->is_cpu(), "fastops: lengths must be on cpu, got ", t->device());
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "fastops: lengths must be int64, got ", t->scalar_type());
+  check_shape(*t, "lengths", {batch});
+  return t->data_ptr<int64_t>();
+}
+
+// Fills the forward parameters from the tensors and checks them. Biases are float32 here.
+RnnLayerParams layer_params(int64_t mode, const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+                            const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                            bool reverse) {
+  RnnLayerParams p;
+  p.mode = to_mode(mode);
+  TORCH_CHECK(x.is_cpu(), "fastops: rnn_layer runs on cpu tensors, got x on ", x.device());
+  TORCH_CHECK(x.dim() == 3, "fastops: x must be [T, B, I], got ", x.sizes());
+  check_contiguous(x, "x");
+  p.dtype = to_dtype(x, "x");
+  p.steps = x.size(0);
+  p.batch = x.size(1);
+  p.input = x.size(2);
+  TORCH_CHECK(h0.dim() == 2, "fastops: h0 must be [B, H], got ", h0.sizes());
+  p.hidden = h0.size(1);
+  const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
+  check_storage(h0, "h0", x, {p.batch, p.hidden});
+  check_storage(w_ih, "w_ih", x, {GH, p.input});
+  check_storage(w_hh, "w_hh", x, {GH, p.hidden});
+  if (p.mode == RnnMode::kLstm) {
+    TORCH_CHECK(c0.has_value(), "fastops: an LSTM layer needs c0");
+    check_storage(*c0, "c0", x, {p.batch, p.hidden});
+    p.c0 = c0->data_ptr();
+  }
+  p.reverse = reverse;
+  p.x = x.data_ptr();
+  p.h0 = h0.data_ptr();
+  p.w_ih = w_ih.data_ptr();
+  p.w_hh = w_hh.data_ptr();
+  p.b_ih = opt_f32(b_ih, "b_ih", x, {GH});
+  p.b_hh = opt_f32(b_hh, "b_hh", x, {GH});
+  p.lengths = opt_lengths(lengths, p.batch);
+  return p;
+}
+
+// (y, h_n, c_n, saved, c_all); c_n and c_all are empty for tanh/relu/GRU.
+std::vector<at::Tensor> layer_forward(int64_t mode, const at::Tensor& x, const at::Tensor& h0,
+                                      const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                      const c10::optional<at::Tensor>& lengths, bool reverse) {
+  RnnLayerParams p = layer_params(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  const bool lstm = p.mode == RnnMode::kLstm;
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor y = at::empty({p.steps, p.batch, p.hidden}, x.options());
+  at::Tensor h_n = at::empty({p.batch, p.hidden}, x.options());
+  at::Tensor c_n = at::empty({lstm ? p.batch : 0, p.hidden}, x.options());
+  at::Tensor saved = at::empty({p.steps, p.batch, math::rnn_saved(p.mode), p.hidden}, f32);
+  at::Tensor c_all = at::empty({lstm ? p.steps : 0, p.batch, p.hidden}, f32);
+  p.y = y.data_ptr();
+  p.h_n = h_n.data_ptr();
+  p.c_n = c_n.data_ptr();
+  p.saved = saved.data_ptr<float>();
+  p.c_all = c_all.data_ptr<float>();
+  {
+    py::gil_scoped_release release;
+    cpu::rnn_layer_forward(p);
+  }
+  return {y, h_n, c_n, saved, c_all};
+}
+
+// (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), float32; dc0 empty unless LSTM, db_* empty
+// without biases.
+std::vector<at::Tensor> layer_backward(int64_t mode, const at::Tensor& x, const at::Tensor& h0,
+                                       const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                       const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                       const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                                       bool reverse, const at::Tensor& y, const at::Tensor& saved,
+                                       const at::Tensor& c_all, const c10::optional<at::Tensor>& dy,
+                                       const c10::optional<at::Tensor>& dh_n, const c10::optional<at::Tensor>& dc_n) {
+  RnnLayerBackwardParams q;
+  q.fwd = layer_params(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  RnnLayerParams& p = q.fwd;
+  const bool lstm = p.mode == RnnMode::kLstm;
+  const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
+  check_storage(y, "y", x, {p.steps, p.batch, p.hidden});
+  check_f32(saved, "saved", x, {p.steps, p.batch, math::rnn_saved(p.mode), p.hidden});
+  check_f32(c_all, "c_all", x, {lstm ? p.steps : 0, p.batch, p.hidden});
+  p.y = y.data_ptr();
+  p.saved = saved.data_ptr<float>();
+  p.c_all = c_all.data_ptr<float>();
+  if (dy.has_value()) {
+    check_storage(*dy, "grad_y", x, {p.steps, p.batch, p.hidden});
+    q.dy = dy->data_ptr();
+  }
+  if (dh_n.has_value()) {
+    check_storage(*dh_n, "grad_h_n", x, {p.batch, p.hidden});
+    q.dh_n = dh_n->data_ptr();
+  }
+  if (lstm && dc_n.has_value()) {
+    check_storage(*dc_n, "grad_c_n", x, {p.batch, p.hidden});
+    q.dc_n = dc_n->data_ptr();
+  }
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor dx = at::empty({p.steps, p.batch, p.input}, f32);
+  at::Tensor dh0 = at::empty({p.batch, p.hidden}, f32);
+  at::Tensor dc0 = at::empty({lstm ? p.batch : 0, p.hidden}, f32);
+  at::Tensor dw_ih = at::empty({GH, p.input}, f32);
+  at::Tensor dw_hh = at::empty({GH, p.hidden}, f32);
+  at::Tensor db_ih = at::empty({p.b_ih ? GH : 0}, f32);
+  at::Tensor db_hh = at::empty({p.b_hh ? GH : 0}, f32);
+  q.dx = dx.data_ptr<float>();
+  q.dh0 = dh0.data_ptr<float>();
+  q.dc0 = dc0.data_ptr<float>();
+  q.dw_ih = dw_ih.data_ptr<float>();
+  q.dw_hh = dw_hh.data_ptr<float>();
+  q.db_ih = p.b_ih ? db_ih.data_ptr<float>() : nullptr;
+  q.db_hh = p.b_hh ? db_hh.data_ptr<float>() : nullptr;
+  {
+    py::gil_scoped_release release;
+    cpu::rnn_layer_backward(q);
+  }
+  return {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+// One fused forward step in place: h (storage [B, H]) and, for LSTM, c (fp32 [B, H]) are
+// updated; y_t (storage [B, H]) gets h' (0 on inactive rows); saved_t (fp32 [B, S, H]) is
+// written. gi, gh: fp32 [B, G*H] with unit column stride (row stride free).
+void step_forward(int64_t mode, const at::Tensor& gi, const at::Tensor& gh, const c10::optional<at::Tensor>& b_ih,
+                  const c10::optional<at::Tensor>& b_hh, const at::Tensor& h, const c10::optional<at::Tensor>& c,
+                  const at::Tensor& y_t, const at::Tensor& saved_t, const c10::optional<at::Tensor>& lengths,
+                  int64_t t) {
+  RnnStepParams p;
+  p.mode = to_mode(mode);
+  TORCH_CHECK(h.dim() == 2, "fastops: h must be [B, H], got ", h.sizes());
+  check_contiguous(h, "h");
+  p.dtype = to_dtype(h, "h");
+  p.batch = h.size(0);
+  p.hidden = h.size(1);
+  const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
+  for (const auto* g : {&gi, &gh}) {
+    const char* name = g == &gi ? "gi" : "gh";
+    TORCH_CHECK(g->dim() == 2 && g->size(0) == p.batch && g->size(1) == GH && g->stride(1) == 1,
+                "fastops: ", name, " must be [", p.batch, ", ", GH, "] with unit column stride, got ", g->sizes(),
+                " strides ", g->strides());
+    TORCH_CHECK_TYPE(g->scalar_type() == at::kFloat, "fastops: ", name, " must be float32, got ", g->scalar_type());
+    TORCH_CHECK(g->device() == h.device(), "fastops: ", name, " must be on ", h.device(), ", got ", g->device());
+  }
+  check_same(y_t, "y_t", h, "h");
+  check_contiguous(y_t, "y_t");
+  check_f32(saved_t, "saved_t", h, {p.batch, math::rnn_saved(p.mode), p.hidden});
+  p.gi = gi.data_ptr<float>();
+  p.gh = gh.data_ptr<float>();
+  p.gi_stride = gi.stride(0);
+  p.gh_stride = gh.stride(0);
+  p.b_ih = opt_f32(b_ih, "b_ih", h, {GH});
+  p.b_hh = opt_f32(b_hh, "b_hh", h, {GH});
+  p.h_prev = p.h_out = h.data_ptr();
+  p.y_out = y_t.data_ptr();
+  if (p.mode == RnnMode::kLstm) {
+    TORCH_CHECK(c.has_value(), "fastops: an LSTM step needs c");
+    check_f32(*c, "c", h, {p.batch, p.hidden});
+    p.c_prev = p.c_out = c->data_ptr<float>();
+  }
+  p.saved = saved_t.data_ptr<float>();
+  TORCH_CHECK(!lengths.has_value() || h.is_cpu(), "fastops: lengths are supported on cpu steps only");
+  p.lengths = opt_lengths(lengths, p.batch);
+  p.t = t;
+  if (h.is_cpu()) {
+    py::gil_scoped_release release;
+    cpu::rnn_step_forward(p);
+    return;
+  }
+#ifdef FASTOPS_WITH_CUDA
+  if (h.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(h.device());
+    check_cuda(cuda::rnn_step_forward(p, at::cuda::getCurrentCUDAStream().stream()), "rnn_step_forward");
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "fastops: h must be on ", device_hint(), ", got ", h.device());
+}
+
+// One fused backward step in place: dh (fp32 [B, H]) from the gradient reaching h' to the
+// direct part of d h_prev, dc (LSTM, fp32) from d c' to d c_prev; dgi, dgh (GRU) fp32 [B, G*H].
+void step_backward(int64_t mode, const c10::optional<at::Tensor>& dy_t, const at::Tensor& dh,
+                   const c10::optional<at::Tensor>& dc, const at::Tensor& saved_t, const c10::optional<at::Tensor>& c_t,
+                   const c10::optional<at::Tensor>& c_prev, const c10::optional<at::Tensor>& h_prev,
+                   const at::Tensor& dgi, const c10::optional<at::Tensor>& dgh, at::ScalarType dtype) {
+  RnnStepBackwardParams p;
+  p.mode = to_mode(mode);
+  TORCH_CHECK(dh.dim() == 2, "fastops: dh must be [B, H], got ", dh.sizes());
+  p.batch = dh.size(0);
+  p.hidden = dh.size(1);
+  const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
+  const std::vector<int64_t> bh{p.batch, p.hidden};
+  check_f32(dh, "dh", dh, bh);
+  check_f32(saved_t, "saved_t", dh, {p.batch, math::rnn_saved(p.mode), p.hidden});
+  check_f32(dgi, "dgi", dh, {p.batch, GH});
+  switch (dtype) {
+    case at::kFloat: p.dtype = DType::kFloat32; break;
+    case at::kHalf: p.dtype = DType::kFloat16; break;
+    case at::kBFloat16: p.dtype = DType::kBFloat16; break;
+    default: TORCH_CHECK_TYPE(false, "fastops: dtype must be float32, float16 or bfloat16, got ", dtype);
+  }
+  if (dy_t.has_value()) {
+    check_contiguous(*dy_t, "dy_t");
+    TORCH_CHECK_TYPE(dy_t->scalar_type() == dtype, "fastops: dy_t must be ", dtype, ", got ", dy_t->scalar_type());
+    TORCH_CHECK(dy_t->device() == dh.device(), "fastops: dy_t must be on ", dh.device(), ", got ", dy_t->device());
+    check_shape(*dy_t, "dy_t", bh);
+    p.dy = dy_t->data_ptr();
+  }
+  p.dh = dh.data_ptr<float>();
+  p.saved = saved_t.data_ptr<float>();
+  p.dgi = dgi.data_ptr<float>();
+  if (p.mode == RnnMode::kLstm) {
+    TORCH_CHECK(dc.has_value() && c_t.has_value() && c_prev.has_value(), "fastops: an LSTM step needs dc, c_t, c_prev");
+    check_f32(*dc, "dc", dh, bh);
+    check_f32(*c_t, "c_t", dh, bh);
+    check_f32(*c_prev, "c_prev", dh, bh);
+    p.dc = dc->data_ptr<float>();
+    p.c = c_t->data_ptr<float>();
+    p.c_prev = c_prev->data_ptr<float>();
+  }
+  if (p.mode == RnnMode::kGru) {
+    TORCH_CHECK(dgh.has_value() && h_prev.has_value(), "fastops: a GRU step needs dgh and h_prev");
+    check_f32(*dgh, "dgh", dh, {p.batch, GH});
+    check_f32(*h_prev, "h_prev", dh, bh);
+    p.dgh = dgh->data_ptr<float>();
+    p.h_prev = h_prev->data_ptr<float>();
+  }
+  if (dh.is_cpu()) {
+    py::gil_scoped_release release;
+    cpu::rnn_step_backward(p);
+    return;
+  }
+#ifdef FASTOPS_WITH_CUDA
+  if (dh.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(dh.device());
+    check_cuda(cuda::rnn_step_backward(p, at::cuda::getCurrentCUDAStream().stream()), "rnn_step_backward");
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "fastops: dh must be on ", device_hint(), ", got ", dh.device());
+}
+
+}  // namespace
+
+void bind_rnn(pybind11::module_& m) {
+  m.def("rnn_layer_forward", &layer_forward, "one RNN/LSTM/GRU layer direction on cpu: (y, h_n, c_n, saved, c_all)",
+        py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"));
+  m.def("rnn_layer_backward", &layer_backward,
+        "gradients of one layer direction on cpu: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), float32",
+        py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("saved"),
+        py::arg("c_all"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
+  m.def("rnn_step_forward", &step_forward, "one fused RNN step in place (cpu or cuda)", py::arg("mode"),
+        py::arg("gi"), py::arg("gh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h"), py::arg("c"), py::arg("y_t"),
+        py::arg("saved_t"), py::arg("lengths"), py::arg("t"));
+  m.def("rnn_step_backward", &step_backward, "one fused RNN backward step in place (cpu or cuda)", py::arg("mode"),
+        py::arg("dy_t"), py::arg("dh"), py::arg("dc"), py::arg("saved_t"), py::arg("c_t"), py::arg("c_prev"),
+        py::arg("h_prev"), py::arg("dgi"), py::arg("dgh"), py::arg("dtype"));
+}
+
+}  // namespace fastops

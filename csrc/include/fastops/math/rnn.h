@@ -1,0 +1,132 @@
+// RNN cell gate math (forward from pre-activations, and backward), shared by the CPU and CUDA
+// kernels; fastops/triton/rnn.py mirrors it. Everything is per (batch row, hidden unit j): the
+// GEMMs x W_ih^T and h W_hh^T run outside, these functions take their float32 results.
+//
+// Gate order as torch: LSTM (i, f, g, o), GRU (r, z, n). With gi = x W_ih^T + b_ih and
+// gh = h W_hh^T + b_hh (per gate, at unit j):
+//   tanh/relu: h' = act(gi + gh)
+//   LSTM:      i, f, o = sigmoid(gi + gh), g = tanh(gi + gh); c' = f c + i g; h' = o tanh(c')
+//   GRU:       r, z = sigmoid(gi + gh); n = tanh(gi_n + r gh_n); h' = (1 - z) n + z h
+// What forward saves for backward (`saved`, float32, kSavedPerUnit values per unit):
+//   tanh/relu: h'          LSTM: i, f, g, o          GRU: r, z, n, gh_n
+#pragma once
+
+#include "fastops/macros.h"
+#include "fastops/math/activation.h"
+#include "fastops/math/exp.h"
+
+namespace fastops {
+namespace math {
+
+enum class RnnMode : int { kTanh = 0, kRelu = 1, kLstm = 2, kGru = 3 };
+
+// Gates per hidden unit (rows of W_ih / W_hh are gates * hidden) and saved floats per unit.
+FASTOPS_HOST_DEVICE constexpr int rnn_gates(RnnMode m) {
+  return m == RnnMode::kLstm ? 4 : (m == RnnMode::kGru ? 3 : 1);
+}
+FASTOPS_HOST_DEVICE constexpr int rnn_saved(RnnMode m) {
+  return (m == RnnMode::kLstm || m == RnnMode::kGru) ? 4 : 1;
+}
+
+// tanh in float32, branch-free (vectorises): odd polynomial for |x| < 0.625 (Cephes tanhf),
+// 1 - 2 / (exp(2|x|) + 1) above; ~2 ulp, tanh(+-inf) = +-1, NaN propagates.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float tanh_f32(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float big_abs = 1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f);
+  const float big = x < 0.0f ? -big_abs : big_abs;
+  const float y = ax < 0.625f ? small : big;
+  return x != x ? x : y;
+}
+
+// ---- forward -----------------------------------------------------------------------------
+
+// tanh / relu cell: a = gi + gh. Returns h'.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_forward(bool relu, float a) {
+  return relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
+}
+
+struct LstmForward {
+  float i, f, g, o, c, h;
+};
+
+// Pre-activations a_* = gi_* + gh_*, previous cell c_prev.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmForward lstm_forward(float a_i, float a_f, float a_g, float a_o,
+                                                                  float c_prev) {
+  LstmForward r;
+  r.i = sigmoid(a_i);
+  r.f = sigmoid(a_f);
+  r.g = tanh_f32(a_g);
+  r.o = sigmoid(a_o);
+  r.c = r.f * c_prev + r.i * r.g;
+  r.h = r.o * tanh_f32(r.c);
+  return r;
+}
+
+struct GruForward {
+  float r, z, n, h;
+};
+
+// gi_*, gh_* per gate (biases included), h_prev.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruForward gru_forward(float gi_r, float gi_z, float gi_n, float gh_r,
+                                                                float gh_z, float gh_n, float h_prev) {
+  GruForward o;
+  o.r = sigmoid(gi_r + gh_r);
+  o.z = sigmoid(gi_z + gh_z);
+  o.n = tanh_f32(gi_n + o.r * gh_n);
+  o.h = (1.0f - o.z) * o.n + o.z * h_prev;
+  return o;
+}
+
+// ---- backward ----------------------------------------------------------------------------
+// dh: gradient reaching h' (output gradient plus the recurrent one), float32.
+
+// tanh / relu: d(pre-activation) from dh and the saved h'.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_backward(bool relu, float dh, float h) {
+  return relu ? (h > 0.0f ? dh : 0.0f) : dh * (1.0f - h * h);
+}
+
+struct LstmBackward {
+  float di, df, dg, do_, dc_prev;  // gradients of the four pre-activations; of c_prev
+};
+
+// dc: gradient reaching c' from the next step; c: c' (this step's cell), c_prev.
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmBackward lstm_backward(float dh, float dc, float i, float f, float g,
+                                                                    float o, float c, float c_prev) {
+  const float tc = tanh_f32(c);
+  const float dct = dc + dh * o * (1.0f - tc * tc);
+  LstmBackward r;
+  r.di = dct * g * i * (1.0f - i);
+  r.df = dct * c_prev * f * (1.0f - f);
+  r.dg = dct * i * (1.0f - g * g);
+  r.do_ = dh * tc * o * (1.0f - o);
+  r.dc_prev = dct * f;
+  return r;
+}
+
+struct GruBackward {
+  float dr, dz, dn;  // gradients of the pre-activations gi_r + gh_r, gi_z + gh_z, gi_n (= d gi_*)
+  float dgh_n;       // gradient of gh_n (= dn * r)
+  float dh_prev;     // the direct part z * dh (the recurrent part comes from d gh W_hh)
+};
+
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruBackward gru_backward(float dh, float r, float z, float n, float gh_n,
+                                                                  float h_prev) {
+  GruBackward o;
+  const float dn_pre = dh * (1.0f - z) * (1.0f - n * n);
+  o.dn = dn_pre;
+  o.dgh_n = dn_pre * r;
+  o.dr = dn_pre * gh_n * r * (1.0f - r);
+  o.dz = dh * (h_prev - n) * z * (1.0f - z);
+  o.dh_prev = dh * z;
+  return o;
+}
+
+}  // namespace math
+}  // namespace fastops

@@ -1,0 +1,91 @@
+"""RNN family: one LSTM (`rnn`) or GRU (`rnn_gru`) layer over a whole sequence, time per sequence.
+
+shape = (T, B, H) with input size I = H. Inputs x [T, B, H], h0 (and c0) [B, H], the four
+weights. Providers: torch (torch.nn.LSTM/GRU's kernel, `torch._VF.lstm/gru`: oneDNN / native on
+the CPU, cuDNN on the GPU), "torch cell loop" (a Python loop of torch._VF cells, what a
+hand-written RNN runs), torch.compile of the layer, and fastops backends (cpu: the whole time
+loop in C++). Compute-bound: TFLOP/s from the GEMMs, 2 * T * B * G*H * (I + H) forward, twice
+that for backward (input and weight gradients).
+The CPU goal (issue 7): faster than torch.nn.LSTM/GRU at T=64, B=32, H=256, fwd and full, and
+3x the cell loop. The GEMMs run on fastops::cpu::gemm, whose speed decides most of this.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastops import _ext
+from fastops.bench.harness import Case, Family
+from fastops.ops import rnn as R
+
+FLOPS_PER_MODE = {"fwd": 1.0, "bwd": 2.0, "full": 3.0}
+
+SHAPES = ((64, 32, 256), (64, 1, 256), (64, 8, 512), (128, 32, 256), (64, 64, 1024), (512, 32, 256))
+QUICK_SHAPES = ((64, 32, 256),)
+SWEEP = ((8, 1, 32), (16, 4, 64), (64, 8, 128), (64, 32, 256))
+QUICK_SWEEP = ((8, 1, 32), (64, 32, 256))
+
+
+def _fns(mode: int):
+    lstm = mode == R.LSTM
+    vf_layer = torch._VF.lstm if lstm else torch._VF.gru
+    vf_cell = torch._VF.lstm_cell if lstm else torch._VF.gru_cell
+
+    def torch_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if lstm else h0.unsqueeze(0)
+        return vf_layer(x, hx, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, False)[0]
+
+    def cell_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        h, c, outs = h0, c0, []
+        for t in range(x.shape[0]):
+            if lstm:
+                h, c = vf_cell(x[t], (h, c), w_ih, w_hh, b_ih, b_hh)
+            else:
+                h = vf_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
+            outs.append(h)
+        return torch.stack(outs)
+
+    def fastops_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        c = c0 if lstm else None
+        args = (x, h0, c, w_ih, w_hh, b_ih, b_hh, None, mode, False)
+        backend = R.choose(*args)
+        if backend is None:
+            return torch_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return R.layer_eager(*args, backend)[0]
+
+    def raw_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        """The C++ layer without dispatch or autograd."""
+        return _ext.C.rnn_layer_forward(mode, x, h0, c0 if lstm else None, w_ih, w_hh, b_ih.float(), b_hh.float(),
+                                        None, False)[0]
+
+    return torch_fn, cell_loop, fastops_fn, raw_fn
+
+
+def _make_case(mode: int):
+    G = R.GATES[mode]
+
+    def make_case(shape: tuple, dtype: torch.dtype, device: str) -> Case:
+        T, B, H = shape
+        fwd = 2.0 * T * B * G * H * (H + H)
+        g = torch.Generator().manual_seed(0)
+        scale = H ** -0.5
+
+        def inputs():
+            def rnd(*s, k=1.0):
+                return (torch.randn(s, generator=g) * k).to(device=device, dtype=dtype)
+            return (rnd(T, B, H), rnd(B, H, k=0.5), rnd(B, H, k=0.5), rnd(G * H, H, k=scale), rnd(G * H, H, k=scale),
+                    rnd(G * H, k=0.1), rnd(G * H, k=0.1))
+        return Case(op="lstm" if mode == R.LSTM else "gru", shape=tuple(shape), dtype=dtype, inputs=inputs,
+                    flops={m: k * fwd for m, k in FLOPS_PER_MODE.items()})
+    return make_case
+
+
+def _family(name: str, mode: int) -> Family:
+    torch_fn, cell_loop, fastops_fn, raw_fn = _fns(mode)
+    return Family(name=name, kernel_op="rnn_layer", torch_fn=torch_fn, fastops_fn=fastops_fn, raw_fn=raw_fn,
+                  make_case=_make_case(mode), shapes=SHAPES, quick_shapes=QUICK_SHAPES, sweep=SWEEP,
+                  quick_sweep=QUICK_SWEEP, tiny_shape=(2, 1, 8), variants=(("torch cell loop", cell_loop),),
+                  compile=False)  # compiling the time loop takes minutes and times the same kernels
+
+
+FAMILY = _family("rnn", R.LSTM)
+GRU_FAMILY = _family("rnn_gru", R.GRU)

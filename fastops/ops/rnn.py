@@ -1,0 +1,375 @@
+"""RNN layers and cells as custom ops: fastops::rnn_layer and fastops::rnn_layer_backward.
+
+One op runs one direction of one layer (a cell is a layer of one step):
+
+    rnn_layer(x [T, B, I], h0 [B, H], c0 [B, H] or None, w_ih [G*H, I], w_hh [G*H, H],
+              b_ih [G*H] or None, b_hh [G*H] or None, lengths int64 [B] or None, mode, reverse,
+              backend) -> (y [T, B, H], h_n [B, H], c_n [B, H] (LSTM, else [0, H]),
+                           saved [T, B, S, H] float32, c_all [T, B, H] float32 (LSTM, else [0, B, H]))
+    rnn_layer_backward(dy, dh_n, dc_n, <the forward's inputs>, y, saved, c_all, mode, reverse,
+                       backend) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) in the inputs' dtypes
+
+mode: 0 tanh, 1 relu, 2 LSTM (gates i, f, g, o), 3 GRU (r, z, n); G = 1, 1, 4, 3 gates. x, h0,
+c0 and the weights share one dtype; y/h_n/c_n have it. Gate pre-activations, the cell state and
+every gradient sum are float32 (float64 for float64 inputs, which run on torch). lengths:
+row b is active at step t < lengths[b] (PackedSequence): inactive steps carry h and c and give
+y = 0. reverse runs t = T-1 .. 0. saved holds what backward needs (LSTM i, f, g, o; GRU r, z, n,
+h W_hn^T + b_hn; tanh/relu h'), c_all every step's cell state.
+
+Backends: cpu runs the whole time loop in C++ (fastops._C.rnn_layer_*); triton and cuda run the
+loop here, GEMMs in torch (float32) and one fused step kernel per step; torch runs the same
+loop with torch ops (the reference, and the float64 path).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastops import _dispatch, _ext
+from fastops.triton import rnn as _ref  # the torch references and mode constants (no launch at import)
+
+FAMILY = "rnn"
+TANH, RELU, LSTM, GRU = 0, 1, 2, 3
+MODES = {"RNN_TANH": TANH, "RNN_RELU": RELU, "LSTM": LSTM, "GRU": GRU}
+GATES = {TANH: 1, RELU: 1, LSTM: 4, GRU: 3}
+SAVED = {TANH: 1, RELU: 1, LSTM: 4, GRU: 4}
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _opt(t: Optional[torch.Tensor], dtype=None):
+    if t is None:
+        return None
+    return t.contiguous() if dtype is None else t.to(dtype).contiguous()
+
+
+def _time_order(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+# ---- the loop for triton, cuda and torch: GEMMs in torch, one fused step per time step --------
+
+def _step_fns(backend: str):
+    if backend == "triton":
+        from fastops.triton import rnn as tk
+        return tk.step_forward, tk.step_backward_masked
+    if backend == "cuda":
+        C = _ext.C
+
+        def fwd(*args):
+            C.rnn_step_forward(*args)
+
+        def bwd(mode, dy, dh, dc, saved, c_t, c_prev, h_prev, dgi, dgh, lengths, t):
+            if lengths is not None:  # the CUDA step has no lengths: zero inactive rows' gradients here
+                return _ref.step_backward_ref(mode, dy, dh, dc, saved, c_t, c_prev, h_prev, dgi, dgh, lengths, t)
+            C.rnn_step_backward(mode, dy, dh, dc, saved, c_t, c_prev, h_prev, dgi, dgh, dy.dtype if dy is not None
+                                else torch.float32)
+        return fwd, bwd
+    return _ref.step_forward_ref, _ref.step_backward_ref
+
+
+def _loop_forward(backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
+    step_fwd, _ = _step_fns(backend)
+    if backend == "cuda" and lengths is not None:
+        step_fwd = _ref.step_forward_ref
+    T, B, I = x.shape
+    H = h0.shape[1]
+    acc = acc_dtype(x.dtype)
+    gx = (x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()).reshape(T, B, w_ih.shape[0])
+    whh_t = w_hh.to(acc).t()
+    bi, bh = _opt(b_ih, acc), _opt(b_hh, acc)
+    lens = None if lengths is None else lengths.to(x.device)
+    h = h0.clone(memory_format=torch.contiguous_format)
+    y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    saved = torch.empty(T, B, SAVED[mode], H, dtype=acc, device=x.device)
+    lstm = mode == LSTM
+    c = c0.to(acc).clone() if lstm else None
+    c_all = torch.empty(T if lstm else 0, B, H, dtype=acc, device=x.device)
+    for t in _time_order(T, reverse):
+        gh = h.to(acc) @ whh_t
+        step_fwd(mode, gx[t], gh, bi, bh, h, c, y[t], saved[t], lens, t)
+        if lstm:
+            c_all[t].copy_(c)
+    c_n = c.to(x.dtype) if lstm else x.new_empty(0, H)
+    return y, h, c_n, saved, c_all
+
+
+def _hprev(x, h0, y, lengths, reverse):
+    """h entering each step, float: y of the previous step where it was active, else h0."""
+    T = y.shape[0]
+    acc = acc_dtype(x.dtype)
+    yp = y.to(acc)
+    h0a = h0.to(acc).unsqueeze(0)
+    if T == 0:
+        return yp
+    prev = torch.cat([h0a, yp[:-1]]) if not reverse else torch.cat([yp[1:], h0a])
+    if lengths is not None:
+        steps = torch.arange(T, device=lengths.device)
+        tp = steps + (1 if reverse else -1)
+        ok = (tp.unsqueeze(1) >= 0) & (tp.unsqueeze(1) < lengths.unsqueeze(0))  # [T, B]
+        prev = torch.where(ok.to(x.device).unsqueeze(2), prev, h0a)
+    return prev
+
+
+def _loop_backward(backend, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all,
+                   mode, reverse):
+    _, step_bwd = _step_fns(backend)
+    T, B, I = x.shape
+    H = h0.shape[1]
+    GH = GATES[mode] * H
+    acc = acc_dtype(x.dtype)
+    lstm, gru = mode == LSTM, mode == GRU
+    lens = None if lengths is None else lengths.to(x.device)
+    dy = None if dy is None else dy.contiguous()  # autograd may hand an expanded (stride 0) gradient
+    dh = dh_n.to(acc).clone() if dh_n is not None else torch.zeros(B, H, dtype=acc, device=x.device)
+    dc = None
+    if lstm:
+        dc = dc_n.to(acc).clone() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=x.device)
+    hprev = _hprev(x, h0, y, lens, reverse).contiguous()
+    c0a = c0.to(acc) if lstm else None
+    whh = w_hh.to(acc)
+    dgi = torch.empty(T, B, GH, dtype=acc, device=x.device)
+    dgh = torch.empty_like(dgi) if gru else dgi
+    order = list(_time_order(T, reverse))
+    for s in range(T - 1, -1, -1):
+        t = order[s]
+        c_prev = None
+        if lstm:
+            c_prev = c0a if s == 0 else c_all[order[s - 1]]
+        step_bwd(mode, None if dy is None else dy[t], dh, dc, saved[t], c_all[t] if lstm else None, c_prev,
+                 hprev[t], dgi[t], dgh[t] if gru else None, lens, t)
+        dh.addmm_(dgh[t], whh)
+    dgi2, dgh2 = dgi.reshape(T * B, GH), dgh.reshape(T * B, GH)
+    dx = (dgi2 @ w_ih.to(acc)).reshape(T, B, I)
+    dw_ih = dgi2.t() @ x.reshape(T * B, I).to(acc)
+    dw_hh = dgh2.t() @ hprev.reshape(T * B, H)
+    db_ih = dgi2.sum(0) if b_ih is not None else dgi2.new_empty(0)
+    db_hh = dgh2.sum(0) if b_hh is not None else dgi2.new_empty(0)
+    dc0 = dc if lstm else dh.new_empty(0, H)
+    return dx, dh, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---- kernels per backend -----------------------------------------------------------------------
+
+def _forward_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
+    return tuple(_ext.C.rnn_layer_forward(mode, x.contiguous(), h0.contiguous(), _opt(c0), w_ih.contiguous(),
+                                          w_hh.contiguous(), _opt(b_ih, torch.float32), _opt(b_hh, torch.float32),
+                                          _opt(lengths), reverse))
+
+
+def _backward_cpu(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all, mode, reverse):
+    return tuple(_ext.C.rnn_layer_backward(mode, x.contiguous(), h0.contiguous(), _opt(c0), w_ih.contiguous(),
+                                           w_hh.contiguous(), _opt(b_ih, torch.float32), _opt(b_hh, torch.float32),
+                                           _opt(lengths), reverse, y.contiguous(), saved.contiguous(),
+                                           c_all.contiguous(), _opt(dy), _opt(dh_n), _opt(dc_n)))
+
+
+def _forward_loop(backend):
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
+        return _loop_forward(backend, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    return fn
+
+
+def _backward_loop(backend):
+    def fn(*args):
+        return _loop_backward(backend, *args)
+    return fn
+
+
+_dispatch.register_op("rnn_layer", FAMILY, {
+    "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
+    "torch": _forward_loop("torch"),
+})
+_dispatch.register_op("rnn_layer_backward", FAMILY, {
+    "cuda": _backward_loop("cuda"), "triton": _backward_loop("triton"), "cpu": _backward_cpu,
+    "torch": _backward_loop("torch"),
+})
+
+
+def run(op: str, backend: str, x: torch.Tensor, *args):
+    choice = _dispatch.select(op, x, *args, backend=None if backend == "auto" else backend)
+    return choice.kernel.fn(x, *args)
+
+
+# ---- checks shared by the op and its fake --------------------------------------------------------
+
+def check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode) -> None:
+    torch._check(mode in GATES, lambda: f"fastops.rnn_layer: mode must be 0..3, got {mode}")
+    torch._check(x.dim() == 3, lambda: f"fastops.rnn_layer: x must be [T, B, I], got shape {list(x.shape)}")
+    torch._check(h0.dim() == 2 and h0.shape[0] == x.shape[1],
+                 lambda: f"fastops.rnn_layer: h0 must be [B={x.shape[1]}, H], got shape {list(h0.shape)}")
+    H = h0.shape[1]
+    GH = GATES[mode] * H
+    for name, t, shape in (("w_ih", w_ih, (GH, x.shape[2])), ("w_hh", w_hh, (GH, H))):
+        torch._check(tuple(t.shape) == shape,
+                     lambda: f"fastops.rnn_layer: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    for name, t in (("b_ih", b_ih), ("b_hh", b_hh)):
+        torch._check(t is None or tuple(t.shape) == (GH,),
+                     lambda: f"fastops.rnn_layer: {name} must have shape [{GH}], got {list(t.shape)}")
+    torch._check((c0 is not None) == (mode == LSTM),
+                 lambda: "fastops.rnn_layer: c0 is given exactly for LSTM (mode 2)")
+    for name, t in (("h0", h0), ("c0", c0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        torch._check_type(t is None or t.dtype == x.dtype,
+                          lambda: f"fastops.rnn_layer: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    torch._check(lengths is None or (lengths.dtype == torch.int64 and tuple(lengths.shape) == (x.shape[1],)),
+                 lambda: "fastops.rnn_layer: lengths must be int64 [B]")
+
+
+# ---- custom ops ----------------------------------------------------------------------------------
+
+@torch.library.custom_op("fastops::rnn_layer", mutates_args=())
+def rnn_layer_op(x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], w_ih: torch.Tensor,
+                 w_hh: torch.Tensor, b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor],
+                 lengths: Optional[torch.Tensor], mode: int, reverse: bool,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
+    return run("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+
+
+@rnn_layer_op.register_fake
+def _rnn_layer_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse, backend):
+    check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    lstm = mode == LSTM
+    acc = acc_dtype(x.dtype)
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B if lstm else 0, H),
+            x.new_empty(T, B, SAVED[mode], H, dtype=acc), x.new_empty(T if lstm else 0, B, H, dtype=acc))
+
+
+@torch.library.custom_op("fastops::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward_op(dy: Optional[torch.Tensor], dh_n: Optional[torch.Tensor], dc_n: Optional[torch.Tensor],
+                          x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], w_ih: torch.Tensor,
+                          w_hh: torch.Tensor, b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor],
+                          lengths: Optional[torch.Tensor], y: torch.Tensor, saved: torch.Tensor, c_all: torch.Tensor,
+                          mode: int, reverse: bool, backend: str) -> list[torch.Tensor]:
+    check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
+    grads = _run_backward(backend, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all,
+                          mode, reverse)
+    return [g.to(x.dtype) for g in grads]
+
+
+def _run_backward(backend, dy, dh_n, dc_n, x, *rest):
+    # select on x (dy may be None): the kernel's callable takes the arguments in the op's order
+    choice = _dispatch.select("rnn_layer_backward", x, backend=None if backend == "auto" else backend)
+    return choice.kernel.fn(dy, dh_n, dc_n, x, *rest)
+
+
+@rnn_layer_backward_op.register_fake
+def _rnn_layer_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all, mode,
+                             reverse, backend):
+    check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
+    H = h0.shape[1]
+    GH = GATES[mode] * H
+    return [torch.empty_like(x), torch.empty_like(h0), x.new_empty(h0.shape[0] if mode == LSTM else 0, H),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(GH if b_ih is not None else 0),
+            x.new_empty(GH if b_hh is not None else 0)]
+
+
+def _layer_setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.mode, ctx.reverse, ctx.backend = inputs
+    y, _, _, saved, c_all = output
+    ctx.has_c0, ctx.has_b_ih, ctx.has_b_hh, ctx.has_len = (c0 is not None, b_ih is not None, b_hh is not None,
+                                                           lengths is not None)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all)
+
+
+def _layer_bwd(ctx, gy, gh_n, gc_n, _gsaved, _gc_all):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all = ctx.saved_tensors
+    if not ctx.has_c0:
+        c0, gc_n = None, None
+    b_ih = b_ih if ctx.has_b_ih else None
+    b_hh = b_hh if ctx.has_b_hh else None
+    lengths = lengths if ctx.has_len else None
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = rnn_layer_backward_op(
+        gy, gh_n, gc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, saved, c_all, ctx.mode, ctx.reverse,
+        ctx.backend)
+    return (dx, dh0, dc0 if ctx.has_c0 else None, dw_ih, dw_hh, db_ih if ctx.has_b_ih else None,
+            db_hh if ctx.has_b_hh else None, None, None, None, None)
+
+
+rnn_layer_op.register_autograd(_layer_bwd, setup_context=_layer_setup)
+
+
+# ---- the eager entry point used by fastops.functional and fastops.nn ------------------------------
+
+def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode: int, reverse: bool, backend: str):
+    """(y, h_n, c_n) of one layer direction through the custom op (autograd-aware), with
+    `backend` already chosen (a name for _dispatch, or "auto" under torch.compile)."""
+    y, h_n, c_n, _, _ = rnn_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse, backend)
+    return y, h_n, (c_n if mode == LSTM else None)
+
+
+def choose(x: torch.Tensor, *args):
+    """The backend name the custom op should run for x, or None when torch's own should."""
+    if torch.compiler.is_compiling():
+        return "auto"
+    choice = _dispatch.select("rnn_layer", x, *args)
+    if choice.kernel.backend == "torch":
+        return None
+    return _dispatch.chosen_name(choice)
+
+
+def layer_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode: int, reverse: bool, backend: str):
+    """layer(), skipping the custom op's bookkeeping when no autograd graph is recorded."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    if needs_grad or backend == "auto":
+        return layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse, backend)
+    check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
+    y, h_n, c_n, _, _ = run("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    return y, h_n, (c_n if mode == LSTM else None)
+
+
+# ---- cells (torch._VF semantics) ------------------------------------------------------------------
+
+_CELL_VF = {TANH: "rnn_tanh_cell", RELU: "rnn_relu_cell", LSTM: "lstm_cell", GRU: "gru_cell"}
+
+
+def _check_cell(x, hx, label, w_ih, w_hh, mode) -> None:
+    """torch's check_rnn_cell_forward_input / _hidden, with its messages (RuntimeError)."""
+    if x.shape[1] != w_ih.shape[1]:
+        raise RuntimeError(f"input has inconsistent input_size: got {x.shape[1]} expected {w_ih.shape[1]}")
+    H = w_hh.shape[1]
+    if x.shape[0] != hx.shape[0]:
+        raise RuntimeError(f"Input batch size {x.shape[0]} doesn't match hidden{label} batch size {hx.shape[0]}")
+    if hx.shape[1] != H:
+        raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got {hx.shape[1]}, expected {H}")
+    if w_ih.shape[0] != GATES[mode] * H or w_hh.shape[0] != GATES[mode] * H:
+        raise RuntimeError(f"fastops.{_CELL_VF[mode]}: w_ih and w_hh must have {GATES[mode]} * hidden_size = "
+                           f"{GATES[mode] * H} rows, got {w_ih.shape[0]} and {w_hh.shape[0]}")
+    for name, t in (("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)):
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"fastops.{_CELL_VF[mode]}: {name} must have input's dtype {x.dtype}, got {t.dtype}")
+
+
+def cell(mode: int, input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One step of an RNN/LSTM/GRU cell: h' (and c' for LSTM) from input [B, I] or [I]."""
+    unbatched = input.dim() == 1
+    if input.dim() not in (1, 2):
+        raise RuntimeError(f"fastops.{_CELL_VF[mode]}: input must be 1-D or 2-D, got {input.dim()}-D")
+    if hx.dim() != input.dim() or (cx is not None and cx.dim() != input.dim()):
+        raise RuntimeError(f"fastops.{_CELL_VF[mode]}: hx must have input's {input.dim()} dims, got "
+                           f"{hx.dim()}")
+    x = input.unsqueeze(0) if unbatched else input
+    h = hx.unsqueeze(0) if unbatched else hx
+    c = (cx.unsqueeze(0) if unbatched else cx) if cx is not None else None
+    _check_cell(x, h, "[0]" if mode == LSTM else "", w_ih, w_hh, mode)
+    if c is not None:
+        _check_cell(x, c, "[1]", w_ih, w_hh, mode)
+    backend = choose(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, mode, False)
+    if backend is None:
+        vf = getattr(torch._VF, _CELL_VF[mode])
+        if mode == LSTM:
+            h_n, c_n = vf(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        else:
+            h_n, c_n = vf(x, h, w_ih, w_hh, b_ih, b_hh), None
+    else:
+        _, h_n, c_n = layer_eager(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, mode, False, backend)
+    if unbatched:
+        h_n = h_n.squeeze(0)
+        c_n = c_n.squeeze(0) if c_n is not None else None
+    return (h_n, c_n) if mode == LSTM else h_n

@@ -1,0 +1,366 @@
+"""fastops RNN cells and layers against torch: cells vs torch._VF cells, modules vs torch.nn modules
+with a copied state_dict (outputs, final states, every gradient) over the constructor options,
+PackedSequence, fp32/fp16/bf16, batch 1, sequence length 1, cpu and triton backends; opcheck,
+gradcheck (float64 through the torch backend), compile of a cell loop, determinism, errors,
+fallbacks and patch()."""
+import copy
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastops
+from fastops import _dispatch
+from fastops import functional as F
+from fastops.ops import rnn as R
+from utils import DTYPES, assert_close, make
+
+BACKENDS = ["cpu", "triton"]
+CELLS = {  # name -> (fastops functional, torch._VF cell, gates, has c)
+    "tanh": (F.rnn_tanh_cell, torch._VF.rnn_tanh_cell, 1, False),
+    "relu": (F.rnn_relu_cell, torch._VF.rnn_relu_cell, 1, False),
+    "lstm": (F.lstm_cell, torch._VF.lstm_cell, 4, True),
+    "gru": (F.gru_cell, torch._VF.gru_cell, 3, False),
+}
+
+
+def _ran(op="rnn_layer") -> str:
+    return _dispatch.last_choice(op).kernel.backend
+
+
+def _leaves(tensors, dtype):
+    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]
+
+
+def _cell_args(kind, B, I, H, dtype, bias=True, seed=0, unbatched=False):
+    G, has_c = CELLS[kind][2], CELLS[kind][3]
+    bshape = () if unbatched else (B,)
+    x = make((*bshape, I), dtype, seed=seed, scale=1.0)
+    h = make((*bshape, H), dtype, seed=seed + 1, scale=0.5)
+    c = make((*bshape, H), dtype, seed=seed + 2, scale=0.5) if has_c else None
+    w_ih = make((G * H, I), dtype, seed=seed + 3, scale=0.4)
+    w_hh = make((G * H, H), dtype, seed=seed + 4, scale=0.4)
+    b_ih = make((G * H,), dtype, seed=seed + 5, scale=0.3) if bias else None
+    b_hh = make((G * H,), dtype, seed=seed + 6, scale=0.3) if bias else None
+    return x, h, c, w_ih, w_hh, b_ih, b_hh
+
+
+def _call_cell(fn, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    if CELLS[kind][3]:
+        return fn(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+    return (fn(x, h, w_ih, w_hh, b_ih, b_hh),)
+
+
+def _check_cell(kind, dtype, backend, B=3, I=5, H=7, bias=True, unbatched=False):
+    fast_fn, vf, _, _ = CELLS[kind]
+    args = _cell_args(kind, B, I, H, dtype, bias, unbatched=unbatched)
+    mine = _leaves(args, dtype)
+    ref = _leaves(args, torch.float64)
+    with fastops.use_backend(backend):
+        out = _call_cell(fast_fn, kind, *mine)
+        assert _ran() == backend, fastops.explain()
+        grads = [make(o.shape, dtype, seed=10 + i, scale=1.0) for i, o in enumerate(out)]
+        torch.autograd.backward(out, grads)
+        assert _ran("rnn_layer_backward") == backend, fastops.explain()
+    if unbatched:  # torch._VF cells take 2-D input only: the reference runs on a batch of one
+        out_ref = [o.squeeze(0) for o in _call_cell(vf, kind, *[None if t is None else t.unsqueeze(0) if t.dim() == 1
+                                                                 and i < 3 else t for i, t in enumerate(ref)])]
+    else:
+        out_ref = _call_cell(vf, kind, *ref)
+    torch.autograd.backward(out_ref, [g.double() for g in grads])
+    for o, r in zip(out, out_ref):
+        assert o.dtype == dtype
+        assert_close(o, r, dtype, reduction=I + H)
+    for name, m, r in zip(("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"), mine, ref):
+        if m is not None:
+            assert m.grad is not None, name
+            assert_close(m.grad, r.grad, dtype, reduction=B * max(I, H) * 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_matches_vf(kind, dtype, backend):
+    _check_cell(kind, dtype, backend)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_variants(kind):
+    """batch 1, unbatched 1-D input, no bias, a hidden size above one unit block (64)."""
+    _check_cell(kind, torch.float32, "cpu", B=1)
+    _check_cell(kind, torch.float32, "cpu", unbatched=True)
+    _check_cell(kind, torch.float32, "cpu", bias=False)
+    _check_cell(kind, torch.float32, "cpu", B=2, I=33, H=131)
+    _check_cell(kind, torch.float32, "triton", B=1, unbatched=True, bias=False)
+
+
+# ---- modules vs torch.nn -------------------------------------------------------------------------
+
+def _pair(cls_name, dtype, **kw):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls_name)(**kw).to(torch.float64)
+    mine = getattr(fastops.nn, cls_name)(**kw).to(dtype)
+    mine.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()})
+    return mine, ref
+
+
+def _check_module(cls_name, dtype, backend, T=4, B=3, I=5, H=6, x_shape=None, with_h0=True, **kw):
+    mine, ref = _pair(cls_name, dtype, input_size=I, hidden_size=H, **kw)
+    mine.eval(), ref.eval()
+    D = 2 if kw.get("bidirectional") else 1
+    L = kw.get("num_layers", 1)
+    lstm = cls_name == "LSTM"
+    if x_shape is None:
+        x_shape = (B, T, I) if kw.get("batch_first") else (T, B, I)
+    batched = len(x_shape) == 3
+    x = make(x_shape, dtype, seed=1, scale=1.0)
+    hshape = (L * D, B, H) if batched else (L * D, H)
+    hx = None
+    if with_h0:
+        hx = [make(hshape, dtype, seed=2, scale=0.5)] + ([make(hshape, dtype, seed=3, scale=0.5)] if lstm else [])
+    xm, xr = _leaves([x], dtype)[0], _leaves([x], torch.float64)[0]
+    hm = _leaves(hx, dtype) if hx else None
+    hr = _leaves(hx, torch.float64) if hx else None
+    with fastops.use_backend(backend):
+        out, hid = mine(xm, (tuple(hm) if lstm else hm[0]) if hm else None)
+        assert _ran() == backend, fastops.explain()
+        outs = [out] + (list(hid) if lstm else [hid])
+        grads = [make(o.shape, dtype, seed=20 + i, scale=1.0) for i, o in enumerate(outs)]
+        torch.autograd.backward(outs, grads)
+    out_r, hid_r = ref(xr, (tuple(hr) if lstm else hr[0]) if hr else None)
+    outs_r = [out_r] + (list(hid_r) if lstm else [hid_r])
+    torch.autograd.backward(outs_r, [g.double() for g in grads])
+    red = T * B * max(I, H) * 4
+    for o, r in zip(outs, outs_r):
+        assert o.shape == r.shape and o.dtype == dtype
+        assert_close(o, r, dtype, reduction=max(I, H) * 4 * L)
+    assert_close(xm.grad, xr.grad, dtype, reduction=red)
+    for m, r in zip(hm or [], hr or []):
+        assert_close(m.grad, r.grad, dtype, reduction=red)
+    pr = dict(ref.named_parameters())
+    for name, p in mine.named_parameters():
+        assert p.grad is not None, name
+        assert_close(p.grad, pr[name].grad, dtype, reduction=red)
+
+
+MODULE_CASES = [
+    ("LSTM", {}), ("GRU", {}), ("RNN", {}), ("RNN", {"nonlinearity": "relu"}),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}), ("GRU", {"num_layers": 2, "batch_first": True}),
+    ("RNN", {"bias": False, "bidirectional": True}), ("LSTM", {"bias": False, "batch_first": True}),
+    ("GRU", {"num_layers": 2, "dropout": 0.5}),  # eval: dropout off
+]
+
+
+@pytest.mark.parametrize("cls_name,kw", MODULE_CASES, ids=str)
+def test_module_matches_torch(cls_name, kw):
+    _check_module(cls_name, torch.float32, "cpu", **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU"])
+def test_module_dtypes(cls_name, dtype):
+    _check_module(cls_name, dtype, "cpu", num_layers=2, bidirectional=True)
+
+
+@pytest.mark.parametrize("cls_name,kw", [("LSTM", {"bidirectional": True}), ("GRU", {}),
+                                         ("RNN", {"nonlinearity": "relu"})], ids=str)
+def test_module_triton(cls_name, kw):
+    _check_module(cls_name, torch.float32, "triton", T=3, B=2, **kw)
+    _check_module(cls_name, torch.bfloat16, "triton", T=2, B=2, **kw)
+
+
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU", "RNN"])
+def test_module_shapes(cls_name):
+    """batch 1, sequence length 1, unbatched (T, I) input, no h0."""
+    _check_module(cls_name, torch.float32, "cpu", B=1)
+    _check_module(cls_name, torch.float32, "cpu", T=1)
+    _check_module(cls_name, torch.float32, "cpu", x_shape=(4, 5), num_layers=2)
+    _check_module(cls_name, torch.float32, "cpu", with_h0=False, bidirectional=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU", "RNN"])
+def test_packed_sequence(cls_name, backend):
+    I, H, lengths = 4, 5, [3, 5, 1, 4]
+    mine, ref = _pair(cls_name, torch.float32, input_size=I, hidden_size=H, bidirectional=True, num_layers=2)
+    x = make((5, 4, I), torch.float32, seed=1, scale=1.0)
+    lstm = cls_name == "LSTM"
+    h = [make((4, 4, H), torch.float32, seed=s, scale=0.5) for s in ((2, 3) if lstm else (2,))]
+    xm, xr = _leaves([x], torch.float32)[0], _leaves([x], torch.float64)[0]
+    hm, hr = _leaves(h, torch.float32), _leaves(h, torch.float64)
+    pm = pack_padded_sequence(xm, lengths, enforce_sorted=False)
+    pr = pack_padded_sequence(xr, lengths, enforce_sorted=False)
+    with fastops.use_backend(backend):
+        out, hid = mine(pm, tuple(hm) if lstm else hm[0])
+        assert _ran() == backend, fastops.explain()
+        outs = [out.data] + (list(hid) if lstm else [hid])
+        grads = [make(o.shape, torch.float32, seed=9 + i, scale=1.0) for i, o in enumerate(outs)]
+        torch.autograd.backward(outs, grads)
+    out_r, hid_r = ref(pr, tuple(hr) if lstm else hr[0])
+    outs_r = [out_r.data] + (list(hid_r) if lstm else [hid_r])
+    torch.autograd.backward(outs_r, [g.double() for g in grads])
+    assert torch.equal(out.batch_sizes, out_r.batch_sizes)
+    assert torch.equal(out.sorted_indices, out_r.sorted_indices)
+    for o, r in zip(outs, outs_r):
+        assert_close(o, r, torch.float32, reduction=64)
+    assert_close(xm.grad, xr.grad, torch.float32, reduction=256)
+    for m, r in zip(hm, hr):
+        assert_close(m.grad, r.grad, torch.float32, reduction=256)
+    pr_ = dict(ref.named_parameters())
+    for name, p in mine.named_parameters():
+        assert_close(p.grad, pr_[name].grad, torch.float32, reduction=256)
+
+
+def test_dropout_between_layers_trains():
+    """Training mode with dropout: the torch RNG stream differs from torch's, so compare dropout=0 on
+    one seed and check that dropout > 0 changes the output while p = 0 does not."""
+    mine, _ = _pair("LSTM", torch.float32, input_size=4, hidden_size=5, num_layers=2, dropout=0.5)
+    x = make((3, 2, 4), torch.float32, seed=1, scale=1.0)
+    mine.train()
+    a, _ = mine(x)
+    mine.eval()
+    b, _ = mine(x)
+    assert _ran() == "cpu"
+    assert not torch.equal(a, b)
+
+
+# ---- ops: opcheck, gradcheck, compile, determinism --------------------------------------------
+
+def _layer_args(mode, T=3, B=2, I=4, H=5, dtype=torch.float32, lengths=None, bias=True):
+    G = R.GATES[mode]
+    x = make((T, B, I), dtype, seed=1, scale=1.0)
+    h0 = make((B, H), dtype, seed=2, scale=0.5)
+    c0 = make((B, H), dtype, seed=3, scale=0.5) if mode == R.LSTM else None
+    w = [make(s, dtype, seed=4 + i, scale=0.4) for i, s in enumerate(((G * H, I), (G * H, H)))]
+    b = [make((G * H,), dtype, seed=7 + i, scale=0.3) if bias else None for i in range(2)]
+    return [x, h0, c0, *w, *b, lengths]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+@pytest.mark.parametrize("mode", [R.TANH, R.LSTM, R.GRU])
+def test_opcheck(mode, backend):
+    args = [None if a is None else (a.requires_grad_() if a.is_floating_point() else a)
+            for a in _layer_args(mode, lengths=torch.tensor([3, 2]))]
+    torch.library.opcheck(R.rnn_layer_op, (*args, mode, True, backend))
+
+
+@pytest.mark.parametrize("mode", [R.TANH, R.RELU, R.LSTM, R.GRU])
+def test_gradcheck_float64(mode):
+    args = [None if a is None else (a.requires_grad_() if a.is_floating_point() else a)
+            for a in _layer_args(mode, dtype=torch.float64, lengths=torch.tensor([3, 1]))]
+
+    def f(*a):
+        y, h, c, _, _ = R.rnn_layer_op(*a, mode, False, "torch")
+        return (y, h) if c.numel() == 0 else (y, h, c)
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_torch_backend_matches_cpu_with_lengths():
+    """The cpu C++ loop and the torch-reference loop agree, masks and reverse included."""
+    for mode in (R.TANH, R.RELU, R.LSTM, R.GRU):
+        args = _layer_args(mode, T=5, B=3, lengths=torch.tensor([5, 2, 3]))
+        a = R.rnn_layer_op(*args, mode, True, "cpu")
+        b = R.rnn_layer_op(*args, mode, True, "torch")
+        for x, y in zip(a[:3], b[:3]):
+            assert_close(x, y.double(), torch.float32, reduction=32)
+
+
+def test_compile_cell_loop():
+    w_ih, w_hh = make((20, 3), torch.float32, seed=1, scale=0.4), make((20, 5), torch.float32, seed=2, scale=0.4)
+
+    def loop(x, h, c):
+        for t in range(x.shape[0]):
+            h, c = F.lstm_cell(x[t], (h, c), w_ih, w_hh)
+        return h, c
+    x, h, c = make((4, 2, 3), torch.float32, seed=3), make((2, 5), torch.float32, seed=4), make((2, 5), torch.float32, seed=5)
+    compiled = torch.compile(loop, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(x, h, c), loop(x, h, c)):
+        torch.testing.assert_close(got, want)
+
+
+def test_backward_deterministic():
+    mine, _ = _pair("LSTM", torch.float32, input_size=16, hidden_size=32, num_layers=2, bidirectional=True)
+    x = make((6, 4, 16), torch.float32, seed=1, scale=1.0)
+    g = make((6, 4, 64), torch.float32, seed=2, scale=1.0)
+    first = None
+    for _ in range(10):
+        mine.zero_grad()
+        xi = x.clone().requires_grad_()
+        out, _ = mine(xi)
+        out.backward(g)
+        grads = [xi.grad] + [p.grad.clone() for p in mine.parameters()]
+        if first is None:
+            first = grads
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(first, grads))
+
+
+# ---- errors, fallbacks, patch -----------------------------------------------------------------
+
+def test_errors_as_torch():
+    m = fastops.nn.LSTM(4, 5)
+    t = torch.nn.LSTM(4, 5)
+    for bad_x, bad_h in ((torch.randn(3, 2, 6), None), (torch.randn(3, 2, 4), (torch.randn(1, 3, 5),) * 2),
+                         (torch.randn(3, 2, 4), (torch.randn(1, 2, 7),) * 2)):
+        with pytest.raises(RuntimeError) as want:
+            t(bad_x, bad_h)
+        with pytest.raises(RuntimeError) as got:
+            m(bad_x, bad_h)
+        assert str(got.value) == str(want.value)
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        m(torch.randn(0, 2, 4))
+    with pytest.raises(ValueError, match="proj_size"):
+        fastops.nn.LSTM(4, 5, proj_size=5)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        fastops.nn.GRU(4, 5)(torch.randn(2, 2, 2, 4))
+    with pytest.raises(RuntimeError, match="input has inconsistent input_size: got 6 expected 4"):
+        F.gru_cell(torch.randn(2, 6), torch.randn(2, 5), torch.randn(15, 4), torch.randn(15, 5))
+    with pytest.raises(RuntimeError, match="hidden\\[1\\] has inconsistent hidden_size"):
+        F.lstm_cell(torch.randn(2, 4), (torch.randn(2, 5), torch.randn(2, 6)), torch.randn(20, 4), torch.randn(20, 5))
+    with pytest.raises(RuntimeError, match="Input batch size 2 doesn't match hidden batch size 3"):
+        F.rnn_tanh_cell(torch.randn(2, 4), torch.randn(3, 5), torch.randn(5, 4), torch.randn(5, 5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_batch(backend):
+    mine, ref = _pair("GRU", torch.float32, input_size=4, hidden_size=5, bidirectional=True)
+    x = torch.randn(3, 0, 4, requires_grad=True)
+    with fastops.use_backend(backend):
+        out, h = mine(x)
+        assert _ran() == backend
+        (out.sum() + h.sum()).backward()
+    out_r, h_r = ref(x.detach().double())
+    assert out.shape == out_r.shape and h.shape == h_r.shape and x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in mine.parameters())
+
+
+def test_proj_size_falls_back_visibly():
+    mine, ref = _pair("LSTM", torch.float32, input_size=4, hidden_size=6, proj_size=3)
+    x = make((3, 2, 4), torch.float32, seed=1)
+    out, (h, c) = mine(x)
+    out_r, (h_r, c_r) = ref(x.double())
+    assert_close(out, out_r, torch.float32, reduction=64)
+    assert "proj_size" in fastops.explain()
+
+
+def test_float64_runs_torch():
+    mine, ref = _pair("GRU", torch.float64, input_size=4, hidden_size=5)
+    x = make((3, 2, 4), torch.float64, seed=1)
+    torch.testing.assert_close(mine(x)[0], ref(x)[0])
+    assert _ran() == "torch" and "float64" in fastops.explain()
+
+
+def test_patch_swaps_and_restores():
+    model = torch.nn.Sequential(torch.nn.LSTM(4, 5))
+    cell = torch.nn.GRUCell(4, 5)
+    x = make((3, 2, 4), torch.float32, seed=1)
+    want = model(x)[0]
+    fastops.patch(model)
+    fastops.patch(cell)
+    assert type(model[0]) is fastops.nn.LSTM and type(cell) is fastops.nn.GRUCell
+    got = model(x)[0]
+    assert _ran() == "cpu"
+    assert_close(got, want.double(), torch.float32, reduction=32)
+    fastops.unpatch(model)
+    assert type(model[0]) is torch.nn.LSTM
+    assert set(model.state_dict()) == set(torch.nn.Sequential(torch.nn.LSTM(4, 5)).state_dict())
