@@ -5,11 +5,16 @@
 // Coverage: float16 and bfloat16 storage (mma.sync m16n8k16, float32 accumulation); float32
 // inputs are not taken here (fastops/ops/attention.py sends them to the Triton kernels). Head dims
 // are bucketed on max(E, Ev): 64, 128, 256 (forward) and 64, 128 (backward), zero padded in
-// shared memory. Tiles (queries x keys, warps) and dynamic shared memory per instantiation:
-//   forward  D=64:  128 x 64, 8 warps, 48 KiB   D=128: 128 x 64, 8 warps, 96 KiB
-//            D=256:  64 x 32, 4 warps, 96 KiB
-//   dK/dV    D=64:  64 keys x 64 queries, 4 warps, 33 KiB   D=128: 64 x 32, 4 warps, 64.3 KiB
-//   dQ       D=64:  64 queries x 64 keys, 4 warps, 48 KiB   D=128: 64 x 64, 4 warps, 96 KiB
+// shared memory. Tiles and dynamic shared memory per instantiation (+ the float32 mask tile when
+// the call has a mask); registers (sm_80 / sm_90a, no spills) from ptxas:
+//   forward  D=64:  128 queries x 64 keys, 8 warps, 48 KiB (+32)   ~199 / 195 regs
+//            D=128: 128 x 64, 8 warps, 96 KiB (+32)                 ~248 / 247 regs
+//            D=256:  64 x 16, 4 warps, 64 KiB (+4)                  ~241 / 236 regs
+//   dK/dV    D=64:  64 keys x 32 queries, 4 warps, 32.5 KiB (+8)   ~209 / 207 regs
+//            D=128: 64 keys x 16 queries, 4 warps, 48.3 KiB (+4)   ~248 / 250 regs
+//   dQ       D=64:  64 queries x 64 keys, 4 warps, 48 KiB (+16)    ~246 / 242 regs
+//            D=128: 64 x 32, 4 warps, 64 KiB (+8)                   ~233 / 235 regs
+// (Smaller key/query steps for the bigger head dims keep the float32 accumulators in registers.)
 // Global loads are 16-byte cp.async when every pointer is 16-byte aligned and every row stride,
 // E and Ev are multiples of 8 elements; otherwise element loads (same kernels, runtime branch).
 // Grids are one-dimensional (up to 2^31 - 1 CTAs); all offsets are int64_t.
@@ -20,8 +25,8 @@
 #include <climits>
 #include <cstdint>
 
-#include "attention/backward.cuh"
-#include "attention/forward.cuh"
+#include "cuda/attention/backward.cuh"
+#include "cuda/attention/forward.cuh"
 #include "fastops/attention.h"
 
 namespace fastops {

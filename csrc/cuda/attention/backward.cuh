@@ -18,8 +18,8 @@
 // deterministic mode); dq in a separate pass instead of atomics keeps the result reproducible.
 #pragma once
 
-#include "attention/mma.cuh"
-#include "attention/scores.cuh"
+#include "cuda/attention/mma.cuh"
+#include "cuda/attention/scores.cuh"
 
 namespace fastops {
 namespace cuda {

@@ -10,8 +10,8 @@
 // Epilogue: O / l stored as T, lse = m + log l (+inf and O = 0 for a row without unmasked key).
 #pragma once
 
-#include "attention/mma.cuh"
-#include "attention/scores.cuh"
+#include "cuda/attention/mma.cuh"
+#include "cuda/attention/scores.cuh"
 
 namespace fastops {
 namespace cuda {

@@ -18,6 +18,8 @@
 
 #include <cstdint>
 
+#include "cuda/storage.cuh"
+
 namespace fastops {
 namespace cuda {
 namespace attn {
@@ -79,7 +81,7 @@ __device__ __forceinline__ void load_tile(T* smem, const TileSrc& src, bool vec)
         T e[kChunk];
       } buf;
 #pragma unroll
-      for (int e = 0; e < kChunk; ++e) buf.e[e] = (in && col + e < src.cols) ? s[e] : T(0.0f);
+      for (int e = 0; e < kChunk; ++e) buf.e[e] = (in && col + e < src.cols) ? s[e] : from_f32<T>(0.0f);
       *reinterpret_cast<uint4*>(dst) = buf.u;
     }
   }
