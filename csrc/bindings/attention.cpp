@@ -1,4 +1,5 @@
-// Attention bindings: fastops._C.attention_forward / attention_backward (cpu).
+// Attention bindings: fastops._C.attention_forward / attention_backward (cpu, and cuda when the
+// build holds the CUDA kernels: float16 / bfloat16, head dims up to 256 forward and 128 backward).
 #include "bindings/common.h"
 #include "fastops/attention.h"
 
@@ -19,7 +20,11 @@ AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, const a
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastops: dropout_p must be in [0, 1), got ", dropout_p);
   check_same_device_dtype(q, "query", k, "key");
   check_same_device_dtype(q, "query", v, "value");
+#ifdef FASTOPS_WITH_CUDA
+  TORCH_CHECK(q.is_cpu() || q.is_cuda(), "fastops: attention kernels take cpu or cuda tensors, got ", q.device());
+#else
   TORCH_CHECK(q.is_cpu(), "fastops: attention kernels here take cpu tensors, got ", q.device());
+#endif
   const int64_t N = q.size(0), H = q.size(1), Hkv = k.size(1);
   TORCH_CHECK(k.size(0) == N && v.size(0) == N && v.size(1) == Hkv && k.size(2) == v.size(2) &&
                   k.size(3) == q.size(3) && Hkv > 0 && H % Hkv == 0,
@@ -28,6 +33,21 @@ AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, const a
   return AttentionShape{N,      H, Hkv, q.size(2), k.size(2), q.size(3), v.size(3), static_cast<float>(scale),
                         causal, to_dtype(q, "query"), static_cast<float>(dropout_p), static_cast<uint64_t>(seed)};
 }
+
+#ifdef FASTOPS_WITH_CUDA
+// What the CUDA kernels take (fastops/ops/attention.py sends every other case elsewhere).
+constexpr int64_t kCudaMaxForwardHeadDim = 256;
+constexpr int64_t kCudaMaxBackwardHeadDim = 128;
+
+void check_cuda_coverage(const AttentionShape& sh, int64_t max_head_dim) {
+  TORCH_CHECK_TYPE(sh.dtype != DType::kFloat32,
+                   "fastops: the CUDA attention kernels take float16 or bfloat16 query/key/value, got float32");
+  TORCH_CHECK(sh.E > 0 && sh.Ev > 0 && sh.E <= max_head_dim && sh.Ev <= max_head_dim,
+              "fastops: the CUDA attention kernels here take head dims in [1, ", max_head_dim, "], got E = ", sh.E,
+              ", Ev = ", sh.Ev);
+  TORCH_CHECK(sh.S > 0, "fastops: the CUDA attention kernels need at least one key (S > 0), got S = 0");
+}
+#endif
 
 AttentionMask attention_mask(const std::optional<at::Tensor>& mask, const at::Tensor& q, const AttentionShape& sh) {
   AttentionMask m;
@@ -67,7 +87,15 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   p.v_strides = strides3(v, "value");
   p.out_strides = strides3(out, "out");
   p.mask = attention_mask(mask, q, sh);
-  cpu::attention_forward(p);
+  if (q.is_cpu()) {
+    cpu::attention_forward(p);
+    return {out, lse};
+  }
+#ifdef FASTOPS_WITH_CUDA
+  check_cuda_coverage(sh, kCudaMaxForwardHeadDim);
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_cuda(cuda::attention_forward(p, at::cuda::getCurrentCUDAStream().stream()), "attention_forward");
+#endif
   return {out, lse};
 }
 
@@ -105,7 +133,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();
   p.dmask = need_dmask ? dmask.data_ptr<float>() : nullptr;
-  cpu::attention_backward(p);
+  if (q.is_cpu()) {
+    cpu::attention_backward(p);
+    return {dq, dk, dv, dmask};
+  }
+#ifdef FASTOPS_WITH_CUDA
+  check_cuda_coverage(sh, kCudaMaxBackwardHeadDim);
+  const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor delta = at::empty({sh.N, sh.H, sh.L}, q.options().dtype(at::kFloat));
+  p.delta = delta.data_ptr<float>();
+  check_cuda(cuda::attention_backward(p, at::cuda::getCurrentCUDAStream().stream()), "attention_backward");
+#endif
   return {dq, dk, dv, dmask};
 }
 
@@ -113,11 +151,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
 
 void bind_attention(pybind11::module_& m) {
   m.def("attention_forward", &fastops::attention_forward,
-        "flash-attention forward on cpu: (out [N, H, L, Ev], lse [N, H, L] float32)", py::arg("query"),
+        "flash-attention forward (cpu, cuda): (out [N, H, L, Ev], lse [N, H, L] float32)", py::arg("query"),
         py::arg("key"), py::arg("value"), py::arg("attn_mask"), py::arg("is_causal"), py::arg("scale"),
         py::arg("dropout_p"), py::arg("seed"), py::call_guard<py::gil_scoped_release>());
   m.def("attention_backward", &fastops::attention_backward,
-        "flash-attention backward on cpu: (dq, dk, dv, dmask [N, H, L, S] float32 or empty)",
+        "flash-attention backward (cpu, cuda): (dq, dk, dv, dmask [N, H, L, S] float32 or empty)",
         py::arg("grad_out"), py::arg("query"), py::arg("key"), py::arg("value"), py::arg("out"),
         py::arg("logsumexp"), py::arg("attn_mask"), py::arg("is_causal"), py::arg("scale"),
         py::arg("dropout_p"), py::arg("seed"), py::arg("need_mask_grad"), py::call_guard<py::gil_scoped_release>());

@@ -55,8 +55,10 @@ struct AttentionForwardParams {
 };
 
 // dq [N, H, L, E], dk [N, Hkv, S, E], dv [N, Hkv, S, Ev]: contiguous, storage `dtype`.
-// dmask (optional) [N, H, L, S] float32 contiguous: d loss / d s_ij, the gradient of an
-// additive mask before it is summed over broadcast dims.
+// dmask (optional) [N, H, L, S] float32 contiguous, zero-filled by the caller: d loss / d s_ij, the
+// gradient of an additive mask before it is summed over broadcast dims.
+// delta: [N, H, L] float32 scratch the CUDA backward needs (rowsum(dO * O)); the CPU kernel
+// ignores it.
 struct AttentionBackwardParams {
   AttentionShape shape;
   const void* q;
@@ -71,11 +73,20 @@ struct AttentionBackwardParams {
   void* dk;
   void* dv;
   float* dmask;
+  float* delta = nullptr;
 };
 
 namespace cpu {
 void attention_forward(const AttentionForwardParams& p);
 void attention_backward(const AttentionBackwardParams& p);
 }  // namespace cpu
+
+// CUDA kernels (tensor cores, sm_80+): float16 / bfloat16 storage only, E and Ev <= 256 forward,
+// <= 128 backward, S > 0, E > 0 (csrc/cuda/attention.cu). Return a cudaError_t as int (0 = ok);
+// `stream` is a cudaStream_t.
+namespace cuda {
+int attention_forward(const AttentionForwardParams& p, void* stream);
+int attention_backward(const AttentionBackwardParams& p, void* stream);
+}  // namespace cuda
 
 }  // namespace fastops
