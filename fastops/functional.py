@@ -16,9 +16,9 @@ from fastops import _dispatch
 from fastops.ops import softmax as _softmax
 from fastops.ops import attention as _attention
 from fastops.ops import conv as _conv
+from fastops.ops import rnn as _rnn
 
 __all__ = ["softmax", "scaled_dot_product_attention", "conv2d", "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
-from fastops.ops import rnn as _rnn
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

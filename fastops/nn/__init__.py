@@ -6,6 +6,6 @@ can swap a module's class in place and `fastops.unpatch(model)` can swap it back
 from fastops.nn.softmax import Softmax
 from fastops.nn.attention import MultiheadAttention
 from fastops.nn.conv import Conv2d
+from fastops.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = ["Softmax", "MultiheadAttention", "Conv2d", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
-from fastops.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
