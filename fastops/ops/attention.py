@@ -254,31 +254,25 @@ def _supports_backward(grad, q, k, v, out, lse, mask, is_causal, scale, dropout_
 
 
 # What the CUDA C++ kernels (csrc/cuda/attention.cu) cover: float16 / bfloat16 on tensor cores
-# (mma.sync, sm_80+), head dims (max of E and Ev) up to 256 forward and 128 backward. float32
-# goes to the Triton kernels (auto tries cuda, then triton).
-CUDA_MAX_HEAD_DIM = {"forward": 256, "backward": 128}
-
-
-def _cuda_why_not(q, v, which):
-    if q.dtype == torch.float32:
-        return "float32: the CUDA kernels run float16/bfloat16 on tensor cores (Triton covers float32)"
-    d = max(q.shape[-1], v.shape[-1])
-    if d > CUDA_MAX_HEAD_DIM[which]:
-        return f"head dim {d} > {CUDA_MAX_HEAD_DIM[which]}, the CUDA {which} kernel's largest"
-    return None
+# (mma.sync, sm_80+), head dims (max of E and Ev) up to 256. float32 and larger head dims go to
+# the Triton kernels (auto tries cuda, then triton).
+CUDA_MAX_HEAD_DIM = 256
 
 
 def _supports_cuda(q, k, v, mask, is_causal, scale, dropout_p, seed):
-    why = _supports(q, k, v, mask, is_causal, scale, dropout_p, seed) or _cuda_why_not(q, v, "forward")
-    if why is None and max(q.shape[-1], v.shape[-1]) > CUDA_MAX_HEAD_DIM["backward"] and \
-            torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        # the backward would run on torch: let Triton take both halves instead
-        return f"head dim > {CUDA_MAX_HEAD_DIM['backward']} with gradients (the CUDA backward's largest)"
-    return why
+    why = _supports(q, k, v, mask, is_causal, scale, dropout_p, seed)
+    if why is not None:
+        return why
+    if q.dtype == torch.float32:
+        return "float32: the CUDA kernels run float16/bfloat16 on tensor cores (Triton covers float32)"
+    d = max(q.shape[-1], v.shape[-1])
+    if d > CUDA_MAX_HEAD_DIM:
+        return f"head dim {d} > {CUDA_MAX_HEAD_DIM}, the CUDA kernels' largest"
+    return None
 
 
 def _supports_cuda_backward(grad, q, k, v, out, lse, mask, is_causal, scale, dropout_p, seed, need_mask_grad):
-    return _supports(q, k, v, mask, is_causal, scale, dropout_p, seed) or _cuda_why_not(q, v, "backward")
+    return _supports_cuda(q, k, v, mask, is_causal, scale, dropout_p, seed)
 
 
 # Query elements (N * H * L * E) below which `auto` calls torch on the CPU: fastops' Python dispatch
