@@ -1,5 +1,5 @@
 // Attention bindings: fastops._C.attention_forward / attention_backward (cpu, and cuda when the
-// build holds the CUDA kernels: float16 / bfloat16, head dims up to 256 forward and 128 backward).
+// build holds the CUDA kernels: float16 / bfloat16, head dims up to 256).
 #include "bindings/common.h"
 #include "fastops/attention.h"
 
@@ -37,7 +37,7 @@ AttentionShape attention_shape(const at::Tensor& q, const at::Tensor& k, const a
 #ifdef FASTOPS_WITH_CUDA
 // What the CUDA kernels take (fastops/ops/attention.py sends every other case elsewhere).
 constexpr int64_t kCudaMaxForwardHeadDim = 256;
-constexpr int64_t kCudaMaxBackwardHeadDim = 128;
+constexpr int64_t kCudaMaxBackwardHeadDim = 256;
 
 void check_cuda_coverage(const AttentionShape& sh, int64_t max_head_dim) {
   TORCH_CHECK_TYPE(sh.dtype != DType::kFloat32,

@@ -4,7 +4,7 @@
 //
 // Coverage: float16 and bfloat16 storage (mma.sync m16n8k16, float32 accumulation); float32
 // inputs are not taken here (fastops/ops/attention.py sends them to the Triton kernels). Head dims
-// are bucketed on max(E, Ev): 64, 128, 256 (forward) and 64, 128 (backward), zero padded in
+// are bucketed on max(E, Ev): 64, 128, 256, zero padded in
 // shared memory. Tiles and dynamic shared memory per instantiation (+ the float32 mask tile when
 // the call has a mask); registers (sm_80 / sm_90a, no spills) from ptxas:
 //   forward  D=64:  128 queries x 64 keys, 8 warps, 48 KiB (+32)   ~199 / 195 regs
@@ -12,8 +12,10 @@
 //            D=256:  64 x 16, 4 warps, 64 KiB (+4)                  ~241 / 236 regs
 //   dK/dV    D=64:  64 keys x 32 queries, 4 warps, 32.5 KiB (+8)   ~209 / 207 regs
 //            D=128: 64 keys x 16 queries, 4 warps, 48.3 KiB (+4)   ~248 / 250 regs
+//            D=256: 64 keys x 16 queries, 4 warps, 96.3 KiB (+4), dK and dV in two launches, 255 regs
 //   dQ       D=64:  64 queries x 64 keys, 4 warps, 48 KiB (+16)    ~246 / 242 regs
 //            D=128: 64 x 32, 4 warps, 64 KiB (+8)                   ~233 / 235 regs
+//            D=256: 64 x 16, 4 warps, 96 KiB (+4)                   255 regs
 // (Smaller key/query steps for the bigger head dims keep the float32 accumulators in registers.)
 // Global loads are 16-byte cp.async when every pointer is 16-byte aligned and every row stride,
 // E and Ev are multiples of 8 elements; otherwise element loads (same kernels, runtime branch).
@@ -42,9 +44,11 @@ using DkDv64 = DkDvTraits<64, 4, 32>;
 using DkDv128 = DkDvTraits<128, 4, 16>;
 using Dq64 = DqTraits<64, 4, 64>;
 using Dq128 = DqTraits<128, 4, 32>;
+using DkDv256 = DkDvTraits<256, 4, 16>;
+using Dq256 = DqTraits<256, 4, 16>;
 
 constexpr int64_t kMaxForwardHeadDim = 256;
-constexpr int64_t kMaxBackwardHeadDim = 128;
+constexpr int64_t kMaxBackwardHeadDim = 256;
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 bool strides8(const Strides3& s) { return s.n % 8 == 0 && s.h % 8 == 0 && s.l % 8 == 0; }
@@ -82,7 +86,8 @@ int forward_typed(const AttentionForwardParams& p, bool vec, cudaStream_t stream
   return forward_launch<Fwd256, T>(p, vec, stream);
 }
 
-template <typename DkDv, typename Dq, typename T>
+// kSplit: dK and dV in two launches of the dK/dV kernel (head dim 256).
+template <typename DkDv, typename Dq, typename T, bool kSplit = false>
 int backward_launch(const AttentionBackwardParams& p, bool vec, cudaStream_t stream) {
   const AttentionShape& sh = p.shape;
   const int64_t rows = sh.N * sh.H * sh.L;
@@ -96,9 +101,16 @@ int backward_launch(const AttentionBackwardParams& p, bool vec, cudaStream_t str
   unsigned grid = 0;
   if (int err = ceil_blocks(sh.S, DkDv::kBlockN, sh.N * sh.Hkv, &grid)) return err;
   const bool masked = p.mask.kind != MaskKind::kNone;
-  if (int err = launch(attention_dkdv_kernel<DkDv, T>, grid, DkDv::kThreads,
-                       DkDv::kSmemBytes + (masked ? DkDv::kMaskBytes : 0), stream, p, vec))
-    return err;
+  const size_t dkdv_smem = DkDv::kSmemBytes + (masked ? DkDv::kMaskBytes : 0);
+  if constexpr (kSplit) {
+    if (int err = launch(attention_dkdv_kernel<DkDv, T, true, false>, grid, DkDv::kThreads, dkdv_smem, stream, p, vec))
+      return err;
+    if (int err = launch(attention_dkdv_kernel<DkDv, T, false, true>, grid, DkDv::kThreads, dkdv_smem, stream, p, vec))
+      return err;
+  } else {
+    if (int err = launch(attention_dkdv_kernel<DkDv, T, true, true>, grid, DkDv::kThreads, dkdv_smem, stream, p, vec))
+      return err;
+  }
   if (int err = ceil_blocks(sh.L, Dq::kBlockM, sh.N * sh.H, &grid)) return err;
   return launch(attention_dq_kernel<Dq, T>, grid, Dq::kThreads, Dq::kSmemBytes + (masked ? Dq::kMaskBytes : 0),
                 stream, p, vec);
@@ -108,7 +120,8 @@ template <typename T>
 int backward_typed(const AttentionBackwardParams& p, bool vec, cudaStream_t stream) {
   const int64_t d = p.shape.E > p.shape.Ev ? p.shape.E : p.shape.Ev;
   if (d <= 64) return backward_launch<DkDv64, Dq64, T>(p, vec, stream);
-  return backward_launch<DkDv128, Dq128, T>(p, vec, stream);
+  if (d <= 128) return backward_launch<DkDv128, Dq128, T>(p, vec, stream);
+  return backward_launch<DkDv256, Dq256, T, true>(p, vec, stream);
 }
 
 // What every kernel needs: 16-bit storage, 0 < E, Ev <= max_d, S > 0 (an empty key set has no

@@ -253,6 +253,28 @@ def _supports_backward(grad, q, k, v, out, lse, mask, is_causal, scale, dropout_
     return _supports(q, k, v, mask, is_causal, scale, dropout_p, seed)
 
 
+# What the CUDA C++ kernels (csrc/cuda/attention.cu) cover: float16 / bfloat16 on tensor cores
+# (mma.sync, sm_80+), head dims (max of E and Ev) up to 256. float32 and larger head dims go to
+# the Triton kernels (auto tries cuda, then triton).
+CUDA_MAX_HEAD_DIM = 256
+
+
+def _supports_cuda(q, k, v, mask, is_causal, scale, dropout_p, seed):
+    why = _supports(q, k, v, mask, is_causal, scale, dropout_p, seed)
+    if why is not None:
+        return why
+    if q.dtype == torch.float32:
+        return "float32: the CUDA kernels run float16/bfloat16 on tensor cores (Triton covers float32)"
+    d = max(q.shape[-1], v.shape[-1])
+    if d > CUDA_MAX_HEAD_DIM:
+        return f"head dim {d} > {CUDA_MAX_HEAD_DIM}, the CUDA kernels' largest"
+    return None
+
+
+def _supports_cuda_backward(grad, q, k, v, out, lse, mask, is_causal, scale, dropout_p, seed, need_mask_grad):
+    return _supports_cuda(q, k, v, mask, is_causal, scale, dropout_p, seed)
+
+
 # Query elements (N * H * L * E) below which `auto` calls torch on the CPU: fastops' Python dispatch
 # (~20 us) outweighs the kernel there. Measured on the 2-core machine of README.md (q = k = v,
 # E = 64: torch ahead at 1x1x64x64, fastops ahead from 1x2x128x64 in bfloat16 and 1x4x128x64 in
@@ -260,11 +282,12 @@ def _supports_backward(grad, q, k, v, out, lse, mask, is_causal, scale, dropout_
 CROSSOVER = {"cpu": 16384}
 
 _dispatch.register_op("sdpa_forward", FAMILY, {
-    "triton": _forward_triton, "cpu": _forward_c, "torch": forward_ref,
-}, supports={"triton": _supports, "cpu": _supports}, crossover=CROSSOVER)
+    "cuda": _forward_c, "triton": _forward_triton, "cpu": _forward_c, "torch": forward_ref,
+}, supports={"cuda": _supports_cuda, "triton": _supports, "cpu": _supports}, crossover=CROSSOVER)
 _dispatch.register_op("sdpa_backward", FAMILY, {
-    "triton": _backward_triton, "cpu": _backward_c, "torch": backward_ref,
-}, supports={"triton": _supports_backward, "cpu": _supports_backward}, crossover=CROSSOVER)
+    "cuda": _backward_c, "triton": _backward_triton, "cpu": _backward_c, "torch": backward_ref,
+}, supports={"cuda": _supports_cuda_backward, "triton": _supports_backward, "cpu": _supports_backward},
+    crossover=CROSSOVER)
 
 
 def run(op: str, backend: str, *args):

@@ -4,7 +4,7 @@
 //   1. attention_delta_kernel: D_i = sum_d dO_id O_id into p.delta (float32 [N, H, L]); one warp
 //      per query row.
 //   2. attention_dkdv_kernel: one CTA per (key block of kBlockN = 16 * kWarps keys, kv head hk,
-//      batch n); each warp owns 16 keys. K and V of the block stay in shared memory; the CTA walks
+//      batch n); each warp owns 16 keys (head dim 256: one launch for dK, one for dV). K and V of the block stay in shared memory; the CTA walks
 //      the query heads of hk (GQA) and their query blocks (causal: from the block holding key
 //      j0 on), Q, dO, lse and D double buffered with cp.async. Per query block, with the scores
 //      held transposed (rows = keys) in registers:
@@ -73,9 +73,12 @@ struct DqTraits {
   static_assert(D % 64 == 0 && kBlockN % 16 == 0, "tile shapes");
 };
 
-template <typename Tr, typename T>
+// kDk / kDv: which of the two gradients this launch accumulates (both for head dims <= 128; for
+// 256 one launch each, so the float32 accumulators of a warp's 16 keys fit in registers).
+template <typename Tr, typename T, bool kDk, bool kDv>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const AttentionBackwardParams p, bool vec) {
   constexpr int D = Tr::D, BM = Tr::kBlockM, BN = Tr::kBlockN, MT = BM / 8, OT = D / 8;
+  constexpr int KT = kDk ? OT : 2, VT = kDv ? OT : 2;  // unused accumulators stay minimal
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BN * D;
@@ -121,7 +124,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const A
 
   const Dropout drop(sh);
   const bool has_mask = p.mask.kind != MaskKind::kNone;
-  float dk[OT][4], dv[OT][4];
+  float dk[KT][4], dv[VT][4];
   zero(dk);
   zero(dv);
   const int key0 = warp * 16;  // this warp's first key in the block
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const A
     zero(st);
     zero(dpt);
     gemm_rows<T, D, MT, D>(st, sK, key0, q_tile, 0, lane);
-    gemm_rows<T, D, MT, D>(dpt, sV, key0, do_tile, 0, lane);
+    if constexpr (kDk) gemm_rows<T, D, MT, D>(dpt, sV, key0, do_tile, 0, lane);
     const ScoreTile tile(sh, hd, i0, j0 + key0);  // rows of the fragments are keys
     const float* mcol = sMask + key0;
 #pragma unroll
@@ -161,8 +164,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const A
         dpt[mt][e] = pe * (dpt[mt][e] * z - delta[c]);
         st[mt][e] = pe * z;
       }
-    gemm_regs<T, D, OT, MT / 2>(dv, st, do_tile, 0, lane);
-    gemm_regs<T, D, OT, MT / 2>(dk, dpt, q_tile, 0, lane);
+    if constexpr (kDv) gemm_regs<T, D, OT, MT / 2>(dv, st, do_tile, 0, lane);
+    if constexpr (kDk) gemm_regs<T, D, OT, MT / 2>(dk, dpt, q_tile, 0, lane);
     __syncthreads();
   }
   cp_async_wait<0>();
@@ -170,8 +173,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const A
   const int64_t r0 = j0 + key0;
   T* dk_out = static_cast<T*>(p.dk) + ((n * sh.Hkv + hk) * sh.S + r0) * sh.E;
   T* dv_out = static_cast<T*>(p.dv) + ((n * sh.Hkv + hk) * sh.S + r0) * sh.Ev;
-  store_rows<T, OT>(dk_out, sh.E, sh.S - r0, E, dk, sh.scale, sh.scale, vec, lane);
-  store_rows<T, OT>(dv_out, sh.Ev, sh.S - r0, Ev, dv, 1.0f, 1.0f, vec, lane);
+  if constexpr (kDk) store_rows<T, OT>(dk_out, sh.E, sh.S - r0, E, dk, sh.scale, sh.scale, vec, lane);
+  if constexpr (kDv) store_rows<T, OT>(dv_out, sh.Ev, sh.S - r0, Ev, dv, 1.0f, 1.0f, vec, lane);
 }
 
 template <typename Tr, typename T>

@@ -81,8 +81,7 @@ void attention_forward(const AttentionForwardParams& p);
 void attention_backward(const AttentionBackwardParams& p);
 }  // namespace cpu
 
-// CUDA kernels (tensor cores, sm_80+): float16 / bfloat16 storage only, E and Ev <= 256 forward,
-// <= 128 backward, S > 0, E > 0 (csrc/cuda/attention.cu). Return a cudaError_t as int (0 = ok);
+// CUDA kernels (tensor cores, sm_80+): float16 / bfloat16 storage only, 0 < E, Ev <= 256, S > 0 (csrc/cuda/attention.cu). Return a cudaError_t as int (0 = ok);
 // `stream` is a cudaStream_t.
 namespace cuda {
 int attention_forward(const AttentionForwardParams& p, void* stream);
