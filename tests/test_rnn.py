@@ -364,3 +364,22 @@ def test_patch_swaps_and_restores():
     fastops.unpatch(model)
     assert type(model[0]) is torch.nn.LSTM
     assert set(model.state_dict()) == set(torch.nn.Sequential(torch.nn.LSTM(4, 5)).state_dict())
+
+
+@pytest.mark.parametrize("mode", [R.TANH, R.RELU, R.LSTM, R.GRU])
+def test_step_bindings_in_the_gpu_loop(mode):
+    """The Python loop of the cuda backend, run on CPU tensors: fastops._C.rnn_step_forward/backward
+    then dispatch to the CPU step kernels, so the loop and the bindings are checked here."""
+    args = _layer_args(mode, T=4, B=3, I=6, H=70)
+    fwd_cpu = R._forward_cpu(*args, mode, True)
+    fwd_loop = R._loop_forward("cuda", *args, mode, True)
+    for a, b in zip(fwd_cpu, fwd_loop):
+        assert_close(a, b.double(), torch.float32, reduction=128)
+    dy = make(fwd_cpu[0].shape, torch.float32, seed=11, scale=1.0)
+    dh = make(fwd_cpu[1].shape, torch.float32, seed=12, scale=1.0)
+    dc = make(fwd_cpu[1].shape, torch.float32, seed=13, scale=1.0) if mode == R.LSTM else None
+    y, _, _, saved, c_all = fwd_cpu
+    g_cpu = R._backward_cpu(dy, dh, dc, *args, y, saved, c_all, mode, True)
+    g_loop = R._loop_backward("cuda", dy, dh, dc, *args, y, saved, c_all, mode, True)
+    for a, b in zip(g_cpu, g_loop):
+        assert_close(a, b.double(), torch.float32, reduction=512)
