@@ -383,3 +383,19 @@ def test_step_bindings_in_the_gpu_loop(mode):
     g_loop = R._loop_backward("cuda", dy, dh, dc, *args, y, saved, c_all, mode, True)
     for a, b in zip(g_cpu, g_loop):
         assert_close(a, b.double(), torch.float32, reduction=512)
+
+
+def test_compile_module_fullgraph():
+    """Dynamo refuses torch.nn RNN modules unless allow_rnn is set (torch's rule, by class); with it,
+    a fastops GRU compiles into one graph of fastops ops and matches eager, gradients included."""
+    mine, _ = _pair("GRU", torch.float32, input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    x = make((3, 2, 4), torch.float32, seed=1)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        out_c, h_c = torch.compile(mine, fullgraph=True, backend="aot_eager")(xc)
+    out_e, h_e = mine(xe)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(h_c, h_e)
+    out_c.sum().backward()
+    out_e.sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
