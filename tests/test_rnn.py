@@ -399,3 +399,19 @@ def test_compile_module_fullgraph():
     out_c.sum().backward()
     out_e.sum().backward()
     torch.testing.assert_close(xc.grad, xe.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_non_contiguous(backend):
+    """Strided input and hidden views, a transposed-back weight: same result as contiguous copies."""
+    x = make((3, 10), torch.float32, seed=1)[:, ::2]
+    h = make((5, 3), torch.float32, seed=2, scale=0.5).t()
+    c = make((3, 5), torch.float32, seed=3, scale=0.5)
+    w_ih = make((5, 20), torch.float32, seed=4, scale=0.4).t()
+    w_hh = make((20, 5), torch.float32, seed=5, scale=0.4)
+    assert not (x.is_contiguous() or h.is_contiguous() or w_ih.is_contiguous())
+    with fastops.use_backend(backend):
+        got = F.lstm_cell(x, (h, c), w_ih, w_hh)
+    want = torch._VF.lstm_cell(x.double(), (h.double(), c.double()), w_ih.double(), w_hh.double())
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float32, reduction=64)
