@@ -364,3 +364,54 @@ def test_patch_swaps_and_restores():
     fastops.unpatch(model)
     assert type(model[0]) is torch.nn.LSTM
     assert set(model.state_dict()) == set(torch.nn.Sequential(torch.nn.LSTM(4, 5)).state_dict())
+
+
+@pytest.mark.parametrize("mode", [R.TANH, R.RELU, R.LSTM, R.GRU])
+def test_step_bindings_in_the_gpu_loop(mode):
+    """The Python loop of the cuda backend, run on CPU tensors: fastops._C.rnn_step_forward/backward
+    then dispatch to the CPU step kernels, so the loop and the bindings are checked here."""
+    args = _layer_args(mode, T=4, B=3, I=6, H=70)
+    fwd_cpu = R._forward_cpu(*args, mode, True)
+    fwd_loop = R._loop_forward("cuda", *args, mode, True)
+    for a, b in zip(fwd_cpu, fwd_loop):
+        assert_close(a, b.double(), torch.float32, reduction=128)
+    dy = make(fwd_cpu[0].shape, torch.float32, seed=11, scale=1.0)
+    dh = make(fwd_cpu[1].shape, torch.float32, seed=12, scale=1.0)
+    dc = make(fwd_cpu[1].shape, torch.float32, seed=13, scale=1.0) if mode == R.LSTM else None
+    y, _, _, saved, c_all = fwd_cpu
+    g_cpu = R._backward_cpu(dy, dh, dc, *args, y, saved, c_all, mode, True)
+    g_loop = R._loop_backward("cuda", dy, dh, dc, *args, y, saved, c_all, mode, True)
+    for a, b in zip(g_cpu, g_loop):
+        assert_close(a, b.double(), torch.float32, reduction=512)
+
+
+def test_compile_module_fullgraph():
+    """Dynamo refuses torch.nn RNN modules unless allow_rnn is set (torch's rule, by class); with it,
+    a fastops GRU compiles into one graph of fastops ops and matches eager, gradients included."""
+    mine, _ = _pair("GRU", torch.float32, input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    x = make((3, 2, 4), torch.float32, seed=1)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        out_c, h_c = torch.compile(mine, fullgraph=True, backend="aot_eager")(xc)
+    out_e, h_e = mine(xe)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(h_c, h_e)
+    out_c.sum().backward()
+    out_e.sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_non_contiguous(backend):
+    """Strided input and hidden views, a transposed-back weight: same result as contiguous copies."""
+    x = make((3, 10), torch.float32, seed=1)[:, ::2]
+    h = make((5, 3), torch.float32, seed=2, scale=0.5).t()
+    c = make((3, 5), torch.float32, seed=3, scale=0.5)
+    w_ih = make((5, 20), torch.float32, seed=4, scale=0.4).t()
+    w_hh = make((20, 5), torch.float32, seed=5, scale=0.4)
+    assert not (x.is_contiguous() or h.is_contiguous() or w_ih.is_contiguous())
+    with fastops.use_backend(backend):
+        got = F.lstm_cell(x, (h, c), w_ih, w_hh)
+    want = torch._VF.lstm_cell(x.double(), (h.double(), c.double()), w_ih.double(), w_hh.double())
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float32, reduction=64)

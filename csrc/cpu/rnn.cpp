@@ -57,30 +57,20 @@ FASTOPS_FORCE_INLINE void backward_block(const RnnStepBackwardParams& p, int64_t
   }
 }
 
-template <RnnMode M, typename T>
-FASTOPS_TARGET_AVX512 void forward_block_avx512(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
-  forward_block<M, T>(p, b, j0, j1);
-}
-template <RnnMode M, typename T>
-FASTOPS_TARGET_AVX2 void forward_block_avx2(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
-  forward_block<M, T>(p, b, j0, j1);
-}
-template <RnnMode M, typename T>
-FASTOPS_TARGET_BASELINE void forward_block_base(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
-  forward_block<M, T>(p, b, j0, j1);
-}
-template <RnnMode M, typename T>
-FASTOPS_TARGET_AVX512 void backward_block_avx512(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
-  backward_block<M, T>(p, b, j0, j1);
-}
-template <RnnMode M, typename T>
-FASTOPS_TARGET_AVX2 void backward_block_avx2(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
-  backward_block<M, T>(p, b, j0, j1);
-}
-template <RnnMode M, typename T>
-FASTOPS_TARGET_BASELINE void backward_block_base(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
-  backward_block<M, T>(p, b, j0, j1);
-}
+// One forward and one backward entry per ISA (isa.h): the same loops compiled for each target.
+#define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET)                                                          \
+  template <RnnMode M, typename T>                                                                      \
+  TARGET void forward_block_##SUFFIX(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {       \
+    forward_block<M, T>(p, b, j0, j1);                                                                  \
+  }                                                                                                     \
+  template <RnnMode M, typename T>                                                                      \
+  TARGET void backward_block_##SUFFIX(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) { \
+    backward_block<M, T>(p, b, j0, j1);                                                                 \
+  }
+FASTOPS_RNN_ISA_ENTRIES(avx512, FASTOPS_TARGET_AVX512)
+FASTOPS_RNN_ISA_ENTRIES(avx2, FASTOPS_TARGET_AVX2)
+FASTOPS_RNN_ISA_ENTRIES(base, FASTOPS_TARGET_BASELINE)
+#undef FASTOPS_RNN_ISA_ENTRIES
 
 // Runs block(p, b, j0, j1) over every (row, block of kUnitBlock units), in parallel when large.
 template <typename P>

@@ -30,11 +30,17 @@ def _fns(mode: int):
     vf_layer = torch._VF.lstm if lstm else torch._VF.gru
     vf_cell = torch._VF.lstm_cell if lstm else torch._VF.gru_cell
 
-    def torch_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    # inputs: (x, h0, c0, w_ih, w_hh, b_ih, b_hh) for LSTM, (x, h0, w_ih, w_hh, b_ih, b_hh) for GRU
+    def split(args):
+        return (args[0], args[1], args[2], *args[3:]) if lstm else (args[0], args[1], None, *args[2:])
+
+    def torch_fn(*args):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = split(args)
         hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if lstm else h0.unsqueeze(0)
         return vf_layer(x, hx, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, False)[0]
 
-    def cell_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def cell_loop(*args):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = split(args)
         h, c, outs = h0, c0, []
         for t in range(x.shape[0]):
             if lstm:
@@ -44,18 +50,17 @@ def _fns(mode: int):
             outs.append(h)
         return torch.stack(outs)
 
-    def fastops_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        c = c0 if lstm else None
-        args = (x, h0, c, w_ih, w_hh, b_ih, b_hh, None, mode, False)
+    def fastops_fn(*inputs):
+        args = (*split(inputs), None, mode, False)
         backend = R.choose(*args)
         if backend is None:
-            return torch_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            return torch_fn(*inputs)
         return R.layer_eager(*args, backend)[0]
 
-    def raw_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def raw_fn(*inputs):
         """The C++ layer without dispatch or autograd."""
-        return _ext.C.rnn_layer_forward(mode, x, h0, c0 if lstm else None, w_ih, w_hh, b_ih.float(), b_hh.float(),
-                                        None, False)[0]
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = split(inputs)
+        return _ext.C.rnn_layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih.float(), b_hh.float(), None, False)[0]
 
     return torch_fn, cell_loop, fastops_fn, raw_fn
 
@@ -72,8 +77,9 @@ def _make_case(mode: int):
         def inputs():
             def rnd(*s, k=1.0):
                 return (torch.randn(s, generator=g) * k).to(device=device, dtype=dtype)
-            return (rnd(T, B, H), rnd(B, H, k=0.5), rnd(B, H, k=0.5), rnd(G * H, H, k=scale), rnd(G * H, H, k=scale),
-                    rnd(G * H, k=0.1), rnd(G * H, k=0.1))
+            state = (rnd(B, H, k=0.5), rnd(B, H, k=0.5)) if mode == R.LSTM else (rnd(B, H, k=0.5),)
+            return (rnd(T, B, H), *state, rnd(G * H, H, k=scale), rnd(G * H, H, k=scale), rnd(G * H, k=0.1),
+                    rnd(G * H, k=0.1))
         return Case(op="lstm" if mode == R.LSTM else "gru", shape=tuple(shape), dtype=dtype, inputs=inputs,
                     flops={m: k * fwd for m, k in FLOPS_PER_MODE.items()})
     return make_case

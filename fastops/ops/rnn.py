@@ -179,14 +179,21 @@ def _backward_loop(backend):
     return fn
 
 
+# Crossovers from `python -m fastops.bench --ops rnn,rnn_gru` on the development machine (2-core
+# AMD EPYC, AVX-512, shared and loaded; 2026-11-23): with the reference fastops::cpu::gemm (a
+# scalar dot product per output) every GEMM of the layer is 10-30x slower than torch's oneDNN, so
+# torch.nn.LSTM/GRU beat the cpu backend at every size measured (8x1x32 .. 64x32x256). Re-measure
+# once the fast cpu::gemm lands; the fused steps themselves are not the bottleneck (README).
+CROSSOVER = {"cpu": _dispatch.NEVER}
+
 _dispatch.register_op("rnn_layer", FAMILY, {
     "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
     "torch": _forward_loop("torch"),
-})
+}, crossover=CROSSOVER)
 _dispatch.register_op("rnn_layer_backward", FAMILY, {
     "cuda": _backward_loop("cuda"), "triton": _backward_loop("triton"), "cpu": _backward_cpu,
     "torch": _backward_loop("torch"),
-})
+}, crossover=CROSSOVER)
 
 
 def run(op: str, backend: str, x: torch.Tensor, *args):

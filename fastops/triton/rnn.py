@@ -52,18 +52,24 @@ def _gate(g_ptr, bias_ptr, g: tl.constexpr, H, offs, mask, HAS_BIAS: tl.constexp
 
 
 @triton.jit
+def _unit_block(len_ptr, H, t, HAS_LENGTHS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's row b, its units offs (mask: offs < H), their flat index u = b * H + offs,
+    and whether step t is active for the row."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    active = True
+    if HAS_LENGTHS:
+        active = t < tl.load(len_ptr + b)
+    return b, offs, offs < H, b * H + offs, active
+
+
+@triton.jit
 def _rnn_step_fwd_kernel(gi_ptr, gh_ptr, bih_ptr, bhh_ptr, h_ptr, c_ptr, y_ptr, saved_ptr, len_ptr,
                          gi_stride, gh_stride, H, t,
                          MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                          BLOCK_H: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = offs < H
-    u = b * H + offs
+    b, offs, mask, u, active = _unit_block(len_ptr, H, t, HAS_LENGTHS, BLOCK_H)
     S: tl.constexpr = 1 if MODE < 2 else 4
-    active = True
-    if HAS_LENGTHS:
-        active = t < tl.load(len_ptr + b)
     gi = gi_ptr + b * gi_stride
     gh = gh_ptr + b * gh_stride
     sv = saved_ptr + b * S * H + offs
@@ -112,15 +118,9 @@ def _rnn_step_bwd_kernel(dy_ptr, dh_ptr, dc_ptr, saved_ptr, c_ptr, cprev_ptr, hp
                          len_ptr, H, t,
                          MODE: tl.constexpr, HAS_DY: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                          BLOCK_H: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = offs < H
-    u = b * H + offs
+    b, offs, mask, u, active = _unit_block(len_ptr, H, t, HAS_LENGTHS, BLOCK_H)
     S: tl.constexpr = 1 if MODE < 2 else 4
     G: tl.constexpr = 1 if MODE < 2 else (4 if MODE == 2 else 3)
-    active = True
-    if HAS_LENGTHS:
-        active = t < tl.load(len_ptr + b)
     dh_in = tl.load(dh_ptr + u, mask=mask, other=0.0)
     dh = dh_in
     if HAS_DY:
