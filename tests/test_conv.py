@@ -272,3 +272,17 @@ def test_explain_names_fallback_for_float64():
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     F.conv2d(x, torch.randn(2, 2, 3, 3, dtype=torch.float64))
     assert "conv2d_forward: torch" in fastops.explain()
+
+
+def test_auto_policy_on_cpu():
+    """With the measured crossovers on, auto keeps the GEMM path on torch (slower here, README)
+    and runs the depthwise kernel; a forced backend always runs."""
+    _dispatch.set_crossovers_enabled(True)
+    x = make((2, 8, 20, 20), torch.float32, scale=1.0)
+    F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == ("cpu" if C.CPU_GEMM_PATH_FASTER else "torch")
+    F.conv2d(x, make((8, 1, 3, 3), torch.float32, seed=1), padding=1, groups=8)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    with fastops.use_backend("cpu"):
+        F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
