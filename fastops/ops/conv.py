@@ -219,7 +219,7 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Op
 
     Measured (README, 2026-11-23, 2-core Zen 4): the implicit-GEMM path runs on cpu::gemm, which on
     this branch is still the scalar reference (the matmul family makes it fast behind the same
-    contract): 30-70x slower than oneDNN on ResNet-50 layers. The depthwise kernels are 1.2-5x
+    contract): 30-230x slower than oneDNN on ResNet-50 layers. The depthwise kernels are 1.4-3.6x
     faster than torch. Drop this once `python -m fastops.bench --ops conv` shows the GEMM path ahead.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
