@@ -232,9 +232,10 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Op
 
 CPU_GEMM_PATH_FASTER = False
 
-# Input elements (N C H W) below which `auto` calls torch on the CPU, from
-# `python -m fastops.bench --ops conv` on the development machine (see README): below it the
-# Python dispatch and the panel set-up cost more than oneDNN's whole convolution.
+# Input elements (N C H W) below which `auto` calls torch on the CPU. `python -m fastops.bench --ops
+# conv_depthwise,conv_bias_relu --quick` on the loaded dev machine (README): at 32 elements torch
+# took 13 us a call against 20-35 us for fastops (Python dispatch), while the sweeps had fastops
+# ahead from 256 elements up; 4096 sits between, pending a run on a quiet machine.
 CROSSOVER = {"cpu": 4096}
 
 _dispatch.register_op("conv2d_forward", FAMILY, {

@@ -86,6 +86,22 @@ def _act(x, ACT: tl.constexpr):
         return x
 
 
+@triton.jit
+def _tile(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(group, row offsets, column offsets) of this program, int64 (program ids cast first)."""
+    g = tl.program_id(2).to(tl.int64)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return g, offs_m, offs_n
+
+
+@triton.jit
+def _pixel(offs, HEIGHT, WIDTH):
+    """(image, row, column) of flat pixel indices over [N, HEIGHT, WIDTH]."""
+    q = offs % (HEIGHT * WIDTH)
+    return offs // (HEIGHT * WIDTH), q // WIDTH, q % WIDTH
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
@@ -99,15 +115,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # NCOLS = output channels per group (Og), K = KH KW Cg
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n = offs_m // (HO * WO)
-    q = offs_m % (HO * WO)
-    oh = q // WO
-    ow = q % WO
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
+    n, oh, ow = _pixel(offs_m, HO, WO)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     o = g * NCOLS + offs_n
@@ -149,15 +158,8 @@ def _conv_dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                        UPCAST: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # M = N H W input pixels, NCOLS = input channels per group (Cg), K = KH KW Og
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n = offs_m // (H * W)
-    q = offs_m % (H * W)
-    ih = q // W
-    iw = q % W
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
+    n, ih, iw = _pixel(offs_m, H, W)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     ci = g * NCOLS + offs_n
@@ -199,11 +201,7 @@ def _conv_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr,
                        BIAS_GRAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # M = output channels per group (Og), NCOLS = KH KW Cg, K = N HO WO (the reduction)
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     o = g * M + offs_m
@@ -220,10 +218,7 @@ def _conv_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr,
     for p0 in range(0, K, BLOCK_K):
         offs_p = p0 + tl.arange(0, BLOCK_K)
         p_ok = offs_p < K
-        n = offs_p // (HO * WO)
-        q = offs_p % (HO * WO)
-        oh = q // WO
-        ow = q % WO
+        n, oh, ow = _pixel(offs_p, HO, WO)
         a = tl.load(dy_rows[:, None] + (n * sdn + oh * sdh + ow * sdw)[None, :],
                     mask=row_ok[:, None] & p_ok[None, :], other=0.0)
         ih0 = (oh * stride_h - pad_h).to(tl.int32)
@@ -239,7 +234,7 @@ def _conv_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr,
     dw = dw_ptr + o[:, None] * swo + ci[None, :] * swc + kh[None, :] * swh + kw[None, :] * sww
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
     if BIAS_GRAD:
-        tl.store(db_ptr + o, bacc.to(db_ptr.dtype.element_ty), mask=row_ok & (pid_n == 0))
+        tl.store(db_ptr + o, bacc.to(db_ptr.dtype.element_ty), mask=row_ok & (tl.program_id(1) == 0))
 
 
 # --------------------------------------------------------------------------------------------
