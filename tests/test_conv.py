@@ -272,3 +272,33 @@ def test_explain_names_fallback_for_float64():
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     F.conv2d(x, torch.randn(2, 2, 3, 3, dtype=torch.float64))
     assert "conv2d_forward: torch" in fastops.explain()
+
+
+def test_auto_policy_on_cpu():
+    """With the measured crossovers on, auto keeps the GEMM path on torch (slower here, README)
+    and runs the depthwise kernel; a forced backend always runs."""
+    _dispatch.set_crossovers_enabled(True)
+    x = make((2, 8, 20, 20), torch.float32, scale=1.0)
+    F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == ("cpu" if C.CPU_GEMM_PATH_FASTER else "torch")
+    F.conv2d(x, make((8, 1, 3, 3), torch.float32, seed=1), padding=1, groups=8)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    with fastops.use_backend("cpu"):
+        F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(8, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1), (4, 32, 17, 19, 64, 3, 3, 2, 1, 1, 32),
+                                  (2, 256, 14, 14, 128, 1, 1, 1, 0, 1, 1)], ids=str)
+def test_triton_on_gpu(case, dtype):
+    x, w, b, kw = _inputs(case, dtype, CL)
+    x, w, b = x.cuda(), w.cuda(), b.cuda()
+    with fastops.use_backend("triton"):
+        out, grads, g = _run(F.conv2d, x, w, b, kw, activation="relu")
+    ref_out, ref_grads, _ = _run(_torch_conv("relu"), x.double(), w.double(), b.double(), kw, grad=g.double())
+    torch_out, torch_grads, _ = _run(_torch_conv("relu"), x, w, b, kw, grad=g)
+    for a, r, t in zip((out, *grads), (ref_out, *ref_grads), (torch_out, *torch_grads)):
+        err, torch_err = (a.double() - r).abs().max().item(), (t.double() - r).abs().max().item()
+        assert err <= 2 * torch_err + ATOL[dtype] + RTOL[dtype] * r.abs().max().item()

@@ -211,6 +211,38 @@ GemmParams base_gemm(const Conv2dShape& s) {
 
 int64_t block_of(int64_t K, int64_t total) { return std::max<int64_t>(1, std::min(total, kPanelElems / K)); }
 
+// The blocks every GEMM-path pass walks, in one fixed order (the wgrad sums follow it).
+// NHWC: fn(m0, rows, g, panel) per block of pixels m0 .. m0 + rows (over N HO WO) and group g;
+// NCHW: fn(n, p0, cols, g, panel) per block of pixels p0 .. p0 + cols of image n and group g.
+// `panel` holds the packed im2col block when x is given, else it is null.
+template <typename T, typename Fn>
+void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
+  const int64_t K = s.k(), M = s.n * s.ho * s.wo, mb = block_of(K, M);
+  std::vector<T> panel(x ? mb * K : 0);
+  for (int64_t m0 = 0; m0 < M; m0 += mb) {
+    const int64_t rows = std::min(mb, M - m0);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      if (x) pack_nhwc(s, x, g, m0, rows, panel.data());
+      fn(m0, rows, g, x ? panel.data() : nullptr);
+    }
+  }
+}
+
+template <typename T, typename Fn>
+void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn& fn) {
+  const int64_t K = s.k(), P = s.ho * s.wo;
+  std::vector<T> panel(x ? pb * K : 0);
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t p0 = 0; p0 < P; p0 += pb) {
+      const int64_t cols = std::min(pb, P - p0);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        if (x) pack_nchw(s, x, n, g, p0, cols, panel.data());
+        fn(n, p0, cols, g, x ? panel.data() : nullptr);
+      }
+    }
+  }
+}
+
 // ---- forward on the GEMM ----------------------------------------------------------------------
 
 template <typename T>
@@ -240,20 +272,14 @@ void forward_gemm(const Conv2dForwardParams& p) {
       }
       return;
     }
-    const int64_t mb = block_of(K, M);
-    std::vector<T> panel(mb * K);
-    for (int64_t m0 = 0; m0 < M; m0 += mb) {
-      const int64_t rows = std::min(mb, M - m0);
-      for (int64_t g = 0; g < s.groups; ++g) {
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        gp.m = rows;
-        gp.a = {panel.data(), 0, K, 1};
-        gp.b.ptr = w + g * og * K;
-        gp.c = y + m0 * s.o + g * og;
-        gp.bias = bias ? bias + g * og : nullptr;
-        gemm(gp);
-      }
-    }
+    for_each_block_nhwc(s, x, [&](int64_t m0, int64_t rows, int64_t g, const T* panel) {
+      gp.m = rows;
+      gp.a = {panel, 0, K, 1};
+      gp.b.ptr = w + g * og * K;
+      gp.c = y + m0 * s.o + g * og;
+      gp.bias = bias ? bias + g * og : nullptr;
+      gemm(gp);
+    });
     return;
   }
   // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]
@@ -275,22 +301,14 @@ void forward_gemm(const Conv2dForwardParams& p) {
     }
     return;
   }
-  const int64_t pb = block_of(K, P);
-  std::vector<T> panel(pb * K);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t p0 = 0; p0 < P; p0 += pb) {
-      const int64_t cols = std::min(pb, P - p0);
-      for (int64_t g = 0; g < s.groups; ++g) {
-        pack_nchw(s, x, n, g, p0, cols, panel.data());
-        gp.n = cols;
-        gp.a.ptr = w + g * og * K;
-        gp.b = {panel.data(), 0, cols, 1};
-        gp.c = y + (n * s.o + g * og) * P + p0;
-        gp.bias = bias ? bias + g * og : nullptr;
-        gemm(gp);
-      }
-    }
-  }
+  for_each_block_nchw(s, x, block_of(K, P), [&](int64_t n, int64_t p0, int64_t cols, int64_t g, const T* panel) {
+    gp.n = cols;
+    gp.a.ptr = w + g * og * K;
+    gp.b = {panel, 0, cols, 1};
+    gp.c = y + (n * s.o + g * og) * P + p0;
+    gp.bias = bias ? bias + g * og : nullptr;
+    gemm(gp);
+  });
 }
 
 // ---- backward on the GEMM ---------------------------------------------------------------------
@@ -334,39 +352,31 @@ void dgrad_gemm(const Conv2dBackwardParams& p) {
   gp.c_dtype = DType::kFloat32;
   gp.k = og;
   if (s.channels_last) {
-    const int64_t mb = block_of(K, M);
-    std::vector<float> dcol(mb * K);
-    for (int64_t m0 = 0; m0 < M; m0 += mb) {
-      const int64_t rows = std::min(mb, M - m0);
-      for (int64_t g = 0; g < s.groups; ++g) {
-        gp.m = rows;
-        gp.n = K;
-        gp.a = {dy + m0 * s.o + g * og, 0, s.o, 1};
-        gp.b = {w + g * og * K, 0, K, 1};
-        gp.c = dcol.data();
-        gp.c_stride_row = K;
-        gemm(gp);
-        scatter_nhwc(s, dcol.data(), g, m0, rows, acc);
-      }
-    }
+    std::vector<float> dcol(block_of(K, M) * K);
+    for_each_block_nhwc(s, static_cast<const T*>(nullptr), [&](int64_t m0, int64_t rows, int64_t g, const T*) {
+      gp.m = rows;
+      gp.n = K;
+      gp.a = {dy + m0 * s.o + g * og, 0, s.o, 1};
+      gp.b = {w + g * og * K, 0, K, 1};
+      gp.c = dcol.data();
+      gp.c_stride_row = K;
+      gemm(gp);
+      scatter_nhwc(s, dcol.data(), g, m0, rows, acc);
+    });
   } else {
     const int64_t pb = block_of(K, P);
     std::vector<float> dcol(pb * K);
-    for (int64_t n = 0; n < s.n; ++n) {
-      for (int64_t p0 = 0; p0 < P; p0 += pb) {
-        const int64_t cols = std::min(pb, P - p0);
-        for (int64_t g = 0; g < s.groups; ++g) {
-          gp.m = K;
-          gp.n = cols;
-          gp.a = {w + g * og * K, 0, 1, K};
-          gp.b = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
-          gp.c = dcol.data();
-          gp.c_stride_row = cols;
-          gemm(gp);
-          scatter_nchw(s, dcol.data(), n, g, p0, cols, acc);
-        }
-      }
-    }
+    for_each_block_nchw(s, static_cast<const T*>(nullptr), pb,
+                        [&](int64_t n, int64_t p0, int64_t cols, int64_t g, const T*) {
+      gp.m = K;
+      gp.n = cols;
+      gp.a = {w + g * og * K, 0, 1, K};
+      gp.b = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
+      gp.c = dcol.data();
+      gp.c_stride_row = cols;
+      gemm(gp);
+      scatter_nchw(s, dcol.data(), n, g, p0, cols, acc);
+    });
   }
   if (!std::is_same_v<T, float>) store_from_float(acc, dx, numel);
 }
@@ -397,41 +407,25 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
   std::fill(acc, acc + s.o * K, 0.0f);  // also the answer when there are no pixels
   gp.c_dtype = DType::kFloat32;
   if (s.channels_last) {
-    const int64_t mb = block_of(K, M);
-    std::vector<T> panel(mb * K);
-    for (int64_t m0 = 0; m0 < M; m0 += mb) {
-      const int64_t rows = std::min(mb, M - m0);
-      for (int64_t g = 0; g < s.groups; ++g) {
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        gp.k = rows;
-        gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-        gp.b = {panel.data(), 0, K, 1};
-        gp.c = acc + g * og * K;
-        gp.beta = m0 == 0 ? 0.0f : 1.0f;
-        gemm(gp);
-      }
-    }
-  } else {
-    const int64_t pb = s.pointwise() ? P : block_of(K, P);
-    std::vector<T> panel(s.pointwise() ? 0 : pb * K);
-    for (int64_t n = 0; n < s.n; ++n) {
-      for (int64_t p0 = 0; p0 < P; p0 += pb) {
-        const int64_t cols = std::min(pb, P - p0);
-        for (int64_t g = 0; g < s.groups; ++g) {
-          gp.k = cols;
-          gp.a = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
-          if (s.pointwise()) {
-            gp.b = {x + (n * s.c + g * cg) * P, 0, 1, P};
-          } else {
-            pack_nchw(s, x, n, g, p0, cols, panel.data());
-            gp.b = {panel.data(), 0, 1, cols};
-          }
-          gp.c = acc + g * og * K;
-          gp.beta = (n == 0 && p0 == 0) ? 0.0f : 1.0f;
-          gemm(gp);
-        }
-      }
-    }
+    for_each_block_nhwc(s, x, [&](int64_t m0, int64_t rows, int64_t g, const T* panel) {
+      gp.k = rows;
+      gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+      gp.b = {panel, 0, K, 1};
+      gp.c = acc + g * og * K;
+      gp.beta = m0 == 0 ? 0.0f : 1.0f;
+      gemm(gp);
+    });
+  } else {  // a pointwise conv reads x in place: no panel
+    const bool pw = s.pointwise();
+    for_each_block_nchw(s, pw ? nullptr : x, pw ? P : block_of(K, P),
+                        [&](int64_t n, int64_t p0, int64_t cols, int64_t g, const T* panel) {
+      gp.k = cols;
+      gp.a = {dy + (n * s.o + g * og) * P + p0, 0, P, 1};
+      gp.b = pw ? GemmOperand{x + (n * s.c + g * cg) * P, 0, 1, P} : GemmOperand{panel, 0, 1, cols};
+      gp.c = acc + g * og * K;
+      gp.beta = (n == 0 && p0 == 0) ? 0.0f : 1.0f;
+      gemm(gp);
+    });
   }
   if (!std::is_same_v<T, float>) store_from_float(acc, dw, s.o * K);
 }

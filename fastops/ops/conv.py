@@ -214,9 +214,28 @@ def _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask)
     return None if x.dim() == 4 else f"input must be 4-D here, got {x.dim()}-D"
 
 
-# Input elements (N C H W) below which `auto` calls torch on the CPU, from
-# `python -m fastops.bench --ops conv` on the development machine (see README): below it the
-# Python dispatch and the panel set-up cost more than oneDNN's whole convolution.
+def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
+    """Why `auto` sends a CPU call to torch whatever its size, or None.
+
+    Measured (README, 2026-11-23, 2-core Zen 4): the implicit-GEMM path runs on cpu::gemm, which on
+    this branch is still the scalar reference (the matmul family makes it fast behind the same
+    contract): 30-230x slower than oneDNN on ResNet-50 layers. The depthwise kernels are 1.4-3.6x
+    faster than torch. Drop this once `python -m fastops.bench --ops conv` shows the GEMM path ahead.
+    """
+    if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
+        return None
+    depthwise = groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
+    if not depthwise and not CPU_GEMM_PATH_FASTER:
+        return "the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; depthwise only"
+    return None
+
+
+CPU_GEMM_PATH_FASTER = False
+
+# Input elements (N C H W) below which `auto` calls torch on the CPU. `python -m fastops.bench --ops
+# conv_depthwise,conv_bias_relu --quick` on the loaded dev machine (README): at 32 elements torch
+# took 13 us a call against 20-35 us for fastops (Python dispatch), while the sweeps had fastops
+# ahead from 256 elements up; 4096 sits between, pending a run on a quiet machine.
 CROSSOVER = {"cpu": 4096}
 
 _dispatch.register_op("conv2d_forward", FAMILY, {
@@ -322,7 +341,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if torch.compiler.is_compiling():
         y = conv2d_op(*args, a.act, "auto")
     else:
-        choice = _dispatch.select("conv2d_forward", *args, a.act)
+        why = auto_prefers_torch(a.x4, weight, a.groups)
+        choice = _dispatch.fallback("conv2d_forward", a.x4, why) if why else \
+            _dispatch.select("conv2d_forward", *args, a.act)
         needs_graph = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias))
         if choice.kernel.backend == "torch":
@@ -343,7 +364,8 @@ def _aten_convolution(original, x, weight, bias, stride, padding, dilation, tran
         _dispatch.fallback("conv2d_forward", x, "transposed or non-2-D convolution")
         return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     args = (x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, 0)
-    choice = _dispatch.select("conv2d_forward", *args)
+    why = auto_prefers_torch(x, weight, groups)
+    choice = _dispatch.fallback("conv2d_forward", x, why) if why else _dispatch.select("conv2d_forward", *args)
     if choice.kernel.backend == "torch":
         return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     return choice.kernel.fn(*args)
@@ -359,7 +381,8 @@ def _aten_convolution_backward(original, grad, x, weight, bias_sizes, stride, pa
         _dispatch.fallback("conv2d_backward", grad, "transposed or non-2-D convolution")
         return torch_backward()
     args = (grad, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(output_mask))
-    choice = _dispatch.select("conv2d_backward", *args)
+    why = auto_prefers_torch(x, weight, groups)
+    choice = _dispatch.fallback("conv2d_backward", grad, why) if why else _dispatch.select("conv2d_backward", *args)
     if choice.kernel.backend == "torch":
         return torch_backward()
     return choice.kernel.fn(*args)

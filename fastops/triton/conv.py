@@ -34,8 +34,9 @@ import triton.language as tl
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried on a GPU; 64/128-row tiles with 4 or 8
 # warps map to wgmma on sm_90a for fp16/bf16 (checked by the kernel report).
-_TILES = ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3),
-          (64, 32, 32, 4, 2))
+# 128x128 tiles were dropped: the gather loaders' pointers and masks leave them ~900 B of stack per
+# thread on sm_90a (the report's stack column); these stay at or under 80 B with no spills.
+_TILES = ((128, 64, 32, 8, 2), (64, 128, 32, 8, 2), (64, 64, 32, 4, 3), (64, 32, 32, 4, 2))
 _INTERPRET_TILE = (16, 16, 16, 4, 1)  # the interpreter runs one program at a time: one small config
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -85,6 +86,22 @@ def _act(x, ACT: tl.constexpr):
         return x
 
 
+@triton.jit
+def _tile(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(group, row offsets, column offsets) of this program, int64 (program ids cast first)."""
+    g = tl.program_id(2).to(tl.int64)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return g, offs_m, offs_n
+
+
+@triton.jit
+def _pixel(offs, HEIGHT, WIDTH):
+    """(image, row, column) of flat pixel indices over [N, HEIGHT, WIDTH]."""
+    q = offs % (HEIGHT * WIDTH)
+    return offs // (HEIGHT * WIDTH), q // WIDTH, q % WIDTH
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
@@ -98,33 +115,32 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # NCOLS = output channels per group (Og), K = KH KW Cg
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n = offs_m // (HO * WO)
-    q = offs_m % (HO * WO)
-    oh = q // WO
-    ow = q % WO
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
+    n, oh, ow = _pixel(offs_m, HO, WO)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     o = g * NCOLS + offs_n
-    x_rows = x_ptr + n * sxn
+    # address = row part (pixel) + column part (tap, channel): 1-D int64 pieces, one 2-D add;
+    # spatial coordinates stay int32 (bounded by H, W) for the 2-D bound masks
+    ih0 = (oh * stride_h - pad_h).to(tl.int32)
+    iw0 = (ow * stride_w - pad_w).to(tl.int32)
+    x_row = n * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+    w_col = w_ptr + o * swo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         ci = offs_k % CG
         t = offs_k // CG
-        kw = t % KW
-        kh = t // KW
+        dh = (t // KW) * dil_h
+        dw = (t % KW) * dil_w
         k_ok = offs_k < K
-        ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
-        iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
         a_ok = row_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_rows[:, None] + (g * CG + ci)[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
-        b = tl.load(w_ptr + o[None, :] * swo + ci[:, None] * swc + kh[:, None] * swh + kw[:, None] * sww,
-                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        x_col = (g * CG + ci).to(tl.int64) * sxc + dh.to(tl.int64) * sxh + dw.to(tl.int64) * sxw
+        a = tl.load(x_ptr + x_row[:, None] + x_col[None, :], mask=a_ok, other=0.0)
+        w_row = ci.to(tl.int64) * swc + (t // KW).to(tl.int64) * swh + (t % KW).to(tl.int64) * sww
+        b = tl.load(w_col[None, :] + w_row[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc += tl.dot(_operand(a, UPCAST), _operand(b, UPCAST), input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + o, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -142,18 +158,15 @@ def _conv_dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                        UPCAST: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # M = N H W input pixels, NCOLS = input channels per group (Cg), K = KH KW Og
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n = offs_m // (H * W)
-    q = offs_m % (H * W)
-    ih = q // W
-    iw = q % W
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
+    n, ih, iw = _pixel(offs_m, H, W)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     ci = g * NCOLS + offs_n
+    th0 = (ih + pad_h).to(tl.int32)
+    tw0 = (iw + pad_w).to(tl.int32)
+    dy_row = n * sdn
+    w_col = w_ptr + offs_n * swc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -162,17 +175,18 @@ def _conv_dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         kw = t % KW
         kh = t // KW
         k_ok = offs_k < K
-        th = ih[:, None] + pad_h - kh[None, :] * dil_h
-        tw = iw[:, None] + pad_w - kw[None, :] * dil_w
+        th = th0[:, None] - (kh * dil_h)[None, :]
+        tw = tw0[:, None] - (kw * dil_w)[None, :]
         th_c = tl.maximum(th, 0)
         tw_c = tl.maximum(tw, 0)
         oh = th_c // stride_h
         ow = tw_c // stride_w
         a_ok = row_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) \
             & (tw_c % stride_w == 0) & (oh < HO) & (ow < WO)
-        a = tl.load(dy_ptr + n[:, None] * sdn + o[None, :] * sdc + oh * sdh + ow * sdw, mask=a_ok, other=0.0)
-        b = tl.load(w_ptr + o[:, None] * swo + offs_n[None, :] * swc + kh[:, None] * swh + kw[:, None] * sww,
-                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        a = tl.load(dy_ptr + dy_row[:, None] + (o.to(tl.int64) * sdc)[None, :] + oh.to(tl.int64) * sdh
+                    + ow.to(tl.int64) * sdw, mask=a_ok, other=0.0)
+        w_row = o.to(tl.int64) * swo + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
+        b = tl.load(w_col[None, :] + w_row[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc += tl.dot(_operand(a, UPCAST), _operand(b, UPCAST), input_precision=PREC)
     dx = dx_ptr + n[:, None] * sxn + ci[None, :] * sxc + ih[:, None] * sxh + iw[:, None] * sxw
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -187,11 +201,7 @@ def _conv_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr,
                        BIAS_GRAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # M = output channels per group (Og), NCOLS = KH KW Cg, K = N HO WO (the reduction)
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    g, offs_m, offs_n = _tile(BLOCK_M, BLOCK_N)
     row_ok = offs_m < M
     col_ok = offs_n < NCOLS
     o = g * M + offs_m
@@ -199,29 +209,32 @@ def _conv_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr,
     t = offs_n // CG
     kw = t % KW
     kh = t // KW
+    dh = (kh * dil_h).to(tl.int32)
+    dw = (kw * dil_w).to(tl.int32)
+    x_col = (g * CG + ci).to(tl.int64) * sxc + dh.to(tl.int64) * sxh + dw.to(tl.int64) * sxw
+    dy_rows = dy_ptr + o * sdc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for p0 in range(0, K, BLOCK_K):
         offs_p = p0 + tl.arange(0, BLOCK_K)
         p_ok = offs_p < K
-        n = offs_p // (HO * WO)
-        q = offs_p % (HO * WO)
-        oh = q // WO
-        ow = q % WO
-        a = tl.load(dy_ptr + o[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :],
+        n, oh, ow = _pixel(offs_p, HO, WO)
+        a = tl.load(dy_rows[:, None] + (n * sdn + oh * sdh + ow * sdw)[None, :],
                     mask=row_ok[:, None] & p_ok[None, :], other=0.0)
-        ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
-        iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+        ih0 = (oh * stride_h - pad_h).to(tl.int32)
+        iw0 = (ow * stride_w - pad_w).to(tl.int32)
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
         b_ok = p_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_ptr + n[:, None] * sxn + (g * CG + ci)[None, :] * sxc + ih * sxh + iw * sxw,
-                    mask=b_ok, other=0.0)
+        x_row = n * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+        b = tl.load(x_ptr + x_row[:, None] + x_col[None, :], mask=b_ok, other=0.0)
         acc += tl.dot(_operand(a, UPCAST), _operand(b, UPCAST), input_precision=PREC)
         if BIAS_GRAD:
             bacc += tl.sum(a.to(tl.float32), axis=1)
     dw = dw_ptr + o[:, None] * swo + ci[None, :] * swc + kh[None, :] * swh + kw[None, :] * sww
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
     if BIAS_GRAD:
-        tl.store(db_ptr + o, bacc.to(db_ptr.dtype.element_ty), mask=row_ok & (pid_n == 0))
+        tl.store(db_ptr + o, bacc.to(db_ptr.dtype.element_ty), mask=row_ok & (tl.program_id(1) == 0))
 
 
 # --------------------------------------------------------------------------------------------
