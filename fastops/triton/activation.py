@@ -20,10 +20,9 @@ import triton.language as tl
 CODES = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 NAMES = ("none", "relu", "gelu", "gelu_tanh", "silu")
 
-_SQRT_HALF = 0.70710678118654752
-_INV_SQRT_2PI = 0.39894228040143268
-_TANH_K = 0.79788456080286536  # sqrt(2 / pi)
-_TANH_C = 0.044715
+# Constants are literals inside the jit functions: a kernel may only read constexpr globals,
+# and the interpreter mishandles constexpr * tensor. 0.7071... = 1/sqrt(2),
+# 0.3989... = 1/sqrt(2 pi), 0.7978... = sqrt(2/pi), 0.044715 the tanh-form cubic term.
 
 
 def code(activation) -> int:
@@ -51,9 +50,9 @@ def activate(x, ACT: tl.constexpr):
     if ACT == 1:
         return tl.where(x > 0.0, x, 0.0)
     elif ACT == 2:
-        return 0.5 * x * (1.0 + tl.erf(x * _SQRT_HALF))
+        return 0.5 * x * (1.0 + tl.erf(x * 0.70710678118654752))
     elif ACT == 3:
-        return 0.5 * x * (1.0 + _tanh(_TANH_K * (x + _TANH_C * x * x * x)))
+        return 0.5 * x * (1.0 + _tanh((x + x * x * x * 0.044715) * 0.79788456080286536))
     elif ACT == 4:
         return x * _sigmoid(x)
     else:
@@ -66,11 +65,11 @@ def activate_grad(x, ACT: tl.constexpr):
     if ACT == 1:
         return tl.where(x > 0.0, 1.0, 0.0)
     elif ACT == 2:
-        pdf = _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
-        return 0.5 * (1.0 + tl.erf(x * _SQRT_HALF)) + x * pdf
+        pdf = tl.exp(-0.5 * x * x) * 0.39894228040143268
+        return 0.5 * (1.0 + tl.erf(x * 0.70710678118654752)) + x * pdf
     elif ACT == 3:
-        t = _tanh(_TANH_K * (x + _TANH_C * x * x * x))
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x)
+        t = _tanh((x + x * x * x * 0.044715) * 0.79788456080286536)
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.79788456080286536 * (1.0 + x * x * 0.134145)
     elif ACT == 4:
         s = _sigmoid(x)
         return s * (1.0 + x * (1.0 - s))
