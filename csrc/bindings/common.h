@@ -62,5 +62,6 @@ inline const char* or_cuda() { return or_cuda(); }
 void bind_softmax(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+void bind_matmul(pybind11::module_& m);
 
 }  // namespace fastops

@@ -32,4 +32,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   fastops::bind_softmax(m);
   fastops::bind_adam(m);
   fastops::bind_attention(m);
+  fastops::bind_matmul(m);
 }
