@@ -15,8 +15,9 @@ import torch
 from fastops import _dispatch
 from fastops.ops import softmax as _softmax
 from fastops.ops import attention as _attention
+from fastops.ops import matmul as _matmul
 
-__all__ = ["softmax", "scaled_dot_product_attention"]
+__all__ = ["softmax", "scaled_dot_product_attention", "matmul", "linear"]
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -62,3 +63,26 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     outputs: O(L) per (batch, head).
     """
     return _attention.sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with torch.matmul's semantics: 1-D operands gain and lose a dim, batch dims broadcast.
+
+    a (..., m, k), b (..., k, n) -> (broadcast(...), m, n); float32/float16/bfloat16 on the fastops
+    kernels (float32 accumulation, output in the inputs' dtype), float64 through torch. Operands
+    are read through their strides (transposed views are not copied). Backward: dA = dC B^T,
+    dB = A^T dC, summed over broadcast batch dims; deterministic.
+    """
+    return _matmul.matmul(a, b)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           activation: Optional[str] = None) -> torch.Tensor:
+    """act(x weight^T + bias), as torch.nn.functional.linear followed by the activation.
+
+    x (..., in_features), weight (out_features, in_features), bias (out_features) or None ->
+    (..., out_features). activation: None, "relu", "gelu", "gelu_tanh" or "silu", computed in the
+    GEMM's epilogue (float32) with the bias. Backward saves the output (relu) or the
+    pre-activation (gelu, gelu_tanh, silu); dbias is the column sum of the output gradient.
+    """
+    return _matmul.linear(x, weight, bias, activation)

@@ -5,5 +5,6 @@ can swap a module's class in place and `fastops.unpatch(model)` can swap it back
 """
 from fastops.nn.softmax import Softmax
 from fastops.nn.attention import MultiheadAttention
+from fastops.nn.matmul import Linear
 
-__all__ = ["Softmax", "MultiheadAttention"]
+__all__ = ["Softmax", "MultiheadAttention", "Linear"]

@@ -2,3 +2,4 @@
 from fastops.ops import softmax  # noqa: F401
 from fastops.ops import adam  # noqa: F401
 from fastops.ops import attention  # noqa: F401
+from fastops.ops import matmul  # noqa: F401
