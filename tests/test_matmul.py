@@ -357,3 +357,15 @@ def test_auto_sends_tiny_calls_to_torch():
     w = torch.randn(64, 64)
     F.linear(x, w)
     assert "linear: torch" in fastops.explain()
+
+
+def test_triton_large_strides_use_64bit_offsets():
+    """A row stride of 2^23 elements: stride x block passes 2^31, so the kernel's in-tile offsets
+    switch to 64 bits (OFF64)."""
+    big = torch.zeros(3, 1 << 23, dtype=torch.float16)
+    big[:, :9] = make((3, 9), torch.float16, seed=1, scale=1.0)
+    a = big[:, :9]
+    b = make((9, 5), torch.float16, seed=2, scale=1.0)
+    with fastops.use_backend("triton"):
+        c = F.matmul(a, b)
+    assert_close(c, a.double() @ b.double(), torch.float16, reduction=9)

@@ -51,7 +51,8 @@ _TILES_FP32 = (
 )
 _INTERPRET_TILE = (16, 16, 16, 2, 4, 1)  # the interpreter runs one program at a time
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_KEY = ["M", "N", "K", "HAS_BIAS", "ACT", "PREC"]
+_KEY = ["M", "N", "K", "HAS_BIAS", "ACT", "PREC", "OFF64"]
+_MAX_BLOCK = 256  # largest BLOCK_M/N/K of any config: in-tile offsets stay 32-bit below 2^31 / this
 
 
 def _interpreting() -> bool:
@@ -109,35 +110,50 @@ def _round_to_bf16(x):
 def _tile(a_ptr, b_ptr, c_ptr, bias_ptr, batch, pid_m, pid_n, M, N, K,
           sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
           HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One BLOCK_M x BLOCK_N tile of c[batch]: float32 sum over K, then bias, activation, store."""
-    batch = batch.to(tl.int64)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + batch * sab + offs_m[:, None] * sam + offs_k[None, :] * sak
-    b_ptrs = b_ptr + batch * sbb + offs_k[:, None] * sbk + offs_n[None, :] * sbn
-    mask_m = offs_m[:, None] < M
-    mask_n = offs_n[None, :] < N
+          OFF64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One BLOCK_M x BLOCK_N tile of c[batch]: float32 sum over K, then bias, activation, store.
+
+    The tile's corner is a 64-bit scalar offset; offsets inside the tile are 32-bit (fewer
+    registers than 64-bit pointer blocks) unless OFF64 (a stride times a block passes 2^31)."""
+    row0 = pid_m.to(tl.int64) * BLOCK_M
+    col0 = pid_n.to(tl.int64) * BLOCK_N
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    if OFF64:
+        rm = rm.to(tl.int64)
+        rn = rn.to(tl.int64)
+        rk = rk.to(tl.int64)
+    a_base = a_ptr + batch.to(tl.int64) * sab + row0 * sam
+    b_base = b_ptr + batch.to(tl.int64) * sbb + col0 * sbn
+    a_off = rm[:, None] * sam + rk[None, :] * sak
+    b_off = rk[:, None] * sbk + rn[None, :] * sbn
+    a_step = tl.full((), BLOCK_K, tl.int64) * sak
+    b_step = tl.full((), BLOCK_K, tl.int64) * sbk
+    rows = tl.minimum(M - row0, BLOCK_M).to(tl.int32)
+    cols = tl.minimum(N - col0, BLOCK_N).to(tl.int32)
+    mask_m = rm[:, None] < rows
+    mask_n = rn[None, :] < cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n, other=0.0)
+        a = tl.load(a_base + a_off, mask=mask_m & (rk[None, :] < k_left), other=0.0)
+        b = tl.load(b_base + b_off, mask=(rk[:, None] < k_left) & mask_n, other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PREC)
-        a_ptrs += BLOCK_K * sak
-        b_ptrs += BLOCK_K * sbk
+        a_base += a_step
+        b_base += b_step
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)
+        bias = tl.load(bias_ptr + col0 + rn, mask=rn < cols, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     acc = activate(acc, ACT)
-    c_ptrs = c_ptr + batch * scb + offs_m[:, None] * scm + offs_n[None, :] * scn
+    c_base = c_ptr + batch.to(tl.int64) * scb + row0 * scm + col0 * scn
     if UPCAST and c_ptr.dtype.element_ty == tl.bfloat16:
         acc = _round_to_bf16(acc)
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m & mask_n)
+    tl.store(c_base + rm[:, None] * scm + rn[None, :] * scn, acc.to(c_ptr.dtype.element_ty),
+             mask=mask_m & mask_n)
 
 
 _ARGS = ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "M", "N", "K",
@@ -147,20 +163,21 @@ _ARGS = ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "M", "N", "K",
 def _gemm_kernel_src(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
                      sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr):
+                     OFF64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m, num_n, GROUP_M)
     _tile(a_ptr, b_ptr, c_ptr, bias_ptr, tl.program_id(1), pid_m, pid_n, M, N, K,
-          sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, HAS_BIAS, ACT, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+          sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, HAS_BIAS, ACT, PREC, UPCAST, OFF64,
+          BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def _gemm_persistent_kernel_src(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
                                 sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, BATCH, NUM_PROGRAMS,
                                 HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr,
-                                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                                UPCAST: tl.constexpr, OFF64: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     per_batch = num_m * num_n
@@ -168,7 +185,7 @@ def _gemm_persistent_kernel_src(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
         batch = t // per_batch
         pid_m, pid_n = _tile_coords(t % per_batch, num_m, num_n, GROUP_M)
         _tile(a_ptr, b_ptr, c_ptr, bias_ptr, batch, pid_m, pid_n, M, N, K,
-              sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, HAS_BIAS, ACT, PREC, UPCAST,
+              sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, HAS_BIAS, ACT, PREC, UPCAST, OFF64,
               BLOCK_M, BLOCK_N, BLOCK_K)
 
 
@@ -235,8 +252,10 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, act
     c3 = c if c.dim() == 3 else c.unsqueeze(0)
     has_bias = bias is not None
     bias_arg = bias.contiguous() if has_bias else c
-    common = dict(HAS_BIAS=has_bias, ACT=act, PREC=_f32_precision(a.dtype), UPCAST=_interpreting())
-    args = (a, b, c3, bias_arg, M, N, K, *_strides3(a), *_strides3(b), *_strides3(c3))
+    strides = (*_strides3(a), *_strides3(b), *_strides3(c3))
+    off64 = max(abs(s) for s in strides) * _MAX_BLOCK >= 2 ** 31
+    common = dict(HAS_BIAS=has_bias, ACT=act, PREC=_f32_precision(a.dtype), UPCAST=_interpreting(), OFF64=off64)
+    args = (a, b, c3, bias_arg, M, N, K, *strides)
     fp32 = a.dtype == torch.float32
     if persistent:
         programs = _num_sms(a.device.index or 0) if a.is_cuda else _num_sms(0)
@@ -281,10 +300,10 @@ def report_specs() -> list[dict]:
                 elif arg in ("sak", "sbn", "scn"):
                     continue  # == 1: specialised away (constexpr below)
                 elif arg in _ARGS:
-                    signature[arg] = "i64"
+                    signature[arg] = "i32"  # strides below 2^31 (OFF64=False, the common case)
             for bm, bn, bk, group, warps, stages in tiles:
                 constexprs = {"sak": 1, "sbn": 1, "scn": 1, "HAS_BIAS": True, "ACT": code("gelu"),
-                              "PREC": "tf32" if ty == "fp32" else "ieee", "UPCAST": False,
+                              "PREC": "tf32" if ty == "fp32" else "ieee", "UPCAST": False, "OFF64": False,
                               "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}
                 specs.append({
                     "kernel": f"{name}[{ty}]",
