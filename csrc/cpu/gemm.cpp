@@ -67,7 +67,11 @@ struct Tile<4> {
   static constexpr int MR = 4, NV = 2;  // SSE: 8 of 16 xmm
 };
 // AVX512-BF16 tile: one `vdpbf16ps` adds two products per lane.
-constexpr int kBf16MR = 14, kBf16NR = 32;
+#ifndef FASTOPS_GEMM_BF16_MR
+#define FASTOPS_GEMM_BF16_MR 14
+#define FASTOPS_GEMM_BF16_NV 2
+#endif
+constexpr int kBf16MR = FASTOPS_GEMM_BF16_MR, kBf16NV = FASTOPS_GEMM_BF16_NV, kBf16NR = 16 * kBf16NV;
 
 // ---- aligned scratch, kept per thread between calls (large ones are freed) --------------------
 
@@ -240,25 +244,27 @@ typedef int V16i __attribute__((vector_size(64)));
 template <int R>
 FASTOPS_FORCE_INLINE void micro_bf16(int64_t kq, const uint32_t* a, int mr, const uint32_t* b, float* out) {
   using V = Vec<16>;
-  V acc[R][2];
+  V acc[R][kBf16NV];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) acc[r][c] = V{};
 #pragma GCC unroll 2
   for (int64_t q = 0; q < kq; ++q) {
-    const V32bh b0 = reinterpret_cast<const V32bh*>(b + q * kBf16NR)[0];
-    const V32bh b1 = reinterpret_cast<const V32bh*>(b + q * kBf16NR + 16)[0];
+    V32bh bv[kBf16NV];
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) bv[c] = reinterpret_cast<const V32bh*>(b + q * kBf16NR + 16 * c)[0];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const V32bh av = (V32bh)(static_cast<int>(a[q * mr + r]) - V16i{});  // pair splat
-      acc[r][0] = __builtin_ia32_dpbf16ps_v16sf(acc[r][0], av, b0);
-      acc[r][1] = __builtin_ia32_dpbf16ps_v16sf(acc[r][1], av, b1);
+#pragma GCC unroll 4
+      for (int c = 0; c < kBf16NV; ++c) acc[r][c] = __builtin_ia32_dpbf16ps_v16sf(acc[r][c], av, bv[c]);
     }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-    reinterpret_cast<V*>(out + r * kBf16NR)[0] = acc[r][0];
-    reinterpret_cast<V*>(out + r * kBf16NR + 16)[0] = acc[r][1];
-  }
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) reinterpret_cast<V*>(out + r * kBf16NR + 16 * c)[0] = acc[r][c];
 }
 #endif
 

@@ -150,9 +150,12 @@ def _gemm_torch(a, b, bias, act):
     return activate_torch(c, act)
 
 
-# Crossovers (elements of a / x) below which `auto` calls torch on CPU, from
-# `python -m fastops.bench --ops matmul` on the development machine (see README).
-CROSSOVER = {"cpu": 1 << 16}
+# Crossovers (elements of a / x) below which `auto` calls torch on CPU. Measured on the development
+# machine (2-core AMD EPYC Zen 4, 2026-11-24; single-thread CPU time, the machine being shared):
+# linear-shaped float32 calls reach torch's speed at x = 64 x 4096 or 256 x 1024 (1.09-1.14x; 0.24x
+# at 1 x 4096 -> 4096, 0.9x at 128 x 1024), bfloat16 ones only near 1024 x 1024 (0.45-0.8x below:
+# packing the transposed weight costs more than torch's whole GEMV-like call).
+CROSSOVER = {"cpu": 1 << 18, "cpu:bfloat16": 1 << 20}
 
 # "cuda": _gemm_c goes here, first in auto's order, once csrc/cuda/matmul.cu (fastops::cuda::gemm)
 # is in the build: until then the name would not link.
