@@ -25,8 +25,10 @@ import torch
 
 import fastops
 from fastops.bench import adam, attention, harness, machine, output, providers, softmax
+from fastops.bench import matmul
 
-FAMILIES = {f.name: f for f in (softmax.FAMILY, adam.FAMILY, attention.FAMILY, attention.CAUSAL_FAMILY)}
+FAMILIES = {f.name: f for f in (softmax.FAMILY, adam.FAMILY, attention.FAMILY, attention.CAUSAL_FAMILY,
+                                      matmul.FAMILY, matmul.LINEAR_FAMILY)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_DTYPES = {"cuda": "float32,float16,bfloat16", "cpu": "float32,bfloat16"}
 REPEAT, QUICK_REPEAT = 25, 5
