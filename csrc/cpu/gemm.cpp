@@ -346,7 +346,8 @@ FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, c
 
 // Kind of kernel: W floats per vector for the float32 FMA kernel, 0 for AVX512-BF16.
 template <int W, typename C>
-FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, const void* ap, const void* bp) {
+FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, const void* ap, int64_t a_first,
+                                   const void* bp) {
   const GemmParams& p = *pl.p;
   constexpr bool kBf16 = W == 0;
   constexpr int MR = kBf16 ? kBf16MR : Tile<(kBf16 ? 16 : W)>::MR;
@@ -358,7 +359,7 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, cons
   const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
   for (int64_t ir = ir0; ir < ir1; ++ir) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
-    const P* a = static_cast<const P*>(ap) + ir * pl.a_panel;
+    const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
     for (int64_t jr = jr0; jr < jr1; ++jr) {
       const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
       const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
@@ -371,25 +372,27 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, cons
 // ---- ISA entry points -------------------------------------------------------------------------
 
 struct Entries {
-  void (*pack_a)(const Plan&, int64_t b, int64_t panel, void* dst);
+  void (*pack_a)(const Plan&, int64_t b, int64_t panel, void* dst, int64_t first);
   void (*pack_b)(const Plan&, int64_t b, int64_t panel, void* dst);
-  void (*unit)(const Plan&, int64_t b, int64_t unit, const void* ap, const void* bp);
+  // ap holds the packed A panels from number a_first on
+  void (*unit)(const Plan&, int64_t b, int64_t unit, const void* ap, int64_t a_first, const void* bp);
   int mr, nr;
   bool pairs;
 };
 
 #define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
   template <typename AB>                                                                                \
-  TARGET void pack_a_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst) {                        \
-    pack_panel<AB, P>(pl, true, b, pi, static_cast<P*>(dst) + pi * pl.a_panel);                         \
+  TARGET void pack_a_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst, int64_t first) {         \
+    pack_panel<AB, P>(pl, true, b, pi, static_cast<P*>(dst) + (pi - first) * pl.a_panel);               \
   }                                                                                                     \
   template <typename AB>                                                                                \
   TARGET void pack_b_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst) {                        \
     pack_panel<AB, P>(pl, false, b, pi, static_cast<P*>(dst) + pi * pl.b_panel);                        \
   }                                                                                                     \
   template <typename C>                                                                                 \
-  TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, const void* ap, const void* bp) {     \
-    run_unit<W, C>(pl, b, u, ap, bp);                                                                   \
+  TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, const void* ap, int64_t a_first,       \
+                            const void* bp) {                                                           \
+    run_unit<W, C>(pl, b, u, ap, a_first, bp);                                                          \
   }
 
 FASTOPS_GEMM_ENTRIES(avx512, FASTOPS_TARGET_AVX512, 16, float)
@@ -464,6 +467,24 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
 
 thread_local Scratch tls_a, tls_b;
 
+// Runs units [u0, u1) of batch item b, packing the A rows of each unit row just before its
+// units (into this thread's buffer, so the block is still in L2 when the micro-kernels read it).
+FASTOPS_FORCE_INLINE void run_units(const Entries& e, const Plan& pl, int64_t b, int64_t u0, int64_t u1,
+                                    void* abuf, const void* bbuf) {
+  int64_t packed_row = -1, first = 0;
+  const int64_t per_row = pl.mc / pl.mr;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t ui = u / pl.n_units;
+    if (ui != packed_row) {
+      first = ui * per_row;
+      const int64_t last = std::min(pl.m_panels, first + per_row);
+      for (int64_t i = first; i < last; ++i) e.pack_a(pl, b, i, abuf, first);
+      packed_row = ui;
+    }
+    e.unit(pl, b, u, abuf, first, bbuf);
+  }
+}
+
 template <typename AB, typename C>
 void gemm_typed(const GemmParams& p) {
   const Entries e = entries<AB, C>(p.ab_dtype);
@@ -474,41 +495,44 @@ void gemm_typed(const GemmParams& p) {
                        (p.batch % max_threads == 0 || p.batch >= 4 * max_threads || flops < 4e6);
   const int threads = flops * double(p.batch) < 2e5 ? 1 : max_threads;
   const Plan pl = make_plan(p, e, threads, !by_item);
-  const int64_t a_elems = pl.m_panels * pl.a_panel, b_elems = pl.n_panels * pl.b_panel;
+  const int64_t a_block = (pl.mc / pl.mr) * pl.a_panel, b_elems = pl.n_panels * pl.b_panel;
+  const int64_t units = pl.m_units * pl.n_units;
   const bool shared_b = p.b.stride_batch == 0;
 
   if (by_item) {
 #pragma omp parallel num_threads(threads)
     {
-      void* ab = tls_a.get(a_elems * 4);
+      void* ab = tls_a.get(a_block * 4);
       void* bb = tls_b.get(b_elems * 4);
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < p.batch; ++b) {
         for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
-        for (int64_t i = 0; i < pl.m_panels; ++i) e.pack_a(pl, b, i, ab);
-        for (int64_t u = 0; u < pl.m_units * pl.n_units; ++u) e.unit(pl, b, u, ab, bb);
+        run_units(e, pl, b, 0, units, ab, bb);
       }
       tls_a.trim();
       tls_b.trim();
     }
     return;
   }
-  // Shared buffers, packed by all threads.
-  void* ab = tls_a.get(a_elems * 4);
+  // B packed by all threads into one buffer; A rows packed by each thread for its own units.
   void* bb = tls_b.get(b_elems * 4);
-  const int64_t units = pl.m_units * pl.n_units;
 #pragma omp parallel num_threads(threads)
-  for (int64_t b = 0; b < p.batch; ++b) {
-    if (b == 0 || !shared_b) {
+  {
+    void* ab = tls_a.get(a_block * 4);
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      if (b == 0 || !shared_b) {
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
+        for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
+      }
+      run_units(e, pl, b, u0, u1, ab, bb);
+      if (!shared_b && b + 1 < p.batch) {
+#pragma omp barrier
+      }
     }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < pl.m_panels; ++i) e.pack_a(pl, b, i, ab);
-#pragma omp for schedule(static)
-    for (int64_t u = 0; u < units; ++u) e.unit(pl, b, u, ab, bb);
+    tls_a.trim();
   }
-  tls_a.trim();
   tls_b.trim();
 }
 
