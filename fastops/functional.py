@@ -17,8 +17,10 @@ from fastops.ops import softmax as _softmax
 from fastops.ops import attention as _attention
 from fastops.ops import conv as _conv
 from fastops.ops import rnn as _rnn
+from fastops.ops import matmul as _matmul
 
-__all__ = ["softmax", "scaled_dot_product_attention", "conv2d", "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
+__all__ = ["softmax", "scaled_dot_product_attention", "conv2d", "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell", "matmul", "linear"]
+
 
 
 def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -103,3 +105,24 @@ def gru_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: to
     """h' of a GRU cell, as torch._VF.gru_cell: r, z = sigmoid(.), n = tanh(x W_in^T + b_in +
     r (h W_hn^T + b_hn)), h' = (1 - z) n + z h."""
     return _rnn.cell(_rnn.GRU, input, hx, None, w_ih, w_hh, b_ih, b_hh)
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with torch.matmul's semantics: 1-D operands gain and lose a dim, batch dims broadcast.
+
+    a (..., m, k), b (..., k, n) -> (broadcast(...), m, n); float32/float16/bfloat16 on the fastops
+    kernels (float32 accumulation, output in the inputs' dtype), float64 through torch. Operands
+    are read through their strides (transposed views are not copied). Backward: dA = dC B^T,
+    dB = A^T dC, summed over broadcast batch dims; deterministic.
+    """
+    return _matmul.matmul(a, b)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           activation: Optional[str] = None) -> torch.Tensor:
+    """act(x weight^T + bias), as torch.nn.functional.linear followed by the activation.
+
+    x (..., in_features), weight (out_features, in_features), bias (out_features) or None ->
+    (..., out_features). activation: None, "relu", "gelu", "gelu_tanh" or "silu", computed in the
+    GEMM's epilogue (float32) with the bias. Backward saves the output (relu) or the
+    pre-activation (gelu, gelu_tanh, silu); dbias is the column sum of the output gradient.
+    """
+    return _matmul.linear(x, weight, bias, activation)

@@ -40,7 +40,7 @@ from typing import Iterable, Optional
 
 import triton
 
-FAMILIES = ("softmax", "adam", "attention", "conv", "rnn")
+FAMILIES = ("softmax", "adam", "attention", "conv", "rnn", "matmul")
 DEFAULT_ARCHS = ("sm_80", "sm_90a")
 
 # SASS opcodes that run on tensor cores: mma.sync (HMMA/IMMA/DMMA/BMMA), Hopper wgmma

@@ -65,5 +65,6 @@ void bind_attention(pybind11::module_& m);
 void bind_gemm_cuda(pybind11::module_& m);
 void bind_conv(pybind11::module_& m);
 void bind_rnn(pybind11::module_& m);
+void bind_matmul(pybind11::module_& m);
 
 }  // namespace fastops

@@ -35,4 +35,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   fastops::bind_gemm_cuda(m);
   fastops::bind_conv(m);
   fastops::bind_rnn(m);
+  fastops::bind_matmul(m);
 }

@@ -1,48 +1,547 @@
-// CPU GEMM (fastops/gemm.h): reference implementation, correct for every stride and dtype.
-// OpenMP over (batch, row); each output is a float32 sum over p in order, so results do not
-// depend on the thread count.
-#include "fastops/gemm.h"
+// CPU GEMM (fastops/gemm.h): packed panels, a register-tiled micro-kernel, fused epilogue.
+//
+//   1. Pack: B (k x n, any strides) into NR-column panels [k][NR] and A (m x k) into MR-row
+//      panels [k][MR], zero-padded at the edges, converted to the compute type once:
+//      float32 for the FMA kernel (float16 and bfloat16 widened), or, when the CPU has
+//      AVX512-BF16, bfloat16 pairs [k/2][MR or NR] of 32 bits for `vdpbf16ps`.
+//      A B with stride_batch == 0 (broadcast weight) is packed once for every batch item.
+//   2. Compute: the C of one batch item is cut into macro tiles (units) of MC x NC; each unit
+//      walks its MR x NR register tiles, and each register tile runs the whole K sum in
+//      registers (no K blocking: the A and B panels stream from L2), then goes through the
+//      epilogue alpha * acc + beta * C + bias -> activation -> C dtype, stored once.
+//   3. Threads: OpenMP over units (or over batch items when there are many small ones). Every
+//      output element is one float32 sum over p in increasing order (pairs of p for bf16), done
+//      by one thread, so results are bitwise the same for any thread count or blocking.
+//
+// Paths (csrc/cpu/isa.h): AVX-512 (16 x 32 floats per tile... see Tile<16>), AVX2, SSE
+// baseline, plus the AVX512-BF16 kernel for bfloat16 inputs.
+#include <omp.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "fastops/gemm.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
+#include "isa.h"
+
+#if FASTOPS_HAVE_X86_PATHS
+#include <immintrin.h>  // declares the target builtins used below
+#define FASTOPS_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"), flatten))
+#endif
 
 namespace fastops {
 namespace cpu {
 namespace {
 
+FASTOPS_FORCE_INLINE int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+FASTOPS_FORCE_INLINE int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
+
+template <int W>
+struct VecOf {
+  typedef float type __attribute__((vector_size(W * sizeof(float))));
+};
+template <int W>
+using Vec = typename VecOf<W>::type;
+
+// Register tile of the float32 kernel: MR rows x NV vectors of W floats of accumulators.
+// AVX-512: 28 of the 32 zmm hold accumulators, 2 the B row, 1 the A broadcast.
+template <int W>
+struct Tile;
+template <>
+struct Tile<16> {
+  static constexpr int MR = 14, NV = 2;
+};
+template <>
+struct Tile<8> {
+  static constexpr int MR = 6, NV = 2;  // AVX2: 12 of 16 ymm
+};
+template <>
+struct Tile<4> {
+  static constexpr int MR = 4, NV = 2;  // SSE: 8 of 16 xmm
+};
+// AVX512-BF16 tile: one `vdpbf16ps` adds two products per lane.
+#ifndef FASTOPS_GEMM_BF16_MR
+#define FASTOPS_GEMM_BF16_MR 14
+#define FASTOPS_GEMM_BF16_NV 2
+#endif
+constexpr int kBf16MR = FASTOPS_GEMM_BF16_MR, kBf16NV = FASTOPS_GEMM_BF16_NV, kBf16NR = 16 * kBf16NV;
+
+// ---- aligned scratch, kept per thread between calls (large ones are freed) --------------------
+
+constexpr int64_t kKeepBytes = int64_t(64) << 20;
+
+struct Scratch {
+  struct Free {
+    void operator()(char* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<char[], Free> data;
+  int64_t bytes = 0;
+  char* get(int64_t want) {
+    want = std::max<int64_t>(round_up(want, 64), 64);
+    if (want > bytes) {
+      data.reset(static_cast<char*>(::operator new[](want, std::align_val_t(64))));
+      bytes = want;
+    }
+    return data.get();
+  }
+  void trim() {
+    if (bytes > kKeepBytes) {
+      data.reset();
+      bytes = 0;
+    }
+  }
+};
+
+// ---- one problem, as the kernels see it --------------------------------------------------------
+
+// P: packed element type: float (FMA kernel) or uint32_t (a pair of bfloat16 along k).
+struct Plan {
+  const GemmParams* p;
+  int mr, nr;            // register tile
+  int64_t kq;            // packed k steps: k (float) or ceil(k / 2) (bf16 pairs)
+  int64_t mc, nc;        // unit (macro tile) rows and columns, multiples of mr / nr
+  int64_t m_panels, n_panels, m_units, n_units;
+  int64_t a_panel, b_panel;  // packed elements per A / B panel
+};
+
 template <typename T>
-FASTOPS_FORCE_INLINE float load(const void* base, int64_t off) {
+FASTOPS_FORCE_INLINE float ld(const void* base, int64_t off) {
   return to_float(static_cast<const T*>(base)[off]);
 }
 
-template <typename AB, typename C>
-void gemm_ref(const GemmParams& p) {
-  const int64_t rows = p.batch * p.m;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = r / p.m, i = r % p.m;
-    const int64_t a_off = b * p.a.stride_batch + i * p.a.stride_row;
-    const int64_t b_off = b * p.b.stride_batch;
-    C* c = static_cast<C*>(p.c) + b * p.c_stride_batch + i * p.c_stride_row;
-    for (int64_t j = 0; j < p.n; ++j) {
-      float acc = 0.0f;
-      for (int64_t q = 0; q < p.k; ++q)
-        acc += load<AB>(p.a.ptr, a_off + q * p.a.stride_col) *
-               load<AB>(p.b.ptr, b_off + q * p.b.stride_row + j * p.b.stride_col);
-      float v = p.alpha * acc;
-      if (p.beta != 0.0f) v += p.beta * to_float(c[j * p.c_stride_col]);
-      if (p.bias) v += load<C>(p.bias, p.bias_per_row ? i : j);
-      c[j * p.c_stride_col] = from_float<C>(math::activate(p.activation, v));
+template <typename T>
+FASTOPS_FORCE_INLINE uint32_t ld_bits(const void* base, int64_t off) {
+  uint16_t u;
+  std::memcpy(&u, static_cast<const T*>(base) + off, 2);
+  return u;
+}
+
+// ---- packing -----------------------------------------------------------------------------------
+
+// One panel of `len` (< = width) rows of A (or columns of B) starting at `i0`:
+// dst[q * width + r] = X(i0 + r, q), zero for r >= len. X(i, q) = base[i * si + q * sq].
+template <typename T>
+FASTOPS_FORCE_INLINE void pack_f32(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
+                                   int64_t k, float* dst) {
+  if (len < width) {
+    for (int64_t q = 0; q < k; ++q) std::fill(dst + q * width + len, dst + (q + 1) * width, 0.0f);
+  }
+  const int64_t off0 = i0 * si;
+  if (si == 1 || sq != 1) {  // rows contiguous along i (or neither): walk q outer
+    for (int64_t q = 0; q < k; ++q) {
+      const int64_t o = off0 + q * sq;
+      float* d = dst + q * width;
+#pragma omp simd
+      for (int r = 0; r < len; ++r) d[r] = ld<T>(base, o + r * si);
+    }
+  } else {  // contiguous along q: read rows, write strided, 16 q at a time to stay in cache
+    for (int64_t q0 = 0; q0 < k; q0 += 16) {
+      const int64_t qn = std::min<int64_t>(16, k - q0);
+      for (int r = 0; r < len; ++r) {
+        const int64_t o = off0 + r * si + q0;
+        for (int64_t q = 0; q < qn; ++q) dst[(q0 + q) * width + r] = ld<T>(base, o + q);
+      }
     }
   }
+}
+
+// As pack_f32 for bfloat16 storage into pairs: dst[q2 * width + r] = X(i, 2 q2) | X(i, 2 q2 + 1) << 16.
+template <typename T>
+FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
+                                     int64_t k, uint32_t* dst) {
+  const int64_t kq = ceil_div(k, 2);
+  if (len < width) {
+    for (int64_t q = 0; q < kq; ++q) std::fill(dst + q * width + len, dst + (q + 1) * width, 0u);
+  }
+  const int64_t off0 = i0 * si, kfull = k / 2;
+  if (sq == 1 && si != 1) {  // contiguous along k: a pair is one 32-bit word of the row
+    for (int64_t q0 = 0; q0 < kfull; q0 += 16) {
+      const int64_t qn = std::min<int64_t>(16, kfull - q0);
+      for (int r = 0; r < len; ++r) {
+        const char* row = reinterpret_cast<const char*>(static_cast<const T*>(base) + off0 + r * si) + 4 * q0;
+        for (int64_t q = 0; q < qn; ++q) {
+          uint32_t w;
+          std::memcpy(&w, row + 4 * q, 4);
+          dst[(q0 + q) * width + r] = w;
+        }
+      }
+    }
+  } else {
+    for (int64_t q = 0; q < kfull; ++q) {
+      const int64_t o = off0 + 2 * q * sq;
+      uint32_t* d = dst + q * width;
+#pragma omp simd
+      for (int r = 0; r < len; ++r)
+        d[r] = ld_bits<T>(base, o + r * si) | (ld_bits<T>(base, o + r * si + sq) << 16);
+    }
+  }
+  if (k % 2) {
+    const int64_t o = off0 + (k - 1) * sq;
+    for (int r = 0; r < len; ++r) dst[kfull * width + r] = ld_bits<T>(base, o + r * si);
+  }
+}
+
+// Packs panel `pi` of A (is_a) or B of batch item `b`.
+template <typename T, typename P>
+FASTOPS_FORCE_INLINE void pack_panel(const Plan& pl, bool is_a, int64_t b, int64_t pi, P* dst) {
+  const GemmParams& p = *pl.p;
+  const GemmOperand& x = is_a ? p.a : p.b;
+  const int width = is_a ? pl.mr : pl.nr;
+  const int64_t extent = is_a ? p.m : p.n;
+  const int64_t i0 = pi * width;
+  const int len = static_cast<int>(std::min<int64_t>(width, extent - i0));
+  const int64_t si = is_a ? x.stride_row : x.stride_col;  // along m (A) or n (B)
+  const int64_t sq = is_a ? x.stride_col : x.stride_row;  // along k
+  const void* base = static_cast<const T*>(x.ptr) + b * x.stride_batch;
+  if constexpr (std::is_same_v<P, uint32_t>) {
+    if constexpr (std::is_same_v<T, BFloat16>) pack_pairs<T>(base, si, sq, i0, len, width, p.k, dst);
+  } else {
+    pack_f32<T>(base, si, sq, i0, len, width, p.k, dst);
+  }
+}
+
+// ---- micro-kernels: acc[R][NR] = sum_q A[q][r] * B[q][:] over the packed panels ------------------
+
+template <int W, int R, int NV>
+FASTOPS_FORCE_INLINE void micro_f32(int64_t kq, const float* a, int mr, const float* b, float* out) {
+  using V = Vec<W>;
+  V acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) acc[r][c] = V{};
+#pragma GCC unroll 2
+  for (int64_t q = 0; q < kq; ++q) {
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) bv[c] = *reinterpret_cast<const V*>(b + q * NV * W + c * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V av = a[q * mr + r] - V{};  // a splat (x - 0 == x exactly): folds to a broadcast
+#pragma GCC unroll 4
+      for (int c = 0; c < NV; ++c) acc[r][c] += av * bv[c];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) *reinterpret_cast<V*>(out + r * NV * W + c * W) = acc[r][c];
+}
+
+#if FASTOPS_HAVE_X86_PATHS
+// `vdpbf16ps` through its builtin (not the intrinsic, whose target attribute would stop it from
+// inlining here): only ever inlined into the AVX512-BF16 entry points below.
+typedef short V32bh __attribute__((vector_size(64)));
+typedef int V16i __attribute__((vector_size(64)));
+
+template <int R>
+FASTOPS_FORCE_INLINE void micro_bf16(int64_t kq, const uint32_t* a, int mr, const uint32_t* b, float* out) {
+  using V = Vec<16>;
+  V acc[R][kBf16NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) acc[r][c] = V{};
+#pragma GCC unroll 2
+  for (int64_t q = 0; q < kq; ++q) {
+    V32bh bv[kBf16NV];
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) bv[c] = reinterpret_cast<const V32bh*>(b + q * kBf16NR + 16 * c)[0];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V32bh av = (V32bh)(static_cast<int>(a[q * mr + r]) - V16i{});  // pair splat
+#pragma GCC unroll 4
+      for (int c = 0; c < kBf16NV; ++c) acc[r][c] = __builtin_ia32_dpbf16ps_v16sf(acc[r][c], av, bv[c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kBf16NV; ++c) reinterpret_cast<V*>(out + r * kBf16NR + 16 * c)[0] = acc[r][c];
+}
+#endif
+
+// ---- epilogue: C[i0 + r, j0 + c] = act(alpha * t + beta * C + bias), r < rows, c < cols ---------
+
+template <typename C, Activation kAct>
+FASTOPS_FORCE_INLINE void store_rows(const GemmParams& p, C* c0, int64_t i0, int64_t j0, int rows, int cols,
+                                     float* t, int ldt) {
+  const C* bias = static_cast<const C*>(p.bias);
+  const bool unit = p.c_stride_col == 1;
+  for (int r = 0; r < rows; ++r) {
+    float* v = t + r * ldt;
+    C* crow = c0 + (i0 + r) * p.c_stride_row + j0 * p.c_stride_col;
+    const float alpha = p.alpha;
+    if (p.beta != 0.0f) {
+      const float beta = p.beta;
+      if (unit) {
+#pragma omp simd
+        for (int c = 0; c < cols; ++c) v[c] = alpha * v[c] + beta * to_float(crow[c]);
+      } else {
+        for (int c = 0; c < cols; ++c) v[c] = alpha * v[c] + beta * to_float(crow[c * p.c_stride_col]);
+      }
+    } else if (alpha != 1.0f) {
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) v[c] = alpha * v[c];
+    }
+    if (bias != nullptr) {
+      if (p.bias_per_row) {
+        const float bv = to_float(bias[i0 + r]);
+#pragma omp simd
+        for (int c = 0; c < cols; ++c) v[c] += bv;
+      } else {
+#pragma omp simd
+        for (int c = 0; c < cols; ++c) v[c] += to_float(bias[j0 + c]);
+      }
+    }
+    if constexpr (kAct != Activation::kNone) {
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) v[c] = math::activate(kAct, v[c]);
+    }
+    if (unit) {
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) crow[c] = from_float<C>(v[c]);
+    } else {
+      for (int c = 0; c < cols; ++c) crow[c * p.c_stride_col] = from_float<C>(v[c]);
+    }
+  }
+}
+
+template <typename C>
+FASTOPS_FORCE_INLINE void store_tile(const GemmParams& p, int64_t b, int64_t i0, int64_t j0, int rows, int cols,
+                                     float* t, int ldt) {
+  C* c0 = static_cast<C*>(p.c) + b * p.c_stride_batch;
+  switch (p.activation) {
+    case Activation::kRelu: return store_rows<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
+    case Activation::kGelu: return store_rows<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
+    case Activation::kGeluTanh: return store_rows<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
+    case Activation::kSilu: return store_rows<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
+    default: return store_rows<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
+  }
+}
+
+// ---- one unit (macro tile) of one batch item ----------------------------------------------------
+
+// micro<R> for R = rows of this register tile (1 <= rows <= R at the first call).
+template <int W, int R, typename P>
+FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, const P* b, float* out) {
+  if constexpr (R >= 1) {
+    if (rows < R) return micro_rows<W, R - 1, P>(rows, kq, a, mr, b, out);
+    if constexpr (W == 0) {
+#if FASTOPS_HAVE_X86_PATHS
+      micro_bf16<R>(kq, a, mr, b, out);
+#endif
+    } else {
+      micro_f32<W, R, Tile<W>::NV>(kq, a, mr, b, out);
+    }
+  }
+}
+
+// Kind of kernel: W floats per vector for the float32 FMA kernel, 0 for AVX512-BF16.
+template <int W, typename C>
+FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, const void* ap, int64_t a_first,
+                                   const void* bp) {
+  const GemmParams& p = *pl.p;
+  constexpr bool kBf16 = W == 0;
+  constexpr int MR = kBf16 ? kBf16MR : Tile<(kBf16 ? 16 : W)>::MR;
+  constexpr int NR = kBf16 ? kBf16NR : Tile<(kBf16 ? 16 : W)>::NV * (kBf16 ? 16 : W);
+  using P = std::conditional_t<kBf16, uint32_t, float>;
+  alignas(64) float tile[MR * NR];
+  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units;
+  const int64_t ir0 = ui * (pl.mc / MR), ir1 = std::min(pl.m_panels, ir0 + pl.mc / MR);
+  const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
+  for (int64_t ir = ir0; ir < ir1; ++ir) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
+    const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
+    for (int64_t jr = jr0; jr < jr1; ++jr) {
+      const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
+      const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
+      micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile);
+      store_tile<C>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
+    }
+  }
+}
+
+// ---- ISA entry points -------------------------------------------------------------------------
+
+struct Entries {
+  void (*pack_a)(const Plan&, int64_t b, int64_t panel, void* dst, int64_t first);
+  void (*pack_b)(const Plan&, int64_t b, int64_t panel, void* dst);
+  // ap holds the packed A panels from number a_first on
+  void (*unit)(const Plan&, int64_t b, int64_t unit, const void* ap, int64_t a_first, const void* bp);
+  int mr, nr;
+  bool pairs;
+};
+
+#define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
+  template <typename AB>                                                                                \
+  TARGET void pack_a_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst, int64_t first) {         \
+    pack_panel<AB, P>(pl, true, b, pi, static_cast<P*>(dst) + (pi - first) * pl.a_panel);               \
+  }                                                                                                     \
+  template <typename AB>                                                                                \
+  TARGET void pack_b_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst) {                        \
+    pack_panel<AB, P>(pl, false, b, pi, static_cast<P*>(dst) + pi * pl.b_panel);                        \
+  }                                                                                                     \
+  template <typename C>                                                                                 \
+  TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, const void* ap, int64_t a_first,       \
+                            const void* bp) {                                                           \
+    run_unit<W, C>(pl, b, u, ap, a_first, bp);                                                          \
+  }
+
+FASTOPS_GEMM_ENTRIES(avx512, FASTOPS_TARGET_AVX512, 16, float)
+FASTOPS_GEMM_ENTRIES(avx2, FASTOPS_TARGET_AVX2, 8, float)
+FASTOPS_GEMM_ENTRIES(baseline, FASTOPS_TARGET_BASELINE, 4, float)
+#if FASTOPS_HAVE_X86_PATHS
+FASTOPS_GEMM_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, 0, uint32_t)
+#endif
+#undef FASTOPS_GEMM_ENTRIES
+
+bool cpu_has_bf16_dot() {
+#if FASTOPS_HAVE_X86_PATHS
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return active_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+template <typename AB, typename C>
+Entries entries(DType ab) {
+#if FASTOPS_HAVE_X86_PATHS
+  if (ab == DType::kBFloat16 && cpu_has_bf16_dot())
+    return {pack_a_bf16dp<AB>, pack_b_bf16dp<AB>, unit_bf16dp<C>, kBf16MR, kBf16NR, true};
+#endif
+  (void)ab;
+  switch (active_isa()) {
+    case Isa::kAvx512:
+      return {pack_a_avx512<AB>, pack_b_avx512<AB>, unit_avx512<C>, Tile<16>::MR, Tile<16>::NV * 16, false};
+    case Isa::kAvx2:
+      return {pack_a_avx2<AB>, pack_b_avx2<AB>, unit_avx2<C>, Tile<8>::MR, Tile<8>::NV * 8, false};
+    default:
+      return {pack_a_baseline<AB>, pack_b_baseline<AB>, unit_baseline<C>, Tile<4>::MR, Tile<4>::NV * 4, false};
+  }
+}
+
+// ---- blocking and threads ---------------------------------------------------------------------
+
+// Unit size: the B columns a unit walks (nc x k packed) sized for about half of L2, the A rows
+// (mc x k) for a quarter; then split further until every thread has a few units. Changes the
+// schedule only, never the arithmetic.
+Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item_threads) {
+  Plan pl{};
+  pl.p = &p;
+  pl.mr = e.mr;
+  pl.nr = e.nr;
+  pl.kq = e.pairs ? ceil_div(p.k, 2) : p.k;
+  pl.m_panels = ceil_div(p.m, e.mr);
+  pl.n_panels = ceil_div(p.n, e.nr);
+  pl.a_panel = std::max<int64_t>(pl.kq, 1) * e.mr;
+  pl.b_panel = std::max<int64_t>(pl.kq, 1) * e.nr;
+  const int64_t row_bytes = std::max<int64_t>(pl.kq, 1) * 4;
+  int64_t np = std::clamp<int64_t>((int64_t(512) << 10) / (row_bytes * e.nr), 1, 16);
+  int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * e.mr), 1, 24);
+  np = std::min(np, pl.n_panels);
+  mp = std::min(mp, pl.m_panels);
+  if (per_item_threads) {
+    const int64_t want = 3 * static_cast<int64_t>(threads);
+    while (ceil_div(pl.m_panels, mp) * ceil_div(pl.n_panels, np) < want && (mp > 1 || np > 1)) {
+      if (mp >= np && mp > 1) mp = ceil_div(mp, 2); else np = ceil_div(np, 2);
+    }
+  }
+  pl.mc = mp * e.mr;
+  pl.nc = np * e.nr;
+  pl.m_units = ceil_div(pl.m_panels, mp);
+  pl.n_units = ceil_div(pl.n_panels, np);
+  return pl;
+}
+
+thread_local Scratch tls_a, tls_b;
+
+// Runs units [u0, u1) of batch item b, packing the A rows of each unit row just before its
+// units (into this thread's buffer, so the block is still in L2 when the micro-kernels read it).
+FASTOPS_FORCE_INLINE void run_units(const Entries& e, const Plan& pl, int64_t b, int64_t u0, int64_t u1,
+                                    void* abuf, const void* bbuf) {
+  int64_t packed_row = -1, first = 0;
+  const int64_t per_row = pl.mc / pl.mr;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t ui = u / pl.n_units;
+    if (ui != packed_row) {
+      first = ui * per_row;
+      const int64_t last = std::min(pl.m_panels, first + per_row);
+      for (int64_t i = first; i < last; ++i) e.pack_a(pl, b, i, abuf, first);
+      packed_row = ui;
+    }
+    e.unit(pl, b, u, abuf, first, bbuf);
+  }
+}
+
+template <typename AB, typename C>
+void gemm_typed(const GemmParams& p) {
+  const Entries e = entries<AB, C>(p.ab_dtype);
+  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double flops = 2.0 * double(p.m) * double(p.n) * double(std::max<int64_t>(p.k, 1));
+  // Many items: one thread per item (no barriers); few: all threads on each item.
+  const bool by_item = p.batch >= max_threads &&
+                       (p.batch % max_threads == 0 || p.batch >= 4 * max_threads || flops < 4e6);
+  const int threads = flops * double(p.batch) < 2e5 ? 1 : max_threads;
+  const Plan pl = make_plan(p, e, threads, !by_item);
+  const int64_t a_block = (pl.mc / pl.mr) * pl.a_panel, b_elems = pl.n_panels * pl.b_panel;
+  const int64_t units = pl.m_units * pl.n_units;
+  const bool shared_b = p.b.stride_batch == 0;
+
+  if (by_item) {
+#pragma omp parallel num_threads(threads)
+    {
+      void* ab = tls_a.get(a_block * 4);
+      void* bb = tls_b.get(b_elems * 4);
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < p.batch; ++b) {
+        for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
+        run_units(e, pl, b, 0, units, ab, bb);
+      }
+      tls_a.trim();
+      tls_b.trim();
+    }
+    return;
+  }
+  // B packed by all threads into one buffer; A rows packed by each thread for its own units.
+  void* bb = tls_b.get(b_elems * 4);
+#pragma omp parallel num_threads(threads)
+  {
+    void* ab = tls_a.get(a_block * 4);
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      if (b == 0 || !shared_b) {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
+      }
+      run_units(e, pl, b, u0, u1, ab, bb);
+      if (!shared_b && b + 1 < p.batch) {
+#pragma omp barrier
+      }
+    }
+    tls_a.trim();
+  }
+  tls_b.trim();
 }
 
 template <typename AB>
 void gemm_ab(const GemmParams& p) {
   switch (p.c_dtype) {
-    case DType::kFloat16: return gemm_ref<AB, Half>(p);
-    case DType::kBFloat16: return gemm_ref<AB, BFloat16>(p);
-    default: return gemm_ref<AB, float>(p);
+    case DType::kFloat16: return gemm_typed<AB, Half>(p);
+    case DType::kBFloat16: return gemm_typed<AB, BFloat16>(p);
+    default: return gemm_typed<AB, float>(p);
   }
 }
 

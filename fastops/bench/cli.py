@@ -24,9 +24,10 @@ from typing import Callable
 import torch
 
 import fastops
-from fastops.bench import adam, attention, conv, harness, machine, output, providers, rnn, softmax
+from fastops.bench import adam, attention, conv, harness, machine, matmul, output, providers, rnn, softmax
 
 FAMILIES = {f.name: f for f in (softmax.FAMILY, adam.FAMILY, attention.FAMILY, attention.CAUSAL_FAMILY,
+                                 matmul.FAMILY, matmul.LINEAR_FAMILY,
                                  conv.FAMILY, conv.DEPTHWISE_FAMILY, conv.FUSED_FAMILY,
                                  rnn.FAMILY, rnn.GRU_FAMILY)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Optional
 
-COLUMNS = ("op", "shape", "dtype", "mode", "provider", "ms", "p20-p80", "GB/s", "vs torch",
+COLUMNS = ("op", "shape", "dtype", "mode", "provider", "ms", "p20-p80", "GB/s|TFLOP/s", "vs torch",
            "% copy BW", "note")
 BUSY_LOAD = 0.5  # 1-minute load average above which the header warns that timings are noisy
 
@@ -33,10 +33,17 @@ def header(machine: dict, ceilings: dict) -> str:
     return "\n".join(lines)
 
 
+def _rate(r: dict) -> str:
+    """GB/s of a memory-bound op, else TFLOP/s (marked TF) of a compute-bound one."""
+    if r.get("gbps") is None and r.get("tflops") is not None:
+        return f"{r['tflops']:.3f} TF"
+    return _num(r.get("gbps"), ".1f")
+
+
 def _cells(r: dict) -> tuple:
     spread = "-" if r["ms"] is None else f"{r['ms_p20']:.4f}-{r['ms_p80']:.4f}"
     return (r["op"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"], r["provider"],
-            _num(r["ms"], ".4f"), spread, _num(r["gbps"], ".1f"), _num(r["speedup_vs_torch"], ".2f"),
+            _num(r["ms"], ".4f"), spread, _rate(r), _num(r["speedup_vs_torch"], ".2f"),
             _num(r["pct_of_copy_bandwidth"], ".0f"), (r["error"] or "")[:100])
 
 

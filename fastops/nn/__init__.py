@@ -7,5 +7,7 @@ from fastops.nn.softmax import Softmax
 from fastops.nn.attention import MultiheadAttention
 from fastops.nn.conv import Conv2d
 from fastops.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from fastops.nn.matmul import Linear
 
-__all__ = ["Softmax", "MultiheadAttention", "Conv2d", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
+__all__ = ["Softmax", "MultiheadAttention", "Conv2d", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU", "Linear"]
+

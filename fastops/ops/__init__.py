@@ -4,3 +4,4 @@ from fastops.ops import adam  # noqa: F401
 from fastops.ops import attention  # noqa: F401
 from fastops.ops import conv  # noqa: F401
 from fastops.ops import rnn  # noqa: F401
+from fastops.ops import matmul  # noqa: F401

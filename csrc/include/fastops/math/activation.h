@@ -6,6 +6,7 @@
 
 #include "fastops/gemm.h"
 #include "fastops/macros.h"
+#include "fastops/math/erf.h"
 #include "fastops/math/exp.h"
 
 namespace fastops {
@@ -15,12 +16,12 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float sigmoid(float x) { return 1.0f / 
 
 // gelu(x) = x * Phi(x) (torch's approximate="none"), gelu_tanh its tanh form ("tanh").
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float gelu(float x) {
-  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+  return 0.5f * x * (1.0f + erf_f32(x * 0.70710678118654752f));
 }
 
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float gelu_tanh(float x) {
   const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + tanhf(inner));
+  return 0.5f * x * (1.0f + tanh_f32(inner));
 }
 
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float activate(Activation act, float x) {

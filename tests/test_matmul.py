@@ -1,0 +1,371 @@
+"""fastops matmul / linear against torch: cpu and triton (interpreter) backends, dtypes, odd and
+zero sizes, transposed and strided views, batch broadcasting, 1-D operands, fused epilogues,
+forward and backward, a long-K accumulator check, determinism, opcheck, gradcheck, compile,
+enable/patch, nn.Linear, errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastops
+from fastops import _dispatch, _ext
+from fastops import functional as F
+from fastops.ops import matmul as mm
+from utils import DTYPES, assert_close, make
+
+BACKENDS = ["cpu", "triton"]
+ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
+
+# (a shape, b shape): odd sizes around the CPU register tile (14 x 32) and the interpreter tile
+# (16), k == 0, zero-size outputs, batch broadcasting, vectors
+CASES = [
+    ((1, 1), (1, 1)), ((1, 7), (7, 1)), ((17, 33), (33, 29)), ((31, 65), (65, 47)),
+    ((5, 0), (0, 3)), ((0, 5), (5, 3)), ((3, 5), (5, 0)),
+    ((2, 3, 9, 7), (7, 4)), ((3, 1, 5, 7), (4, 7, 6)), ((5, 7), (2, 7, 3)), ((2, 5, 7), (2, 7, 3)),
+    ((7,), (7,)), ((7,), (7, 4)), ((3, 5, 7), (7,)), ((7,), (2, 7, 3)),
+]
+TRITON_CASES = [((17, 33), (33, 29)), ((5, 0), (0, 3)), ((3, 1, 5, 7), (4, 7, 6)), ((7,), (7, 4))]
+
+
+def _ran(op: str) -> str:
+    return _dispatch.last_choice(op).kernel.backend
+
+
+def _within_twice_torch(got, theirs, want):
+    """fastops' error against the float64 reference is at most twice torch's in the same dtype."""
+    assert got.shape == want.shape and got.dtype == theirs.dtype
+    if got.numel():
+        ours_err = (got.double() - want).abs().max().item()
+        torch_err = (theirs.double() - want).abs().max().item()
+        assert ours_err <= 2 * torch_err + 1e-6, (ours_err, torch_err)
+
+
+def _errors_vs_torch(out, a, b, ref, dtype):
+    """(fastops error, torch's own error in this dtype) against the float64 reference."""
+    torch_out = torch.matmul(a.detach(), b.detach())
+    return (out.double() - ref).abs().max().item(), (torch_out.double() - ref).abs().max().item()
+
+
+def _check_matmul(a, b, dtype, backend):
+    af = a.detach().clone().requires_grad_()
+    bf = b.detach().clone().requires_grad_()
+    ar = a.detach().double().requires_grad_()
+    br = b.detach().double().requires_grad_()
+    with fastops.use_backend(backend):
+        c = F.matmul(af, bf)
+        assert _ran("matmul") == backend, fastops.explain()
+        g = make(c.shape, dtype, seed=3, scale=1.0)
+        c.backward(g)
+    ref = torch.matmul(ar, br)
+    ref.backward(g.double())
+    k = a.shape[-1]
+    assert c.dtype == dtype and c.shape == ref.shape
+    assert_close(c, ref, dtype, reduction=max(k, 1))
+    if c.numel():
+        ours, theirs = _errors_vs_torch(c, a, b, ref, dtype)
+        assert ours <= 2 * theirs + 1e-6, (ours, theirs)
+    # gradients: within twice torch's own error in this dtype (both round the GEMM outputs, and
+    # the sums over broadcast batch dims, to the dtype), and close to float64 for float32
+    at, bt = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    torch.matmul(at, bt).backward(g)
+    for got, theirs, want in ((af.grad, at.grad, ar.grad), (bf.grad, bt.grad, br.grad)):
+        _within_twice_torch(got, theirs, want)
+        if dtype == torch.float32:
+            assert_close(got, want, dtype, reduction=max(c.numel(), 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shapes", CASES, ids=str)
+def test_matmul_cpu(dtype, shapes):
+    _check_matmul(make(shapes[0], dtype, seed=1, scale=1.0), make(shapes[1], dtype, seed=2, scale=1.0), dtype, "cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shapes", TRITON_CASES, ids=str)
+def test_matmul_triton(dtype, shapes):
+    _check_matmul(make(shapes[0], dtype, seed=1, scale=1.0), make(shapes[1], dtype, seed=2, scale=1.0), dtype,
+                  "triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_views(backend, dtype):
+    a = make((40, 23), dtype, seed=1, scale=1.0)
+    b = make((37, 23), dtype, seed=2, scale=1.0)
+    _check_matmul(a[::2], b.t(), dtype, backend)           # row-strided a, transposed b (no copy)
+    _check_matmul(a.t()[:, 1:19], a[1:19, :5], dtype, backend)  # transposed a
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_many_tiles_cpu(dtype):
+    """Several CPU units and panels per dim, plus every edge remainder (rows 1..13 of the tile)."""
+    for m in (131, 200):
+        a = make((m, 300), dtype, seed=m, scale=300 ** -0.5)  # outputs ~1
+        b = make((300, 97), dtype, seed=m + 1, scale=1.0)
+        _check_matmul(a, b, dtype, "cpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(backend, dtype, activation, bias):
+    x = make((2, 9, 19), dtype, seed=1, scale=1.0)
+    w = make((13, 19), dtype, seed=2, scale=0.5)
+    bvec = make((13,), dtype, seed=3, scale=1.0) if bias else None
+    xs = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, bvec)]
+    xr = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, bvec)]
+    with fastops.use_backend(backend):
+        y = F.linear(*xs, activation=activation)
+        assert _ran("linear") == backend, fastops.explain()
+        g = make(y.shape, dtype, seed=4, scale=1.0)
+        y.backward(g)
+        with torch.no_grad():  # inference: the activation is fused into the GEMM epilogue
+            y_fused = F.linear(x, w, bvec, activation=activation)
+    code = mm.activation_code(activation)
+    ref = mm.activate_torch(torch.nn.functional.linear(*xr), code)
+    ref.backward(g.double())
+    xt = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, bvec)]
+    torch_y = mm.activate_torch(torch.nn.functional.linear(*xt), code)
+    torch_y.backward(g)
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert_close(y, ref, dtype, reduction=19)
+    assert_close(y_fused, ref, dtype, reduction=19)
+    _within_twice_torch(y, torch_y, ref)
+    for got, theirs, want in zip(xs, xt, xr):
+        if got is not None:
+            _within_twice_torch(got.grad, theirs.grad, want.grad)
+            if dtype == torch.float32:
+                assert_close(got.grad, want.grad, dtype, reduction=64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_long_k_accumulates_in_float32(backend, dtype):
+    """K = 65536 of positive products: a float16/bfloat16 accumulator would stall far from the sum."""
+    k = 65536
+    a = (torch.rand(3, k, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype)
+    b = ((torch.rand(k, 2, generator=torch.Generator().manual_seed(1)) + 0.5) / 16).to(dtype)  # sums ~4096
+    with fastops.use_backend(backend):
+        c = F.matmul(a, b)
+    ref = a.double() @ b.double()
+    # the only rounding left is the final cast to dtype (plus float32 sum error ~ k * 2^-24)
+    torch.testing.assert_close(c.double(), ref, rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_deterministic(backend):
+    x = make((33, 40), torch.float32, seed=1, scale=1.0)
+    w = make((24, 40), torch.float32, seed=2, scale=1.0)
+    b = make((24,), torch.float32, seed=3, scale=1.0)
+    g = make((33, 24), torch.float32, seed=4, scale=1.0)
+    grads = []
+    with fastops.use_backend(backend):
+        for _ in range(10):
+            ts = [t.clone().requires_grad_() for t in (x, w, b)]
+            F.linear(*ts, activation="gelu").backward(g)
+            grads.append([t.grad for t in ts])
+    for run in grads[1:]:
+        for got, first in zip(run, grads[0]):
+            assert torch.equal(got, first)
+
+
+def test_cpu_thread_count_does_not_change_bits():
+    a = make((300, 257), torch.float32, seed=1, scale=1.0)
+    b = make((257, 301), torch.float32, seed=2, scale=1.0)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(_ext.C.gemm(a, b))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_isa_paths(isa):
+    """The AVX2 and SSE micro-kernels (picked once per process, so in a child process)."""
+    code = (
+        "import torch, fastops\n"
+        "from fastops import _ext\n"
+        "assert _ext.C.build_meta()['cpu_isa'] == %r\n"
+        "for dt in (torch.float32, torch.bfloat16, torch.float16):\n"
+        "    a = torch.randn(37, 45).to(dt); b = torch.randn(45, 19).to(dt); bias = torch.randn(19).to(dt)\n"
+        "    c = _ext.C.gemm(a, b.t().contiguous().t(), bias, 4)\n"
+        "    ref = torch.nn.functional.silu(a.double() @ b.double() + bias.double())\n"
+        "    err = (c.double() - ref).abs().max().item()\n"
+        "    assert err < (1e-4 if dt == torch.float32 else 0.1), (dt, err)\n" % isa)
+    env = dict(os.environ, FASTOPS_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_gemm_out_beta_alpha_strided(out_dtype):
+    """The binding's in-place form: out = act(alpha a b + beta out + bias) into a strided view."""
+    a = make((9, 11), torch.bfloat16, seed=1, scale=1.0)
+    b = make((11, 7), torch.bfloat16, seed=2, scale=1.0)
+    base = make((7, 9), out_dtype, seed=3, scale=1.0)
+    out = base.t()  # column-major output
+    bias = make((9,), out_dtype, seed=4, scale=1.0)
+    ref = 0.5 * (a.double() @ b.double()) + 2.0 * out.double() + bias.double()[:, None]
+    _ext.C.gemm_out(a, b, out, bias, 1, alpha=0.5, beta=2.0, bias_per_row=True)
+    assert_close(out, torch.relu(ref), out_dtype, reduction=11)
+    # beta == 0 never reads C: NaN there must not leak
+    out2 = torch.full((9, 7), float("nan"), dtype=out_dtype)
+    _ext.C.gemm_out(a, b, out2)
+    assert_close(out2, a.double() @ b.double(), out_dtype, reduction=11)
+
+
+def test_opcheck():
+    a = make((5, 7), torch.float32, seed=1)
+    b = make((2, 7, 3), torch.float32, seed=2)
+    x = make((2, 4, 7), torch.float32, seed=3)
+    w = make((6, 7), torch.float32, seed=4)
+    bias = make((6,), torch.float32, seed=5)
+    for backend in BACKENDS:
+        torch.library.opcheck(mm.matmul_op, (a, b, backend))
+        torch.library.opcheck(mm.linear_op, (x, w, bias, 2, True, backend))
+        torch.library.opcheck(mm.linear_op, (x, w, None, 1, False, backend))
+
+
+def test_gradcheck_float64():
+    """The autograd formulas in float64 (through the torch kernel: no float64 kernel path)."""
+    a = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b: mm.matmul_op(a, b, "torch"), (a, b))
+    b3 = torch.randn(1, 4, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b: mm.matmul_op(a, b, "torch"), (a, b3))
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    for act in range(5):
+        torch.autograd.gradcheck(lambda x, w, b: mm.linear_op(x, w, b, act, True, "torch")[0], (a, w, bias))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_compile_fullgraph(backend):
+    x = make((6, 7), torch.float32, seed=1, scale=1.0).requires_grad_()
+    w = make((5, 7), torch.float32, seed=2, scale=1.0).requires_grad_()
+    b = make((7, 3), torch.float32, seed=3, scale=1.0)
+
+    def f(x, w, b):
+        return (F.matmul(F.linear(x, w, None, "silu"), b[:5])).sum()
+
+    with fastops.use_backend(backend):
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+        out = compiled(x, w, b)
+        out.backward()
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = (torch.nn.functional.silu(xr @ wr.t()) @ b[:5].double()).sum()
+    ref.backward()
+    assert_close(out, ref, torch.float32, reduction=64)
+    assert_close(x.grad, xr.grad, torch.float32, reduction=64)
+    assert_close(w.grad, wr.grad, torch.float32, reduction=64)
+
+
+def test_errors():
+    a = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        F.matmul(a, torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.matmul(a, torch.randn(3, 5, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="at least 1D"):
+        F.matmul(torch.tensor(1.0), torch.randn(3))
+    with pytest.raises(RuntimeError, match="in_features"):
+        F.linear(a, torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        F.linear(a, torch.randn(4, 3), torch.randn(5))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(a, torch.randn(4, 3, dtype=torch.float16))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        F.linear(a, torch.randn(4, 3), activation="tanh")
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        F.matmul(a, [1.0])
+    # the binding itself (direct calls from Python)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        _ext.C.gemm(a, torch.randn(4, 5))
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        _ext.C.gemm(a.double(), torch.randn(3, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="activation must be in"):
+        _ext.C.gemm(a, torch.randn(3, 5), None, 9)
+    with pytest.raises(RuntimeError, match="out must have shape"):
+        _ext.C.gemm_out(a, torch.randn(3, 5), torch.empty(2, 4))
+
+
+def test_float64_falls_back_to_torch():
+    a = torch.randn(3, 4, dtype=torch.float64)
+    b = torch.randn(4, 2, dtype=torch.float64)
+    with fastops.use_backend("cpu"):
+        c = F.matmul(a, b)
+    assert torch.allclose(c, a @ b)
+    assert "fallback to torch" in fastops.explain()
+
+
+def test_enable_routes_aten_ops():
+    a = make((9, 20), torch.float32, seed=1, scale=1.0)
+    w = make((7, 20), torch.float32, seed=2, scale=1.0)
+    bias = make((7,), torch.float32, seed=3, scale=1.0)
+    lin = torch.nn.Linear(20, 7)
+    with fastops.enable(include="matmul"):
+        _dispatch.clear_history()
+        c = torch.mm(a, w.t())
+        assert _ran("matmul") == "cpu", fastops.explain()
+        y = torch.nn.functional.linear(a, w, bias)
+        assert _ran("linear") == "cpu", fastops.explain()
+        z = torch.bmm(a[None], w.t()[None])
+        out = lin(a)
+    assert_close(c, a.double() @ w.double().t(), torch.float32, reduction=20)
+    assert_close(y, a.double() @ w.double().t() + bias.double(), torch.float32, reduction=20)
+    assert_close(z[0], a.double() @ w.double().t(), torch.float32, reduction=20)
+    assert_close(out, torch.nn.functional.linear(a.double(), lin.weight.double(), lin.bias.double()),
+                 torch.float32, reduction=20)
+
+
+def test_nn_linear_and_patch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x = torch.randn(5, 12)
+    ref = model(x)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    fastops.patch(model)
+    assert isinstance(model[0], fastops.nn.Linear)
+    _dispatch.clear_history()
+    out = model(x)
+    assert _ran("linear") == "cpu", fastops.explain()
+    assert_close(out, ref.double(), torch.float32, reduction=16)
+    assert model.state_dict().keys() == sd.keys()
+    fastops.unpatch(model)
+    assert type(model[0]) is torch.nn.Linear
+
+    fused = fastops.nn.Linear(12, 16, activation="gelu")
+    fused.load_state_dict(torch.nn.Linear(12, 16).state_dict())
+    y = fused(x)
+    assert_close(y, torch.nn.functional.gelu(torch.nn.functional.linear(
+        x.double(), fused.weight.double(), fused.bias.double())), torch.float32, reduction=16)
+    assert "activation='gelu'" in repr(fused)
+    with pytest.raises(ValueError):
+        fastops.nn.Linear(2, 3, activation="elu")
+
+
+def test_auto_sends_tiny_calls_to_torch():
+    _dispatch.set_crossovers_enabled(True)
+    x = torch.randn(1, 64)
+    w = torch.randn(64, 64)
+    F.linear(x, w)
+    assert "linear: torch" in fastops.explain()
+
+
+def test_triton_large_strides_use_64bit_offsets():
+    """A row stride of 2^23 elements: stride x block passes 2^31, so the kernel's in-tile offsets
+    switch to 64 bits (OFF64)."""
+    big = torch.zeros(3, 1 << 23, dtype=torch.float16)
+    big[:, :9] = make((3, 9), torch.float16, seed=1, scale=1.0)
+    a = big[:, :9]
+    b = make((9, 5), torch.float16, seed=2, scale=1.0)
+    with fastops.use_backend("triton"):
+        c = F.matmul(a, b)
+    assert_close(c, a.double() @ b.double(), torch.float16, reduction=9)
