@@ -91,25 +91,36 @@ class _State:
         self.library: Optional[torch.library.Library] = None
 
     def apply(self) -> None:
-        if self.library is not None:
+        """Registers every override when the first scope opens and removes them when the last
+        one closes; in between each override asks the innermost scope whether its family is on.
+        Scopes opening and closing (in any thread) therefore never touch torch's dispatch table
+        while another scope is active, so no call can be in flight in a kernel being removed."""
+        _dispatch.set_enable_strict(bool(self.stack) and self.stack[-1].strict)
+        if self.stack and self.library is None:
+            self.library = torch.library.Library("aten", "IMPL")
+            for ov in _OVERRIDES:
+                for key in DISPATCH_KEYS:
+                    original = _boxed_original(ov.aten, key, ov.composite)
+                    if original is not None:
+                        self.library.impl(ov.aten.split("::")[1], _bind(ov, original), key)
+        elif not self.stack and self.library is not None:
             self.library._destroy()
             self.library = None
-        _dispatch.set_enable_strict(bool(self.stack) and self.stack[-1].strict)
-        if not self.stack:
-            return
-        top = self.stack[-1]
-        self.library = torch.library.Library("aten", "IMPL")
-        for ov in _OVERRIDES:
-            if ov.family not in top.families:
-                continue
-            for key in DISPATCH_KEYS:
-                original = _boxed_original(ov.aten, key, ov.composite)
-                if original is not None:
-                    self.library.impl(ov.aten.split("::")[1], _bind(ov.handler, original), key)
+
+    def family_on(self, family: str) -> bool:
+        stack = self.stack
+        try:
+            return family in stack[-1].families
+        except IndexError:  # the last scope closed while this call was on its way
+            return False
 
 
-def _bind(handler, original):
-    return lambda *args, **kwargs: handler(original, *args, **kwargs)  # kwargs: keyword-only aten args
+def _bind(ov: Override, original):
+    def run(*args, **kwargs):  # kwargs: keyword-only aten args
+        if _state.family_on(ov.family):
+            return ov.handler(original, *args, **kwargs)
+        return original(*args, **kwargs)
+    return run
 
 
 _state = _State()

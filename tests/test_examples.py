@@ -13,11 +13,12 @@ LINE = re.compile(r"^(torch|fastops)\s+first loss (\S+)\s+last loss (\S+)", re.M
 
 # example -> (extra arguments for a short run, ops whose fastops kernel must have run)
 EXAMPLES = {
-    "mlp.py": (["--steps", "20"], ["adam_step"]),
-    "cnn_digits.py": (["--steps", "20"], ["adam_step"]),
-    "char_lstm.py": (["--steps", "20", "--text-bytes", "50000"], ["adam_step"]),
+    "linear_regression.py": (["--steps", "20"], ["linear"]),
+    "mlp.py": (["--steps", "20"], ["adam_step", "linear"]),
+    "cnn_digits.py": (["--steps", "20"], ["adam_step", "linear"]),
+    "char_lstm.py": (["--steps", "20", "--text-bytes", "50000"], ["adam_step", "linear", "rnn_layer"]),
     "tiny_transformer.py": (["--steps", "20", "--text-bytes", "50000", "--seq", "64"],
-                            ["adam_step", "sdpa_forward", "sdpa_backward"]),
+                            ["adam_step", "linear", "sdpa_forward", "sdpa_backward"]),
 }
 
 

@@ -8,7 +8,7 @@ Every backend implements one kernel, gemm(a, b, bias, act) -> act(a @ b + bias) 
 operands whose batch is equal or 1 (read through their strides: a transposed view such as
 weight.t() is never copied), float32 accumulation, the output in the inputs' dtype:
 cpu = fastops._C.gemm (csrc/cpu/gemm.cpp), triton = fastops/triton/matmul.py, torch = the
-reference; cuda = fastops._C.gemm on CUDA tensors (csrc/cuda/matmul.cu) once that file lands.
+reference; cuda = fastops._C.gemm on CUDA tensors (csrc/cuda/matmul.cu, TF32 as torch's allow_tf32 says).
 Batch dims of matmul broadcast as torch's; a 2-D b folds a's batch into its rows.
 
 Backward: dA = dC B^T and dB = A^T dC through fastops::matmul again, summed over broadcast
@@ -157,9 +157,8 @@ def _gemm_torch(a, b, bias, act):
 # packing the transposed weight costs more than torch's whole GEMV-like call).
 CROSSOVER = {"cpu": 1 << 18, "cpu:bfloat16": 1 << 20}
 
-# "cuda": _gemm_c goes here, first in auto's order, once csrc/cuda/matmul.cu (fastops::cuda::gemm)
-# is in the build: until then the name would not link.
-_KERNELS = {"triton": _gemm_triton, "cpu": _gemm_c, "torch": _gemm_torch}
+# cuda and cpu are the same binding: it runs fastops::cuda::gemm (csrc/cuda/matmul.cu) on CUDA tensors.
+_KERNELS = {"cuda": _gemm_c, "triton": _gemm_triton, "cpu": _gemm_c, "torch": _gemm_torch}
 _dispatch.register_op("matmul", FAMILY, dict(_KERNELS), crossover=CROSSOVER)
 _dispatch.register_op("linear", FAMILY, dict(_KERNELS), crossover=CROSSOVER)
 
