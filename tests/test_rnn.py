@@ -382,7 +382,11 @@ def test_step_bindings_in_the_gpu_loop(mode):
     g_cpu = R._backward_cpu(dy, dh, dc, *args, y, saved, c_all, mode, True)
     g_loop = R._loop_backward("cuda", dy, dh, dc, *args, y, saved, c_all, mode, True)
     for a, b in zip(g_cpu, g_loop):
-        assert_close(a, b.double(), torch.float32, reduction=512)
+        # two float32 implementations summing in different orders (C++ layer GEMMs vs per-step torch
+        # GEMMs): the rounding follows the largest magnitude in the tensor (relu gradients reach ~150
+        # here), so the absolute term is ~8 ulp of that, not of each element
+        scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+        torch.testing.assert_close(a.double(), b.double(), rtol=1.3e-6, atol=1e-6 * scale, equal_nan=True)
 
 
 def test_compile_module_fullgraph():

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from fastops import _dispatch, _ext
-from fastops.triton import rnn as _ref  # the torch references and mode constants (no launch at import)
+from fastops.ops import rnn_reference as _ref  # the torch references and mode constants
 
 FAMILY = "rnn"
 TANH, RELU, LSTM, GRU = 0, 1, 2, 3
