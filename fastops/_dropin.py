@@ -23,17 +23,24 @@ class Override:
     family: str
     aten: str
     handler: Callable
-    composite: bool = False  # the op has only a CompositeExplicitAutograd kernel (aten::convolution)
+    composite: bool = False  # the op has only a composite kernel (aten::convolution, aten::sdpa)
+    keys: tuple = DISPATCH_KEYS
 
 
 _OVERRIDES: list[Override] = []
 _MODULES: dict[str, dict[type, type]] = {}  # family -> {torch class: fastops class}
 
 
-def register_override(family: str, aten: str, handler: Callable, composite: bool = False) -> None:
-    """composite: torch's kernel of `aten` is its CompositeExplicitAutograd one (no per-device
-    kernel); the override is then registered for each device key and falls back to that kernel."""
-    _OVERRIDES.append(Override(family, aten, handler, composite))
+def register_override(family: str, aten: str, handler: Callable, composite: bool = False,
+                      keys: tuple = DISPATCH_KEYS) -> None:
+    """composite: torch's kernel of `aten` is a composite one (no per-device kernel); the
+    override is then registered for each of `keys` and falls back to that kernel. keys: the
+    dispatch keys to override; "AutogradCPU"/"AutogradCUDA" put the handler above autograd
+    (for a CompositeImplicitAutograd op whose handler runs autograd-aware fastops code)."""
+    taken = next((ov.family for ov in _OVERRIDES if ov.aten == aten), None)
+    if taken is not None:
+        raise RuntimeError(f"fastops: {aten} is already overridden by the {taken!r} family")
+    _OVERRIDES.append(Override(family, aten, handler, composite, tuple(keys)))
 
 
 def register_module(family: str, torch_cls: type, fastops_cls: type) -> None:
@@ -88,24 +95,30 @@ class _State:
     def __init__(self):
         self.lock = threading.RLock()
         self.stack: list[Enabled] = []
-        self.library: Optional[torch.library.Library] = None
+        self.libraries: dict[str, torch.library.Library] = {}  # family -> its registered overrides
 
     def apply(self) -> None:
-        """Registers every override when the first scope opens and removes them when the last
-        one closes; in between each override asks the innermost scope whether its family is on.
-        Scopes opening and closing (in any thread) therefore never touch torch's dispatch table
-        while another scope is active, so no call can be in flight in a kernel being removed."""
+        """Registers a family's overrides when the first scope naming it opens and removes all of
+        them when the last scope closes; in between each override asks the innermost scope
+        whether its family is on. Only the union of the families named since the stack was last
+        empty costs a Python hop, and scopes opening and closing (in any thread) never remove a
+        kernel while a scope is active, so no call can be in flight in a kernel being removed."""
         _dispatch.set_enable_strict(bool(self.stack) and self.stack[-1].strict)
-        if self.stack and self.library is None:
-            self.library = torch.library.Library("aten", "IMPL")
+        if not self.stack:
+            for library in self.libraries.values():
+                library._destroy()
+            self.libraries.clear()
+            return
+        for family in sorted(set().union(*(scope.families for scope in self.stack)) - set(self.libraries)):
+            library = torch.library.Library("aten", "IMPL")
             for ov in _OVERRIDES:
-                for key in DISPATCH_KEYS:
+                if ov.family != family:
+                    continue
+                for key in ov.keys:
                     original = _boxed_original(ov.aten, key, ov.composite)
                     if original is not None:
-                        self.library.impl(ov.aten.split("::")[1], _bind(ov, original), key)
-        elif not self.stack and self.library is not None:
-            self.library._destroy()
-            self.library = None
+                        library.impl(ov.aten.split("::")[1], _bind(ov, original), key)
+            self.libraries[family] = library
 
     def family_on(self, family: str) -> bool:
         stack = self.stack
@@ -115,11 +128,23 @@ class _State:
             return False
 
 
+_inside = threading.local()  # the aten ops whose fastops handler is running in this thread
+
+
 def _bind(ov: Override, original):
     def run(*args, **kwargs):  # kwargs: keyword-only aten args
-        if _state.family_on(ov.family):
+        active = getattr(_inside, "ops", None)
+        if active is None:
+            active = _inside.ops = set()
+        # a handler that falls back through torch's public API re-enters its own aten op: torch's
+        # kernel serves that inner call
+        if ov.aten in active or not _state.family_on(ov.family):
+            return original(*args, **kwargs)
+        active.add(ov.aten)
+        try:
             return ov.handler(original, *args, **kwargs)
-        return original(*args, **kwargs)
+        finally:
+            active.discard(ov.aten)
     return run
 
 

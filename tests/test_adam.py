@@ -176,6 +176,20 @@ def test_param_without_grad_is_untouched_and_has_no_state():
     assert torch.equal(q.detach(), q0) and q not in opt.state and float(opt.state[p]["step"]) == 1
 
 
+def test_eager_step_bumps_version_counters_like_an_inplace_op():
+    """The eager step skips the custom-op wrapper; autograd must still see the in-place update of
+    params and moments (a graph that saved a param before the step must refuse to backward)."""
+    p = torch.randn(5, requires_grad=True)
+    y = (p * p).sum()  # saves p
+    p.grad = torch.randn(5)
+    opt = fastops.optim.Adam([p])
+    before = p._version
+    opt.step()
+    assert p._version > before and opt.state[p]["exp_avg"]._version > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
 def test_training_losses_match_torch():
     """A small MLP trained twice from one seed, torch.optim.AdamW then fastops.optim.AdamW:
     per-step losses agree (float32)."""

@@ -125,6 +125,36 @@ def test_enable_nests_and_restores_the_outer_scope():
     assert _dropin.enabled_families() == frozenset()
 
 
+def _fastops_kernel_on(aten: str, key: str) -> bool:
+    """Whether a Python (fastops) kernel is registered for `aten` at dispatch key `key`."""
+    table = torch._C._dispatch_dump(aten)
+    return any(line.startswith(key + ":") and "_dropin.py" in line
+               for line in table.splitlines())
+
+
+def test_enable_registers_only_the_families_its_scopes_name():
+    """Ops of families no scope asked for keep torch's kernel: no Python hop on aten::mm under
+    enable(include=["softmax"]); a scope naming matmul adds it; the last scope leaving removes all."""
+    assert not _fastops_kernel_on("aten::mm", "CPU")
+    with fastops.enable(include=["softmax"]):
+        assert _fastops_kernel_on("aten::_softmax", "CPU")
+        assert not _fastops_kernel_on("aten::mm", "CPU")
+        with fastops.enable(include=["matmul"]):
+            assert _fastops_kernel_on("aten::mm", "CPU")
+            a, b = torch.randn(70, 90), torch.randn(90, 80)
+            torch.testing.assert_close(a @ b, torch.mm(a, b))
+        torch.testing.assert_close(torch.softmax(a, -1), torch.softmax(a.double(), -1).float())
+    assert not _fastops_kernel_on("aten::mm", "CPU") and not _fastops_kernel_on("aten::_softmax", "CPU")
+
+
+def test_enable_covers_sdpa_on_every_device_above_autograd():
+    """torch's SDPA is overridden at the composite op, on CPU and CUDA, with and without autograd,
+    so torch's own backend choice (flash, efficient, cuDNN, math) never bypasses fastops."""
+    with fastops.enable(include=["attention"]):
+        for key in ("AutogradCPU", "AutogradCUDA", "CPU", "CUDA"):
+            assert _fastops_kernel_on("aten::scaled_dot_product_attention", key), key
+
+
 def test_enable_from_many_threads_is_safe():
     x = torch.randn(64, 300)
     expected = torch.softmax(x, -1)

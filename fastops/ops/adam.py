@@ -176,6 +176,16 @@ def adam_step_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: 
                beta2: float, weight_decay: float, eps: float, amsgrad: bool, maximize: bool,
                decoupled: bool, grad_scale: Optional[torch.Tensor], found_inf: Optional[torch.Tensor],
                backend: str) -> None:
+    adam_step_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr, beta1,
+                     beta2, weight_decay, eps, amsgrad, maximize, decoupled, grad_scale, found_inf, backend)
+
+
+def adam_step_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
+                     beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled, grad_scale, found_inf,
+                     backend) -> None:
+    """The op's body: checks, backend choice, kernel. Eager callers with no graph to record (an
+    optimizer step) call it directly and skip the custom op's per-call cost, which dominates a
+    step over a few small tensors; they then bump the version counters themselves."""
     check_lists(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, amsgrad)
     if not params:
         return
@@ -184,6 +194,13 @@ def adam_step_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: 
             bool(maximize), bool(decoupled), grad_scale, found_inf)
     choice = _dispatch.select(OP, params[0], *args, backend=None if backend == "auto" else backend)
     choice.kernel.fn(*args)
+
+
+def adam_step_eager(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, *rest) -> None:
+    """fastops::adam_step_ without the custom-op wrapper, for eager code outside torch.compile: the
+    same kernel, and the version counters of every mutated tensor bumped as the op would."""
+    adam_step_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, *rest)
+    torch._C._increment_version([*params, *grads, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs, *master_params])
 
 
 @adam_step_.register_fake

@@ -409,35 +409,14 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 
 # ---- aten overrides for fastops.enable() --------------------------------------------------------
 
-def _aten_flash_cpu(original, q, k, v, dropout_p=0.0, is_causal=False, attn_mask=None, scale=None):
-    if dropout_p > 0.0 or q.dim() != 4:
-        # torch's backward regenerates torch's dropout mask: keep both halves torch's
-        _dispatch.fallback("sdpa_forward", q, "dropout_p > 0 or non 4-D input in the aten op")
-        return original(q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
-    prep = prepare(q, k, v, attn_mask, is_causal, scale, True)
-    args = (prep.q4, prep.k4, prep.v4, prep.mask4, bool(is_causal), prep.scale, 0.0, 0)
-    choice = _dispatch.select("sdpa_forward", *args) if prep.why_torch is None else None
-    if choice is None or choice.kernel.backend == "torch" or q.shape[1] != k.shape[1]:
-        return original(q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
-    out, lse = choice.kernel.fn(*args)
-    # torch's cpu kernel returns out in [N, L, H, Ev] memory order (a transposed view); any strides do
-    return out, lse
+def _aten_sdpa(original, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+               enable_gqa=False):
+    """torch's SDPA op is composite: overriding it above autograd (and below it for inference mode)
+    routes every torch backend choice (flash, efficient, cuDNN, math; CPU and CUDA) through
+    fastops' own op with its own autograd. Fallbacks re-enter the aten op and reach torch."""
+    return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                enable_gqa=enable_gqa)
 
 
-def _aten_flash_cpu_backward(original, grad, q, k, v, out, lse, dropout_p, is_causal, attn_mask=None,
-                             scale=None):
-    # a forward torch ran (lse of a fully masked row is -inf there, +inf here) stays torch's
-    if dropout_p > 0.0 or q.dim() != 4 or q.shape[1] != k.shape[1] or bool(torch.isneginf(lse).any()):
-        return original(grad, q, k, v, out, lse, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
-    prep = prepare(q, k, v, attn_mask, is_causal, scale, True)
-    args = (grad, prep.q4, prep.k4, prep.v4, out, lse, prep.mask4, bool(is_causal), prep.scale, 0.0, 0, False)
-    choice = _dispatch.select("sdpa_backward", *args)
-    if choice.kernel.backend == "torch":
-        return original(grad, q, k, v, out, lse, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
-    dq, dk, dv, _ = choice.kernel.fn(*args)
-    return dq, dk, dv
-
-
-_dropin.register_override(FAMILY, "aten::_scaled_dot_product_flash_attention_for_cpu", _aten_flash_cpu)
-_dropin.register_override(FAMILY, "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
-                          _aten_flash_cpu_backward)
+_dropin.register_override(FAMILY, "aten::scaled_dot_product_attention", _aten_sdpa, composite=True,
+                          keys=("AutogradCPU", "AutogradCUDA", "CPU", "CUDA"))

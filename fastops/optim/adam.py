@@ -38,7 +38,7 @@ try:
 except ImportError:  # torch built without distributed
     DTensor = ()
 
-from fastops.ops import adam as _adam_ops  # noqa: F401  (registers fastops::adam_step_)
+from fastops.ops import adam as _adam_ops
 
 FP32_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -179,7 +179,8 @@ class Adam(torch.optim.Adam):
                 tensors = (b.params, grads, b.exp_avgs, b.exp_avg_sqs, b.max_exp_avg_sqs, b.masters)
                 if b.sharded:
                     tensors = tuple(map(_local, tensors))
-                torch.ops.fastops.adam_step_(
+                step = torch.ops.fastops.adam_step_ if torch.compiler.is_compiling() else _adam_ops.adam_step_eager
+                step(
                     *tensors, b.steps, float(group["lr"]), float(beta1), float(beta2),
                     float(group["weight_decay"]), float(group["eps"]), bool(group["amsgrad"]),
                     bool(group["maximize"]), bool(group["decoupled_weight_decay"]), scale, inf, "auto")
