@@ -8,7 +8,7 @@ eager, percent of the copy bandwidth), the dispatch overhead per call and, per f
 the forward crossover below which torch is faster (the numbers for the op's CROSSOVER table).
 A family is one module of fastops/bench defining FAMILY, registered in FAMILIES.
 
---json writes {"machine", "ceilings", "settings", "dispatch_overhead_us", "crossovers", "rows"};
+--json writes {"machine", "ceilings", "settings", "dispatch_overhead_us", "crossovers", "auto_vs_torch", "rows"};
 a row is one (op, shape, dtype, mode, provider) with ms (median), ms_p20, ms_p80, gbps, tflops
 (None for memory-bound ops), speedup_vs_torch (torch eager ms / ms), pct_of_copy_bandwidth,
 peak_mem_bytes (CUDA: the peak allocated during one call over what was allocated before it;
@@ -99,15 +99,17 @@ def run(args) -> dict:
     report = {"machine": machine.facts(args.device), "ceilings": machine.ceilings(args.device, args.quick),
               "settings": {"ops": args.ops, "quick": args.quick, "repeat": args.repeat,
                            "dtypes": [harness.dtype_name(d) for d in args.dtype]},
-              "dispatch_overhead_us": {}, "crossovers": {}, "rows": []}
+              "dispatch_overhead_us": {}, "crossovers": {}, "auto_vs_torch": {}, "rows": []}
     print(output.header(report["machine"], report["ceilings"]), end="\n\n", flush=True)
     progress = harness.Progress(sum(_steps(f, args) for f in families))
     for family in families:
         shapes, sweep = _sizes(family, args.quick)
         report["dispatch_overhead_us"][family.name] = _overhead(family, args)
         report["rows"] += harness.run_family(family, args.device, args.dtype, shapes, args.repeat, progress)
-        report["crossovers"].update(
-            harness.measure_crossovers(family, args.device, args.dtype, sweep, args.repeat, progress))
+        crossovers, auto_points = harness.measure_crossovers(family, args.device, args.dtype, sweep, args.repeat,
+                                                             progress)
+        report["crossovers"].update(crossovers)
+        report["auto_vs_torch"][family.name] = auto_points
     progress.close()
     harness.add_ratios(report["rows"], report["ceilings"]["copy_gbps"])
     return report
@@ -118,7 +120,8 @@ def print_results(report: dict) -> None:
     print(output.table(report["rows"]), end="\n\n")
     for name, overhead in report["dispatch_overhead_us"].items():
         print("\n".join(output.overhead_lines(name, overhead)))
-    print("\n".join(output.crossover_lines(report["crossovers"])), flush=True)
+    print("\n".join(output.crossover_lines(report["crossovers"])))
+    print("\n".join(output.auto_lines(report["auto_vs_torch"])), flush=True)
 
 
 def main(argv=None) -> int:

@@ -273,9 +273,11 @@ def crossover_numel(points: list[tuple[int, float, float]]) -> Optional[int]:
 def measure_crossovers(family: Family, device: str, dtypes: list, shapes: tuple, repeat: int,
                        progress: Progress) -> dict:
     """Per fastops backend: the forward crossover against torch eager, per dtype and overall (the
-    largest over dtypes; None when torch wins at the top of the sweep for any dtype)."""
+    largest over dtypes; None when torch wins at the top of the sweep for any dtype); and the
+    speedup of fastops[auto] over torch at every shape of the sweep."""
     backends = P.fastops_backends(device, family.kernel_op)
     out = {b: {"elements": None, "per_dtype": {}, "points": []} for b in backends}
+    auto_points = []  # fastops[auto] against torch at every sweep shape (trust goal: >= 0.95x)
     for dtype in dtypes:
         points = {b: [] for b in backends}
         for shape in shapes:
@@ -283,6 +285,9 @@ def measure_crossovers(family: Family, device: str, dtypes: list, shapes: tuple,
             inputs = case.inputs()
             progress.step(f"crossover {case.op} {list(shape)} {dtype_name(dtype)}")
             t = time_call(P.make_call(family.torch_fn, inputs, "fwd"), device, repeat).ms
+            auto_ms = time_call(P.make_call(family.fastops_fn, inputs, "fwd"), device, repeat).ms
+            auto_points.append({"shape": list(shape), "dtype": dtype_name(dtype), "numel": case.numel,
+                                "torch_ms": t, "auto_ms": auto_ms, "ratio": t / auto_ms})
             for b in backends:
                 with P.use(b):
                     ms = time_call(P.make_call(family.fastops_fn, inputs, "fwd"), device, repeat).ms
@@ -294,24 +299,42 @@ def measure_crossovers(family: Family, device: str, dtypes: list, shapes: tuple,
     for b, entry in out.items():
         values = list(entry["per_dtype"].values())
         entry["elements"] = None if None in values or not values else max(values)
-    return {f"{family.kernel_op}[{b}]": entry for b, entry in out.items()}
+    return {f"{family.kernel_op}[{b}]": entry for b, entry in out.items()}, auto_points
 
 
 def measure_overhead(family: Family, device: str, repeat: int) -> dict:
     """Microseconds per call on a tiny tensor: the raw kernel, torch, fastops.functional with the
-    device's compiled backend forced and under auto; and the two fastops calls over the raw one."""
+    device's compiled backend forced and under auto; and the two fastops calls over the raw one.
+
+    The four calls are sampled round-robin (one sample of each per round, OVERHEAD_ROUNDS rounds at
+    least), and an overhead is the median over rounds of (fastops - raw) within a round, so load
+    that comes and goes hits both sides of each difference instead of making it negative."""
     native = P.native_backend(device)
     usable, why = _dispatch.backend_status(native)
     if not usable:
         raise RuntimeError(f"backend {native} is not usable here: {why}")
     case = family.make_case(family.tiny_shape, torch.float32, device)
     inputs = case.inputs()
-    calls = {"raw kernel": (family.raw_fn, None), "torch": (family.torch_fn, None),
+    specs = {"raw kernel": (family.raw_fn, None), "torch": (family.torch_fn, None),
              f"fastops[{native}]": (family.fastops_fn, native), "fastops[auto]": (family.fastops_fn, "auto")}
-    per_call = {}
-    for name, (fn, backend) in calls.items():
+    calls, sizes = {}, {}
+    for name, (fn, backend) in specs.items():
+        calls[name] = P.make_call(fn, inputs, "fwd")
         with P.use(backend):
-            per_call[name] = time_call(P.make_call(fn, inputs, "fwd"), device, repeat).ms * 1e3
-    raw = per_call["raw kernel"]
-    return {"shape": list(family.tiny_shape), "dtype": "float32", "per_call_us": per_call,
-            "over_raw_us": {n: per_call[n] - raw for n in (f"fastops[{native}]", "fastops[auto]")}}
+            sizes[name] = calls_per_sample(calls[name], device)
+    samples = {name: [] for name in calls}
+    for _ in range(max(repeat, OVERHEAD_ROUNDS)):
+        for name, call in calls.items():
+            with P.use(specs[name][1]):
+                samples[name].append(elapsed_s(call, sizes[name], device) / sizes[name] * 1e6)
+    per_call = {name: _median(v) for name, v in samples.items()}
+    raw = samples["raw kernel"]
+    over = {n: _median([a - b for a, b in zip(samples[n], raw)]) for n in (f"fastops[{native}]", "fastops[auto]")}
+    return {"shape": list(family.tiny_shape), "dtype": "float32", "per_call_us": per_call, "over_raw_us": over}
+
+
+OVERHEAD_ROUNDS = 15
+
+
+def _median(values: list) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).median())

@@ -88,6 +88,24 @@ def crossover_lines(crossovers: dict) -> list[str]:
     return lines
 
 
+def auto_lines(auto_vs_torch: dict) -> list[str]:
+    """fastops[auto] over torch across the sweep: the worst shape per dtype (goal: >= 0.95x)."""
+    lines = []
+    for op, points in auto_vs_torch.items():
+        lines += _auto_lines(op, points)
+    return lines
+
+
+def _auto_lines(op: str, points: list[dict]) -> list[str]:
+    lines = []
+    for dtype in dict.fromkeys(p["dtype"] for p in points):
+        mine = [p for p in points if p["dtype"] == dtype]
+        worst = min(mine, key=lambda p: p["ratio"])
+        lines.append(f"{op}: fastops[auto] vs torch over the sweep, {dtype}: slowest {worst['ratio']:.2f}x at "
+                     f"{worst['shape']} (goal >= 0.95x); " + ", ".join(f"{p['shape']} {p['ratio']:.2f}x" for p in mine))
+    return lines
+
+
 def write_json(path: str, report: dict) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
