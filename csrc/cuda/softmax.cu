@@ -51,6 +51,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "fastops/macros.h"
 #include "fastops/math/softmax.h"
@@ -626,12 +627,19 @@ constexpr int max_vec() {
   return kMaxVecBytes / static_cast<int>(sizeof(T));
 }
 
-// Short rows padded to kCap = next_pow2(dim) elements.
+// Short rows padded to kCap = next_pow2(dim) elements: kLanes lanes of a warp hold kCols elements
+// each, loaded kVec at a time.
+template <typename T, int kCap>
+struct WarpRowShape {
+  static constexpr int kLanes = kCap < kWarpSize ? kCap : kWarpSize;
+  static constexpr int kCols = kCap / kLanes;
+  static constexpr int kVec = kCols < max_vec<T>() ? kCols : max_vec<T>();
+};
+
 template <typename T, int kCap>
 int launch_warp_forward(const SoftmaxParams& p, cudaStream_t stream) {
-  constexpr int kLanes = kCap < kWarpSize ? kCap : kWarpSize;
-  constexpr int kCols = kCap / kLanes;
-  constexpr int kVec = kCols < max_vec<T>() ? kCols : max_vec<T>();
+  using S = WarpRowShape<T, kCap>;
+  constexpr int kLanes = S::kLanes, kCols = S::kCols, kVec = S::kVec;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   const int dim = static_cast<int>(p.dim);
@@ -645,9 +653,8 @@ int launch_warp_forward(const SoftmaxParams& p, cudaStream_t stream) {
 
 template <typename T, int kCap>
 int launch_warp_backward(const SoftmaxBackwardParams& p, cudaStream_t stream) {
-  constexpr int kLanes = kCap < kWarpSize ? kCap : kWarpSize;
-  constexpr int kCols = kCap / kLanes;
-  constexpr int kVec = kCols < max_vec<T>() ? kCols : max_vec<T>();
+  using S = WarpRowShape<T, kCap>;
+  constexpr int kLanes = S::kLanes, kCols = S::kCols, kVec = S::kVec;
   const T* dy = static_cast<const T*>(p.dy);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
@@ -712,43 +719,39 @@ int launch_column_backward(const SoftmaxBackwardParams& p, cudaStream_t stream) 
   return launch_status();
 }
 
+// The short-row bucket: launch(std::integral_constant<int, kCap>{}) with kCap = next_pow2(dim),
+// dim <= kMaxWarpRowDim.
+template <typename Launch>
+int with_row_capacity(int64_t dim, Launch&& launch) {
+  static_assert(kMaxWarpRowDim == 1024, "the cases below stop at 1024");
+  switch (ceil_log2(dim)) {
+    case 0: return launch(std::integral_constant<int, 1>{});
+    case 1: return launch(std::integral_constant<int, 2>{});
+    case 2: return launch(std::integral_constant<int, 4>{});
+    case 3: return launch(std::integral_constant<int, 8>{});
+    case 4: return launch(std::integral_constant<int, 16>{});
+    case 5: return launch(std::integral_constant<int, 32>{});
+    case 6: return launch(std::integral_constant<int, 64>{});
+    case 7: return launch(std::integral_constant<int, 128>{});
+    case 8: return launch(std::integral_constant<int, 256>{});
+    case 9: return launch(std::integral_constant<int, 512>{});
+    default: return launch(std::integral_constant<int, 1024>{});
+  }
+}
+
 // Second dispatch level: kernel family, then the short-row bucket.
 template <typename T>
 int forward_typed(const SoftmaxParams& p, cudaStream_t stream) {
   if (p.inner > 1) return launch_column_forward<T>(p, stream);
   if (p.dim > kMaxWarpRowDim) return launch_block_forward<T>(p, stream);
-  switch (ceil_log2(p.dim)) {
-    case 0: return launch_warp_forward<T, 1>(p, stream);
-    case 1: return launch_warp_forward<T, 2>(p, stream);
-    case 2: return launch_warp_forward<T, 4>(p, stream);
-    case 3: return launch_warp_forward<T, 8>(p, stream);
-    case 4: return launch_warp_forward<T, 16>(p, stream);
-    case 5: return launch_warp_forward<T, 32>(p, stream);
-    case 6: return launch_warp_forward<T, 64>(p, stream);
-    case 7: return launch_warp_forward<T, 128>(p, stream);
-    case 8: return launch_warp_forward<T, 256>(p, stream);
-    case 9: return launch_warp_forward<T, 512>(p, stream);
-    default: return launch_warp_forward<T, 1024>(p, stream);
-  }
+  return with_row_capacity(p.dim, [&](auto cap) { return launch_warp_forward<T, decltype(cap)::value>(p, stream); });
 }
 
 template <typename T>
 int backward_typed(const SoftmaxBackwardParams& p, cudaStream_t stream) {
   if (p.inner > 1) return launch_column_backward<T>(p, stream);
   if (p.dim > kMaxWarpRowDim) return launch_block_backward<T>(p, stream);
-  switch (ceil_log2(p.dim)) {
-    case 0: return launch_warp_backward<T, 1>(p, stream);
-    case 1: return launch_warp_backward<T, 2>(p, stream);
-    case 2: return launch_warp_backward<T, 4>(p, stream);
-    case 3: return launch_warp_backward<T, 8>(p, stream);
-    case 4: return launch_warp_backward<T, 16>(p, stream);
-    case 5: return launch_warp_backward<T, 32>(p, stream);
-    case 6: return launch_warp_backward<T, 64>(p, stream);
-    case 7: return launch_warp_backward<T, 128>(p, stream);
-    case 8: return launch_warp_backward<T, 256>(p, stream);
-    case 9: return launch_warp_backward<T, 512>(p, stream);
-    default: return launch_warp_backward<T, 1024>(p, stream);
-  }
+  return with_row_capacity(p.dim, [&](auto cap) { return launch_warp_backward<T, decltype(cap)::value>(p, stream); });
 }
 
 bool is_empty(int64_t outer, int64_t dim, int64_t inner) {
