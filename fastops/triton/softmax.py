@@ -127,12 +127,10 @@ def _rescale(old_max, new_max):
     return tl.exp(old_max - tl.where(new_max == float("-inf"), 0.0, new_max))
 
 
-@triton.autotune(configs=_tuned(_onepass_configs()), key=["dim", "inner"],
-                 prune_configs_by={"early_config_prune": _keep_onepass})
 @triton.jit
-def _softmax_fwd_onepass_kernel(x_ptr, y_ptr, n_rows, dim, inner,
-                                BLOCK_D: tl.constexpr, ROWS: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    """ROWS rows per program, each row whole in registers (dim <= BLOCK_D)."""
+def _onepass_tile(n_rows, dim, inner, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """This program's [ROWS, BLOCK_D] tile of whole rows: element offsets, the load mask (columns
+    in the row) and the store mask (also rows that exist)."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     store_rows = rows < n_rows
     rows = tl.minimum(rows, n_rows - 1)  # padding rows re-read the last row, never stored
@@ -140,7 +138,16 @@ def _softmax_fwd_onepass_kernel(x_ptr, y_ptr, n_rows, dim, inner,
     offs = (_row_base(rows, dim, inner, CONTIGUOUS)[:, None]
             + _col_offset(cols, inner, CONTIGUOUS)[None, :])
     mask = (cols < dim)[None, :]
-    store_mask = store_rows[:, None] & mask
+    return offs, mask, store_rows[:, None] & mask
+
+
+@triton.autotune(configs=_tuned(_onepass_configs()), key=["dim", "inner"],
+                 prune_configs_by={"early_config_prune": _keep_onepass})
+@triton.jit
+def _softmax_fwd_onepass_kernel(x_ptr, y_ptr, n_rows, dim, inner,
+                                BLOCK_D: tl.constexpr, ROWS: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """ROWS rows per program, each row whole in registers (dim <= BLOCK_D)."""
+    offs, mask, store_mask = _onepass_tile(n_rows, dim, inner, BLOCK_D, ROWS, CONTIGUOUS)
     x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
     # NaN need not win the max: exp(NaN - m) makes the row sum NaN, hence the whole row.
     row_max = tl.max(x, axis=1)
@@ -187,14 +194,7 @@ def _softmax_fwd_looped_kernel(x_ptr, y_ptr, dim, inner,
 def _softmax_bwd_onepass_kernel(dy_ptr, y_ptr, dx_ptr, n_rows, dim, inner,
                                 BLOCK_D: tl.constexpr, ROWS: tl.constexpr, CONTIGUOUS: tl.constexpr):
     """dx = y * (dy - sum(dy * y)), ROWS whole rows per program."""
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    store_rows = rows < n_rows
-    rows = tl.minimum(rows, n_rows - 1)  # padding rows re-read the last row, never stored
-    cols = tl.arange(0, BLOCK_D)
-    offs = (_row_base(rows, dim, inner, CONTIGUOUS)[:, None]
-            + _col_offset(cols, inner, CONTIGUOUS)[None, :])
-    mask = (cols < dim)[None, :]
-    store_mask = store_rows[:, None] & mask
+    offs, mask, store_mask = _onepass_tile(n_rows, dim, inner, BLOCK_D, ROWS, CONTIGUOUS)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dot = tl.sum(dy * y, axis=1)
