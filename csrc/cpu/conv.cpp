@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -211,6 +212,21 @@ GemmParams base_gemm(const Conv2dShape& s) {
 
 int64_t block_of(int64_t K, int64_t total) { return std::max<int64_t>(1, std::min(total, kPanelElems / K)); }
 
+// Rows (output pixels) per block when every thread packs and multiplies its own blocks: at least
+// kMinBlockRows so the GEMM's B packing (og x K per call) stays small against its 2 rows og K
+// flops, at most what keeps the panel near kPanelElems, and a block count that is a multiple of
+// the thread count so the threads finish together.
+int64_t thread_block_rows(const Conv2dShape& s, int64_t M) {
+  constexpr int64_t kMinBlockRows = 256;
+  const int64_t threads = omp_get_max_threads();
+  const int64_t target = std::max(kMinBlockRows, kPanelElems / std::max<int64_t>(s.k(), 1));
+  int64_t blocks = (M + target - 1) / target;
+  if (blocks * s.groups < threads) blocks = (threads + s.groups - 1) / s.groups;
+  const int64_t per_round = threads / std::gcd(threads, s.groups);  // blocks * groups % threads == 0
+  blocks = (blocks + per_round - 1) / per_round * per_round;
+  return std::max<int64_t>(1, (M + blocks - 1) / blocks);
+}
+
 // The blocks every GEMM-path pass walks, in one fixed order (the wgrad sums follow it).
 // NHWC: fn(m0, rows, g, panel) per block of pixels m0 .. m0 + rows (over N HO WO) and group g;
 // NCHW: fn(n, p0, cols, g, panel) per block of pixels p0 .. p0 + cols of image n and group g.
@@ -272,14 +288,26 @@ void forward_gemm(const Conv2dForwardParams& p) {
       }
       return;
     }
-    for_each_block_nhwc(s, x, [&](int64_t m0, int64_t rows, int64_t g, const T* panel) {
-      gp.m = rows;
-      gp.a = {panel, 0, K, 1};
-      gp.b.ptr = w + g * og * K;
-      gp.c = y + m0 * s.o + g * og;
-      gp.bias = bias ? bias + g * og : nullptr;
-      gemm(gp);
-    });
+    // One parallel region: each thread packs its blocks and runs a one-thread GEMM on each (no
+    // barrier per block); outputs of different blocks are disjoint, so any split is exact.
+    const int64_t mb = thread_block_rows(s, M);
+    const int64_t blocks = (M + mb - 1) / mb;
+#pragma omp parallel
+    {
+      std::vector<T> panel(mb * K);
+      GemmParams tp = gp;
+#pragma omp for schedule(static)
+      for (int64_t bg = 0; bg < blocks * s.groups; ++bg) {
+        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
+        pack_nhwc(s, x, g, m0, rows, panel.data());
+        tp.m = rows;
+        tp.a = {panel.data(), 0, K, 1};
+        tp.b.ptr = w + g * og * K;
+        tp.c = y + m0 * s.o + g * og;
+        tp.bias = bias ? bias + g * og : nullptr;
+        gemm(tp);
+      }
+    }
     return;
   }
   // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]
@@ -313,8 +341,45 @@ void forward_gemm(const Conv2dForwardParams& p) {
 
 // ---- backward on the GEMM ---------------------------------------------------------------------
 
+// dgrad of a stride-1 NHWC convolution is itself a forward convolution: dx = conv(dy, w') with
+// w'[c, i, j, o] = w[o, c, kh-1-i, kw-1-j] per group and padding dil (k - 1) - pad, which then
+// runs on the parallel forward blocks. Returns false where that padding would be negative.
+template <typename T>
+bool dgrad_as_forward(const Conv2dBackwardParams& p) {
+  const Conv2dShape& s = p.s;
+  Conv2dShape t = s;
+  t.pad_h = s.dil_h * (s.kh - 1) - s.pad_h;
+  t.pad_w = s.dil_w * (s.kw - 1) - s.pad_w;
+  if (!s.channels_last || s.stride_h != 1 || s.stride_w != 1 || s.pointwise() || t.pad_h < 0 || t.pad_w < 0)
+    return false;
+  t.c = s.o;
+  t.h = s.ho;
+  t.w = s.wo;
+  t.o = s.c;
+  t.ho = s.h;
+  t.wo = s.w;
+  const int64_t cg = s.cg(), og = s.og();
+  const T* w = static_cast<const T*>(p.w);  // [O, KH, KW, Cg] (NHWC K order)
+  std::vector<T> flipped(s.o * s.k());       // [C, KH, KW, Og]
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t oc = 0; oc < og; ++oc)
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j)
+          for (int64_t ci = 0; ci < cg; ++ci)
+            flipped[(((g * cg + ci) * s.kh + (s.kh - 1 - i)) * s.kw + (s.kw - 1 - j)) * og + oc] =
+                w[(((g * og + oc) * s.kh + i) * s.kw + j) * cg + ci];
+  Conv2dForwardParams f;
+  f.s = t;
+  f.x = p.dy;
+  f.w = flipped.data();
+  f.y = p.dx;
+  forward_gemm<T>(f);
+  return true;
+}
+
 template <typename T>
 void dgrad_gemm(const Conv2dBackwardParams& p) {
+  if (dgrad_as_forward<T>(p)) return;
   const Conv2dShape& s = p.s;
   const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
   const T* dy = static_cast<const T*>(p.dy);
@@ -407,14 +472,35 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
   std::fill(acc, acc + s.o * K, 0.0f);  // also the answer when there are no pixels
   gp.c_dtype = DType::kFloat32;
   if (s.channels_last) {
-    for_each_block_nhwc(s, x, [&](int64_t m0, int64_t rows, int64_t g, const T* panel) {
-      gp.k = rows;
-      gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-      gp.b = {panel, 0, K, 1};
-      gp.c = acc + g * og * K;
-      gp.beta = m0 == 0 ? 0.0f : 1.0f;
-      gemm(gp);
-    });
+    // Each thread sums a contiguous range of blocks into its own float32 dw (thread 0 into acc),
+    // with one-thread GEMMs; the partial sums are then added in thread order. Bitwise the same
+    // from run to run for a given thread count.
+    const int64_t mb = thread_block_rows(s, M), items = (M + mb - 1) / mb * s.groups, dw_elems = s.o * K;
+    std::vector<float> partial(std::max(0, omp_get_max_threads() - 1) * dw_elems, 0.0f);
+#pragma omp parallel
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      float* mine = t == 0 ? acc : partial.data() + (t - 1) * dw_elems;
+      std::vector<T> panel(mb * K);
+      GemmParams tp = gp;
+      tp.beta = 1.0f;
+      for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
+        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
+        pack_nhwc(s, x, g, m0, rows, panel.data());
+        tp.k = rows;
+        tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+        tp.b = {panel.data(), 0, K, 1};
+        tp.c = mine + g * og * K;
+        gemm(tp);
+      }
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < dw_elems; ++e) {
+        float v = acc[e];
+        for (int u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
+        acc[e] = v;
+      }
+    }
   } else {  // a pointwise conv reads x in place: no panel
     const bool pw = s.pointwise();
     for_each_block_nchw(s, pw ? nullptr : x, pw ? P : block_of(K, P),

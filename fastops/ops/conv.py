@@ -150,12 +150,19 @@ def _empty():
 def _forward_c(x, weight, bias, stride, padding, dilation, groups, act):
     fmt = output_format(x, weight)
     y = _ext.C.conv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), groups, act,
-                              fmt == torch.channels_last)
+                              fmt == torch.channels_last or _nhwc_faster(x, weight, groups))
     return y.contiguous(memory_format=fmt)
 
 
+def _nhwc_faster(x, weight, groups) -> bool:
+    """Dense convolutions with a spatial kernel run channels_last internally on the CPU: the NHWC
+    panel copies whole channel runs and its blocks span images, and converting x and y costs a
+    small fraction of the GEMM (measured in `python -m fastops.bench --ops conv`)."""
+    return groups != x.shape[1] and weight.shape[2] * weight.shape[3] > 1
+
+
 def _backward_c(grad, x, weight, stride, padding, dilation, groups, mask):
-    cl = output_format(x, weight) == torch.channels_last
+    cl = output_format(x, weight) == torch.channels_last or _nhwc_faster(x, weight, groups)
     dx, dw, db = _ext.C.conv2d_backward(grad, x, weight, list(stride), list(padding), list(dilation), groups, cl,
                                         list(mask))
     return _formats(x, weight, dx, dw, db)
