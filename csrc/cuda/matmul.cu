@@ -6,7 +6,7 @@
 //              m16n8k8 TF32), ldmatrix, cp.async multi-stage pipeline; fp32 accumulation.
 //   simt.cuh   gemm_simt_kernel<T, SimtTile<...>>: float32 FMA, any strides.
 //   epilogue.cuh  the shared epilogue; layout.h the index math (checked on the host by
-//              tests/gemm_cuda_layout_sim.cpp); mma.cuh the PTX wrappers.
+//              tests/gemm_cuda_layout_sim.cpp); ../mma.cuh the PTX wrappers (shared).
 // Instantiations: mma {fp16, bf16, tf32} x {128x128 (8 warps, 3 stages), 64x64 (4 warps,
 // 4 stages)} and simt {fp16, bf16, fp32} x 64x64: nine kernels per architecture.
 //

@@ -29,7 +29,7 @@
 #include "fastops/gemm.h"
 #include "epilogue.cuh"
 #include "layout.h"
-#include "mma.cuh"
+#include "../mma.cuh"
 
 namespace fastops {
 namespace cuda {
