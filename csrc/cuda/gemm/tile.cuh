@@ -37,6 +37,15 @@ namespace gemm_impl {
 
 constexpr int kGroupM = 8;  // tile rows per group of the grouped order
 
+// The two tile configs of the tensor-core kernels (GEMM and implicit-GEMM convolution): 128 x 128
+// (8 warps, 3 stages) when the grid fills the GPU, else 64 x 64 (4 warps, 4 stages).
+template <int ELEM>
+using BigTile = Tile<128, 128, 64, 32, 3, ELEM>;
+template <int ELEM>
+using SmallTile = Tile<64, 64, 32, 32, 4, ELEM>;
+constexpr int kBigMinBlocks = 2;    // <= 128 registers per thread
+constexpr int kSmallMinBlocks = 4;  // <= 128 registers per thread
+
 // Copies k tile `kt` of one operand (rows_mn x BK of it) into `dst` (one stage). `base` is the
 // operand of this batch entry, `mn0` the first row (A: m, B: n) of the block tile, `ld_glob` the
 // stride of the non-contiguous dimension, `mn`, `k` the operand's extent.
