@@ -57,11 +57,15 @@ def _run(fn, x, w, b, kw, grad=None, **extra):
     return out, grads, g
 
 
-def _check_case(case, dtype, fmt, backend, activation=None):
-    x, w, b, kw = _inputs(case, dtype, fmt)
+def _check_case(case, dtype, fmt, backend, activation=None, device="cpu", expect=None):
+    """`expect`: the backend that must run (default `backend`; "torch" for a documented fallback)."""
+    x, w, b, kw = (t.to(device) if isinstance(t, torch.Tensor) else t for t in _inputs(case, dtype, fmt))
+    _dispatch.clear_history()
     with fastops.use_backend(backend):
         out, grads, g = _run(F.conv2d, x, w, b, kw, activation=activation)
-    assert _dispatch.last_choice("conv2d_forward").backend == backend
+    assert _dispatch.last_choice("conv2d_forward").backend == (expect or backend)
+    if (expect or backend) != "torch":  # a torch forward records no fastops backward
+        assert _dispatch.last_choice("conv2d_backward").backend == (expect or backend)
     ref_out, ref_grads, _ = _run(_torch_conv(activation), x.double(), w.double(), b.double(), kw, grad=g.double())
     assert out.dtype == dtype and out.shape == ref_out.shape
     if x.dim() == 4:

@@ -1,7 +1,9 @@
-// Conv2d bindings: fastops._C.conv2d_forward / conv2d_backward (CPU kernels, csrc/cpu/conv.cpp).
+// Conv2d bindings: fastops._C.conv2d_forward / conv2d_backward (CPU kernels, csrc/cpu/conv.cpp;
+// on CUDA tensors the CUDA kernels, csrc/cuda/conv.cu).
 //
-// `channels_last` picks the layout the kernel runs in (fastops/ops/conv.py chooses it); inputs are
-// made dense in that layout here, outputs come back in it (the caller restores the user's format).
+// `channels_last` picks the layout the CPU kernel runs in (fastops/ops/conv.py chooses it); the
+// CUDA kernels always run NHWC. Inputs are made dense in that layout here, outputs come back in it
+// (the caller restores the user's format).
 // The weight is handed to the kernel as [O, K] in the layout's K order and its gradient comes back
 // as a [O, C / groups, KH, KW] view of that buffer.
 #include "bindings/common.h"
@@ -21,7 +23,8 @@ Conv2dShape make_shape(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "fastops.conv2d: stride, padding and dilation must have 2 values each");
   check_same_device_dtype(x, "input", w, "weight");
-  TORCH_CHECK(x.is_cpu(), "fastops.conv2d: the cpu kernel takes cpu tensors, got ", x.device());
+  TORCH_CHECK(x.is_cpu() || (x.is_cuda() && or_cuda()[0]), "fastops.conv2d: input must be on cpu", or_cuda(),
+              ", got ", x.device());
   TORCH_CHECK(groups > 0 && x.size(1) % groups == 0 && w.size(0) % groups == 0,
               "fastops.conv2d: groups (", groups, ") must divide input channels ", x.size(1),
               " and output channels ", w.size(0));
@@ -56,19 +59,34 @@ Conv2dShape make_shape(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef
   return s;
 }
 
+// The CUDA kernels' layout is NHWC; raises what they do not cover (fastops/conv.h).
+void check_cuda_covers(const Conv2dShape& s, bool backward) {
+  const char* why = conv2d_cuda_unsupported(s, backward);
+  TORCH_CHECK_NOT_IMPLEMENTED(why == nullptr, "fastops.conv2d: the CUDA kernels do not cover this call: ", why);
+}
+
+// t, dense in `fmt`, at a 16-byte-aligned address (the CUDA loaders copy 16 bytes at a time).
+at::Tensor dense_aligned(const at::Tensor& t, at::MemoryFormat fmt) {
+  at::Tensor d = t.contiguous(fmt);
+  if (d.is_cuda() && reinterpret_cast<uintptr_t>(d.data_ptr()) % 16 != 0) d = d.clone(fmt);
+  return d;
+}
+
 // The weight as the kernel reads it: [O, K] contiguous in the layout's K order.
 at::Tensor kernel_weight(const at::Tensor& w, bool channels_last) {
-  return channels_last ? w.permute({0, 2, 3, 1}).contiguous() : w.contiguous();
+  return dense_aligned(channels_last ? w.permute({0, 2, 3, 1}) : w, at::MemoryFormat::Contiguous);
 }
 
 at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           int64_t activation, bool channels_last) {
   Conv2dForwardParams p;
+  if (x_in.is_cuda()) channels_last = true;
   p.s = make_shape(x_in, w_in, stride, padding, dilation, groups, channels_last);
+  if (x_in.is_cuda()) check_cuda_covers(p.s, false);
   TORCH_CHECK(activation >= 0 && activation <= 4, "fastops.conv2d: activation code must be in [0, 4], got ",
               activation);
-  const at::Tensor x = x_in.contiguous(format_of(channels_last));
+  const at::Tensor x = dense_aligned(x_in, format_of(channels_last));
   const at::Tensor w = kernel_weight(w_in, channels_last);
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
@@ -83,7 +101,14 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
   p.w = w.data_ptr();
   p.y = y.data_ptr();
   p.activation = static_cast<Activation>(activation);
-  cpu::conv2d_forward(p);
+  if (x.is_cuda()) {
+#ifdef FASTOPS_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(cuda::conv2d_forward(p, at::cuda::getCurrentCUDAStream().stream()), "conv2d_forward");
+#endif
+  } else {
+    cpu::conv2d_forward(p);
+  }
   return y;
 }
 
@@ -92,15 +117,17 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
                                         int64_t groups, bool channels_last, std::vector<bool> mask) {
   TORCH_CHECK(mask.size() == 3, "fastops.conv2d_backward: output_mask must have 3 entries");
   Conv2dBackwardParams p;
+  if (x_in.is_cuda()) channels_last = true;
   p.s = make_shape(x_in, w_in, stride, padding, dilation, groups, channels_last);
   if (p.s.depthwise()) p.s.channels_last = channels_last = true;  // the depthwise backward runs on NHWC
+  if (x_in.is_cuda()) check_cuda_covers(p.s, true);
   check_same_device_dtype(dy_in, "grad_output", x_in, "input");
   TORCH_CHECK(dy_in.dim() == 4 && dy_in.size(0) == p.s.n && dy_in.size(1) == p.s.o && dy_in.size(2) == p.s.ho &&
                   dy_in.size(3) == p.s.wo,
               "fastops.conv2d_backward: grad_output must be [", p.s.n, ", ", p.s.o, ", ", p.s.ho, ", ", p.s.wo,
               "], got shape ", dy_in.sizes());
   const auto fmt = format_of(channels_last);
-  const at::Tensor dy = dy_in.contiguous(fmt), x = x_in.contiguous(fmt);
+  const at::Tensor dy = dense_aligned(dy_in, fmt), x = dense_aligned(x_in, fmt);
   const at::Tensor w = kernel_weight(w_in, channels_last);
   const bool empty = dy.numel() == 0;
   at::Tensor dx, dw, db;
@@ -114,7 +141,14 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
     p.dx = dx.defined() ? dx.data_ptr() : nullptr;
     p.dw = dw.defined() ? dw.data_ptr() : nullptr;
     p.dbias = db.defined() ? db.data_ptr() : nullptr;
-    cpu::conv2d_backward(p);
+    if (x.is_cuda()) {
+#ifdef FASTOPS_WITH_CUDA
+      const c10::cuda::CUDAGuard guard(x.device());
+      check_cuda(cuda::conv2d_backward(p, at::cuda::getCurrentCUDAStream().stream()), "conv2d_backward");
+#endif
+    } else {
+      cpu::conv2d_backward(p);
+    }
   }
   if (dw.defined() && channels_last) dw = dw.permute({0, 3, 1, 2});
   return {dx, dw, db};

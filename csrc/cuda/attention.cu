@@ -1,5 +1,5 @@
 // CUDA flash-attention launchers (kernels in attention/forward.cuh and attention/backward.cuh,
-// tensor-core building blocks in attention/mma.cuh). Torch-free: the Params of
+// tensor-core building blocks in attention/tiles.cuh, PTX wrappers in mma.cuh). Torch-free: the Params of
 // fastops/attention.h and a cudaStream_t.
 //
 // Coverage: float16 and bfloat16 storage (mma.sync m16n8k16, float32 accumulation); float32

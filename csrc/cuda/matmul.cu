@@ -6,7 +6,7 @@
 //              m16n8k8 TF32), ldmatrix, cp.async multi-stage pipeline; fp32 accumulation.
 //   simt.cuh   gemm_simt_kernel<T, SimtTile<...>>: float32 FMA, any strides.
 //   epilogue.cuh  the shared epilogue; layout.h the index math (checked on the host by
-//              tests/gemm_cuda_layout_sim.cpp); mma.cuh the PTX wrappers.
+//              tests/gemm_cuda_layout_sim.cpp); ../mma.cuh the PTX wrappers (shared).
 // Instantiations: mma {fp16, bf16, tf32} x {128x128 (8 warps, 3 stages), 64x64 (4 warps,
 // 4 stages)} and simt {fp16, bf16, fp32} x 64x64: nine kernels per architecture.
 //
@@ -23,27 +23,24 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "fastops/gemm.h"
 #include "gemm/layout.h"
 #include "gemm/simt.cuh"
 #include "gemm/tile.cuh"
+#include "launch.cuh"
 
 namespace fastops {
 namespace cuda {
 namespace {
 
+using gemm_impl::BigTile;
+using gemm_impl::kBigMinBlocks;
+using gemm_impl::kSmallMinBlocks;
 using gemm_impl::SimtTile;
-using gemm_impl::Tile;
+using gemm_impl::SmallTile;
 
-template <int ELEM>
-using BigTile = Tile<128, 128, 64, 32, 3, ELEM>;
-template <int ELEM>
-using SmallTile = Tile<64, 64, 32, 32, 4, ELEM>;
-constexpr int kBigMinBlocks = 2;    // <= 128 registers per thread
-constexpr int kSmallMinBlocks = 4;  // <= 128 registers per thread
 using Simt = SimtTile<64, 64, 16, 4, 4>;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxGridX = 2147483647;
@@ -65,32 +62,12 @@ Contig operand_layout(const GemmOperand& o, int64_t batch, int64_t rows, int64_t
   return Contig::kNone;
 }
 
-int sm_count() {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 1;
-  return sms;
-}
-
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 template <typename T, class Cfg, int MIN_BLOCKS>
 int launch_mma(const GemmParams& p, bool a_kmajor, bool b_kmajor, cudaStream_t stream) {
   const int64_t tiles_m = cdiv(p.m, Cfg::BM), tiles_n = cdiv(p.n, Cfg::BN);
   if (tiles_m * tiles_n > kMaxGridX) return static_cast<int>(cudaErrorInvalidConfiguration);
   auto kernel = gemm_impl::gemm_mma_kernel<T, Cfg, MIN_BLOCKS>;
-  // Above 48 KiB of dynamic shared memory a kernel must opt in, once per device.
-  static std::atomic<uint64_t> opted_in{0};
-  int device = 0;
-  if (const cudaError_t err = cudaGetDevice(&device)) return static_cast<int>(err);
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit == 0 || !(opted_in.load(std::memory_order_relaxed) & bit)) {
-    if (const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES))
-      return static_cast<int>(err);
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
-  }
+  if (const cudaError_t err = opt_in_smem(kernel, Cfg::SMEM_BYTES)) return static_cast<int>(err);
   const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY));
   kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p, a_kmajor, b_kmajor, tiles_m, tiles_n);
   return static_cast<int>(cudaGetLastError());

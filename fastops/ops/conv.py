@@ -221,6 +221,34 @@ def _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask)
     return None if x.dim() == 4 else f"input must be 4-D here, got {x.dim()}-D"
 
 
+# What the CUDA C++ kernels (csrc/cuda/conv.cu) cover, mirroring conv2d_cuda_unsupported in
+# csrc/include/fastops/conv.h (the binding raises the same reasons): depthwise convolutions in every
+# dtype; otherwise float16/bfloat16 implicit GEMM on tensor cores (mma.sync, sm_80+) whose 16-byte
+# loads run along the channels, so C / groups (and O / groups for the backward) must be multiples of
+# 8. The rest goes to Triton (auto tries cuda, then triton), e.g. float32 and a 3-channel stem.
+def cuda_unsupported(x: torch.Tensor, weight: torch.Tensor, groups: int, backward: bool) -> Optional[str]:
+    c, o = x.shape[1], weight.shape[0]
+    if groups > 1 and groups == c and o % c == 0:
+        return None
+    if x.dtype == torch.float32:
+        return "float32: the CUDA implicit-GEMM kernels run float16/bfloat16 on tensor cores (Triton covers float32)"
+    if (c // groups) % 8 != 0:
+        return "C / groups must be a multiple of 8 for the CUDA implicit-GEMM kernels"
+    if backward and (o // groups) % 8 != 0:
+        return "O / groups must be a multiple of 8 for the CUDA implicit-GEMM backward"
+    return None
+
+
+def _supports_cuda(x, weight, bias, stride, padding, dilation, groups, act):
+    return _supports(x, weight, bias, stride, padding, dilation, groups, act) or \
+        cuda_unsupported(x, weight, groups, backward=False)
+
+
+def _supports_cuda_backward(grad, x, weight, stride, padding, dilation, groups, mask):
+    return _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask) or \
+        cuda_unsupported(x, weight, groups, backward=True)
+
+
 def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
     """Why `auto` sends a CPU call to torch whatever its size, or None.
 
@@ -245,12 +273,14 @@ CPU_GEMM_PATH_FASTER = False
 # ahead from 256 elements up; 4096 sits between, pending a run on a quiet machine.
 CROSSOVER = {"cpu": 4096}
 
+# cuda and cpu are the same bindings: on CUDA tensors they run csrc/cuda/conv.cu (always NHWC).
 _dispatch.register_op("conv2d_forward", FAMILY, {
-    "triton": _forward_triton, "cpu": _forward_c, "torch": forward_ref,
-}, supports={"triton": _supports, "cpu": _supports}, crossover=CROSSOVER)
+    "cuda": _forward_c, "triton": _forward_triton, "cpu": _forward_c, "torch": forward_ref,
+}, supports={"cuda": _supports_cuda, "triton": _supports, "cpu": _supports}, crossover=CROSSOVER)
 _dispatch.register_op("conv2d_backward", FAMILY, {
-    "triton": _backward_triton, "cpu": _backward_c, "torch": backward_ref,
-}, supports={"triton": _supports_backward, "cpu": _supports_backward}, crossover=CROSSOVER)
+    "cuda": _backward_c, "triton": _backward_triton, "cpu": _backward_c, "torch": backward_ref,
+}, supports={"cuda": _supports_cuda_backward, "triton": _supports_backward, "cpu": _supports_backward},
+    crossover=CROSSOVER)
 
 
 def run(op: str, backend: str, *args):

@@ -18,7 +18,7 @@
 // deterministic mode); dq in a separate pass instead of atomics keeps the result reproducible.
 #pragma once
 
-#include "cuda/attention/mma.cuh"
+#include "cuda/attention/tiles.cuh"
 #include "cuda/attention/scores.cuh"
 
 namespace fastops {

@@ -10,7 +10,7 @@
 // Epilogue: O / l stored as T, lse = m + log l (+inf and O = 0 for a row without unmasked key).
 #pragma once
 
-#include "cuda/attention/mma.cuh"
+#include "cuda/attention/tiles.cuh"
 #include "cuda/attention/scores.cuh"
 
 namespace fastops {

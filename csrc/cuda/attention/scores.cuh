@@ -92,7 +92,7 @@ struct Dropout {
 };
 
 // Global (row, column) of element e of n8 tile nt of a C-layout accumulator whose 16 rows start
-// at row0 and whose columns start at col0 (see mma.cuh).
+// at row0 and whose columns start at col0 (see tiles.cuh).
 __device__ __forceinline__ int frag_row(int e, int lane) { return lane / 4 + (e >= 2 ? 8 : 0); }
 __device__ __forceinline__ int frag_col(int nt, int e, int lane) { return nt * 8 + 2 * (lane % 4) + (e & 1); }
 

@@ -29,13 +29,22 @@
 #include "fastops/gemm.h"
 #include "epilogue.cuh"
 #include "layout.h"
-#include "mma.cuh"
+#include "../mma.cuh"
 
 namespace fastops {
 namespace cuda {
 namespace gemm_impl {
 
 constexpr int kGroupM = 8;  // tile rows per group of the grouped order
+
+// The two tile configs of the tensor-core kernels (GEMM and implicit-GEMM convolution): 128 x 128
+// (8 warps, 3 stages) when the grid fills the GPU, else 64 x 64 (4 warps, 4 stages).
+template <int ELEM>
+using BigTile = Tile<128, 128, 64, 32, 3, ELEM>;
+template <int ELEM>
+using SmallTile = Tile<64, 64, 32, 32, 4, ELEM>;
+constexpr int kBigMinBlocks = 2;    // <= 128 registers per thread
+constexpr int kSmallMinBlocks = 4;  // <= 128 registers per thread
 
 // Copies k tile `kt` of one operand (rows_mn x BK of it) into `dst` (one stage). `base` is the
 // operand of this batch entry, `mn0` the first row (A: m, B: n) of the block tile, `ld_glob` the
@@ -99,6 +108,64 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[Cfg::MI][Cfg::NI][4], con
     for (int ni = 0; ni < Cfg::NI; ++ni) Mma<T>::run(acc[mi][ni], af[mi], bf[ni]);
 }
 
+// The main loop of one block tile, shared by the GEMM and the implicit-GEMM convolution kernels:
+// zeroes `acc`, then runs the STAGES-deep pipeline over `ktiles` k tiles of BK. request(kt, a, b)
+// issues (without committing) the cp.async copies of k tile kt into the stage buffers a, b. Returns
+// after every copy has landed and a barrier: the pipeline's shared memory is free again.
+template <typename T, class Cfg, class Request>
+__device__ __forceinline__ void mma_mainloop(float (&acc)[Cfg::MI][Cfg::NI][4], T* sa, T* sb, int64_t ktiles,
+                                             bool a_kmajor, bool b_kmajor, int lda, int ldb, int wm0, int wn0,
+                                             int lane, const Request& request) {
+  auto issue = [&](int64_t kt) {
+    if (kt < ktiles) {
+      const int s = static_cast<int>(kt % Cfg::STAGES);
+      request(kt, sa + s * Cfg::A_STAGE, sb + s * Cfg::B_STAGE);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < Cfg::STAGES - 1; ++s) issue(s);
+  for (int64_t kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<Cfg::STAGES - 2>();
+    __syncthreads();
+    issue(kt + Cfg::STAGES - 1);
+    const int s = static_cast<int>(kt % Cfg::STAGES);
+    const T* const stage_a = sa + s * Cfg::A_STAGE;
+    const T* const stage_b = sb + s * Cfg::B_STAGE;
+#pragma unroll
+    for (int kk = 0; kk < Cfg::BK; kk += Cfg::MMA_K)
+      mma_kstep<T, Cfg>(acc, stage_a, stage_b, a_kmajor, b_kmajor, lda, ldb, wm0, wn0, kk, lane);
+  }
+  // Drain the (empty) trailing groups; after the barrier every warp is done reading the
+  // pipeline's shared memory.
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// Writes the warp's accumulators into the float32 C tile [BM][LD_C] in shared memory (the caller
+// publishes it with a barrier before the epilogue reads it).
+template <class Cfg>
+__device__ __forceinline__ void acc_to_smem(const float (&acc)[Cfg::MI][Cfg::NI][4], float* tile_c, int wm0, int wn0,
+                                            int lane) {
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // (c0, c1) then (c2, c3): two adjacent columns each
+        const Coord e = acc_coord(lane, 2 * h);
+        *reinterpret_cast<float2*>(tile_c + (wm0 + mi * 16 + e.row) * Cfg::LD_C + wn0 + ni * 8 + e.col) =
+            make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+      }
+}
+
 // a_kmajor / b_kmajor: layout of each operand (see layout.h); tiles_m, tiles_n: block tiles of C.
 template <typename T, class Cfg, int MIN_BLOCKS>
 __global__ void __launch_bounds__(Cfg::THREADS, MIN_BLOCKS)
@@ -122,51 +189,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, MIN_BLOCKS)
   for (int64_t batch = blockIdx.y; batch < p.batch; batch += gridDim.y) {
     const T* const a = static_cast<const T*>(p.a.ptr) + batch * p.a.stride_batch;
     const T* const b = static_cast<const T*>(p.b.ptr) + batch * p.b.stride_batch;
-    auto request = [&](int64_t kt) {
-      if (kt < ktiles) {
-        const int s = static_cast<int>(kt % Cfg::STAGES);
-        copy_stage<T, Cfg::BM, Cfg>(sa + s * Cfg::A_STAGE, a, a_kmajor, a_ld, m0, kt * Cfg::BK, p.m, p.k, lda);
-        copy_stage<T, Cfg::BN, Cfg>(sb + s * Cfg::B_STAGE, b, b_kmajor, b_ld, n0, kt * Cfg::BK, p.n, p.k, ldb);
-      }
-      cp_async_commit();
-    };
-
     float acc[Cfg::MI][Cfg::NI][4];
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < Cfg::STAGES - 1; ++s) request(s);
-    for (int64_t kt = 0; kt < ktiles; ++kt) {
-      cp_async_wait<Cfg::STAGES - 2>();
-      __syncthreads();
-      request(kt + Cfg::STAGES - 1);
-      const int s = static_cast<int>(kt % Cfg::STAGES);
-      const T* const stage_a = sa + s * Cfg::A_STAGE;
-      const T* const stage_b = sb + s * Cfg::B_STAGE;
-#pragma unroll
-      for (int kk = 0; kk < Cfg::BK; kk += Cfg::MMA_K)
-        mma_kstep<T, Cfg>(acc, stage_a, stage_b, a_kmajor, b_kmajor, lda, ldb, wm0, wn0, kk, lane);
-    }
-    // Drain the (empty) trailing groups; after the barrier every warp is done reading the
-    // pipeline's shared memory, which then holds the float32 C tile [BM][LD_C].
-    cp_async_wait<0>();
-    __syncthreads();
+    mma_mainloop<T, Cfg>(acc, sa, sb, ktiles, a_kmajor, b_kmajor, lda, ldb, wm0, wn0, lane,
+                         [&](int64_t kt, T* stage_a, T* stage_b) {
+                           copy_stage<T, Cfg::BM, Cfg>(stage_a, a, a_kmajor, a_ld, m0, kt * Cfg::BK, p.m, p.k, lda);
+                           copy_stage<T, Cfg::BN, Cfg>(stage_b, b, b_kmajor, b_ld, n0, kt * Cfg::BK, p.n, p.k, ldb);
+                         });
+    // The pipeline's shared memory now holds the float32 C tile [BM][LD_C].
     float* const tile_c = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // (c0, c1) then (c2, c3): two adjacent columns each
-          const Coord e = acc_coord(lane, 2 * h);
-          *reinterpret_cast<float2*>(tile_c + (wm0 + mi * 16 + e.row) * Cfg::LD_C + wn0 + ni * 8 + e.col) =
-              make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
-        }
+    acc_to_smem<Cfg>(acc, tile_c, wm0, wn0, lane);
     __syncthreads();
     store_tile<Cfg::BM, Cfg::BN, Cfg::THREADS>(Epilogue::of(p, batch), tile_c, Cfg::LD_C, m0, n0);
     __syncthreads();  // the next batch entry refills shared memory

@@ -44,6 +44,21 @@ FASTOPS_HOST_DEVICE inline int64_t conv_out_size(int64_t in, int64_t k, int64_t 
   return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
 }
 
+// Input row (or column) that output `out` reads at kernel tap `k`: may fall in the padding (< 0 or
+// >= the input size).
+FASTOPS_HOST_DEVICE inline int64_t conv_in_index(int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+  return out * stride - pad + k * dil;
+}
+
+// The output row (or column) that reads input `in` at kernel tap `k`, or -1 when none does (the
+// input gradient's gather: in = out * stride - pad + k * dil must hold exactly).
+FASTOPS_HOST_DEVICE inline int64_t conv_out_index(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil,
+                                                  int64_t out_size) {
+  const int64_t t = in + pad - k * dil;
+  if (t < 0 || t % stride != 0) return -1;
+  return t / stride < out_size ? t / stride : -1;
+}
+
 // y = act(conv(x, w) + bias).
 struct Conv2dForwardParams {
   Conv2dShape s;
@@ -70,5 +85,27 @@ namespace cpu {
 void conv2d_forward(const Conv2dForwardParams& p);
 void conv2d_backward(const Conv2dBackwardParams& p);
 }  // namespace cpu
+
+// What the CUDA kernels (csrc/cuda/conv.cu) run, NHWC only (s.channels_last): the depthwise
+// kernels take every dtype and shape; the implicit-GEMM kernels take float16 / bfloat16 with 16-byte
+// copies along the channels, so C / groups (and, for the backward, O / groups) must be multiples
+// of 8. Returns nullptr when `s` is covered, else the reason (the binding raises it, and
+// fastops/ops/conv.py mirrors it for fastops.explain()).
+inline const char* conv2d_cuda_unsupported(const Conv2dShape& s, bool backward) {
+  if (!s.channels_last) return "the CUDA kernels run NHWC (channels_last) only";
+  if (s.depthwise()) return nullptr;
+  if (s.dtype == DType::kFloat32) return "float32: the CUDA implicit-GEMM kernels run float16/bfloat16 on tensor cores";
+  if (s.cg() % 8 != 0) return "C / groups must be a multiple of 8 for the CUDA implicit-GEMM kernels";
+  if (backward && s.og() % 8 != 0) return "O / groups must be a multiple of 8 for the CUDA implicit-GEMM backward";
+  return nullptr;
+}
+
+namespace cuda {
+// On the current device and `stream` (a cudaStream_t); s.channels_last must be true and
+// conv2d_cuda_unsupported(s, ...) null; every pointer 16-byte aligned. The backward is
+// deterministic (fixed reduction order, no atomics). Return 0 or the cudaError_t of the failed launch.
+int conv2d_forward(const Conv2dForwardParams& p, void* stream);
+int conv2d_backward(const Conv2dBackwardParams& p, void* stream);
+}  // namespace cuda
 
 }  // namespace fastops

@@ -1,16 +1,11 @@
 // Tensor-core building blocks of the CUDA attention kernels (sm_80+): cp.async tile loads into a
-// swizzled shared-memory layout, ldmatrix fragment loads and the mma.sync m16n8k16 wrapper for
-// float16 / bfloat16 with float32 accumulation.
+// swizzled shared-memory layout, ldmatrix fragment loads and the two product shapes (Q K^T, P V)
+// for float16 / bfloat16 with float32 accumulation. The PTX wrappers are cuda/mma.cuh.
 //
 // Shared-memory tiles are [rows, D] of 16-bit elements, D a multiple of 64 (8 chunks of 16 bytes
 // or more per row). Chunk c of row r is stored at chunk position c ^ (r & 7): the 8 rows one
 // ldmatrix 8x8 reads then sit in 8 different 16-byte bank groups (no bank conflicts), both for
 // the plain and the transposed load.
-//
-// Fragment layouts (PTX ISA, "mma.m16n8k16"): lane = 4 * g + t (g = lane / 4, t = lane % 4).
-//   A (16 x 16, row major)  a0 = A[g][2t..2t+1]   a1 = A[g+8][2t..]   a2 = A[g][8+2t..]   a3 = A[g+8][8+2t..]
-//   B (16 x 8, "col")       b0 = B[2t..2t+1][g]   b1 = B[8+2t..][g]
-//   C (16 x 8, float32)     c0, c1 = C[g][2t], C[g][2t+1]     c2, c3 = C[g+8][2t], C[g+8][2t+1]
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,6 +13,7 @@
 
 #include <cstdint>
 
+#include "cuda/mma.cuh"
 #include "cuda/storage.cuh"
 
 namespace fastops {
@@ -31,21 +27,6 @@ constexpr int kChunk = 8;  // 16-bit elements per 16-byte chunk
 template <int D>
 __device__ __forceinline__ int swz(int row, int col) {
   return row * D + ((((col / kChunk) ^ (row & 7))) * kChunk) + (col % kChunk);
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, asynchronously; src_bytes = 0 writes zeros (src is not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // How the loaders read global memory: 16-byte cp.async when every row start is 16-byte aligned
@@ -74,7 +55,7 @@ __device__ __forceinline__ void load_tile(T* smem, const TileSrc& src, bool vec)
     const bool in = r < src.rows && col < src.cols;
     const T* s = g + static_cast<int64_t>(r) * src.ld + col;
     if (vec) {
-      cp_async16(dst, in ? s : g, in ? 16 : 0);
+      cp_async_16(dst, in ? s : g, in ? 16 : 0);
     } else {
       union {
         uint4 u;
@@ -85,19 +66,6 @@ __device__ __forceinline__ void load_tile(T* smem, const TileSrc& src, bool vec)
       *reinterpret_cast<uint4*>(dst) = buf.u;
     }
   }
-}
-
-// ---- ldmatrix --------------------------------------------------------------------------------
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
 }
 
 // Address of the 16-byte chunk at column col0 + 8 * sub of `row` (col0 a multiple of 16, known
@@ -131,39 +99,6 @@ __device__ __forceinline__ void load_b_cols(uint32_t (&b)[4], const T* tile, int
 }
 
 // ---- mma -------------------------------------------------------------------------------------
-
-template <typename T>
-struct Mma;
-
-template <>
-struct Mma<__half> {
-  __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
-template <>
-struct Mma<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
 
 // acc[M16 rows of this warp][NT n8 tiles] += A (16 x K, from a row-major tile, rows arow0..)
 // times B^T where B rows come from `brows` (n index) rows bn0..: the Q K^T product shape.
