@@ -150,6 +150,9 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
       cpu::conv2d_backward(p);
     }
   }
+  if (!empty && x.numel() == 0 && db.defined()) {  // no input channels: the kernels never ran
+    db.copy_(dy.sum({0, 2, 3}, /*keepdim=*/false, at::kFloat));
+  }
   if (dw.defined() && channels_last) dw = dw.permute({0, 3, 1, 2});
   return {dx, dw, db};
 }
