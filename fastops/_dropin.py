@@ -24,16 +24,21 @@ class Override:
     aten: str
     handler: Callable
     composite: bool = False  # the op has only a CompositeExplicitAutograd kernel (aten::convolution)
+    keys: tuple = ()  # dispatch keys to override (default DISPATCH_KEYS)
 
 
 _OVERRIDES: list[Override] = []
 _MODULES: dict[str, dict[type, type]] = {}  # family -> {torch class: fastops class}
 
 
-def register_override(family: str, aten: str, handler: Callable, composite: bool = False) -> None:
+def register_override(family: str, aten: str, handler: Callable, composite: bool = False,
+                      keys: tuple = ()) -> None:
     """composite: torch's kernel of `aten` is its CompositeExplicitAutograd one (no per-device
-    kernel); the override is then registered for each device key and falls back to that kernel."""
-    _OVERRIDES.append(Override(family, aten, handler, composite))
+    kernel); the override is then registered for each device key and falls back to that kernel.
+    keys: the dispatch keys to override instead of DISPATCH_KEYS; ("CompositeImplicitAutograd",)
+    for an op torch decomposes above autograd (aten::lstm, the RNN cells): the handler then runs
+    before autograd, so what it calls records its own backward."""
+    _OVERRIDES.append(Override(family, aten, handler, composite, tuple(keys)))
 
 
 def register_module(family: str, torch_cls: type, fastops_cls: type) -> None:
@@ -74,6 +79,12 @@ def _boxed_original(aten: str, key: str, composite: bool = False) -> Optional[Ca
     """torch's own kernel of `aten` for dispatch key `key`, or None where torch has none (a
     CPU-only op has no CUDA kernel: there is nothing to override there). composite: an op whose
     only kernel is CompositeExplicitAutograd; that kernel is the original for every key."""
+    if key == "CompositeImplicitAutograd":  # an alias key: its kernel is the one AutogradCPU computes
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
+            return None
+        kernel = torch.library.get_kernel(aten, "AutogradCPU")
+        keyset = torch._C.DispatchKeySet("AutogradCPU")
+        return lambda *args, **kwargs: kernel.call_boxed(keyset, *args, **kwargs)
     # get_kernel(aten, key) resolves to the composite kernel when no per-device one is registered
     if not composite and not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
         return None
@@ -99,7 +110,7 @@ class _State:
         if self.stack and self.library is None:
             self.library = torch.library.Library("aten", "IMPL")
             for ov in _OVERRIDES:
-                for key in DISPATCH_KEYS:
+                for key in ov.keys or DISPATCH_KEYS:
                     original = _boxed_original(ov.aten, key, ov.composite)
                     if original is not None:
                         self.library.impl(ov.aten.split("::")[1], _bind(ov, original), key)
