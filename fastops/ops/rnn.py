@@ -193,22 +193,20 @@ CPU_FASTER = {
 MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
-def _policy_applies() -> bool:
-    """The policy is auto's, like a crossover: off for a named backend, FASTOPS_CROSSOVERS=0, strict."""
-    return _dispatch.get_backend() == "auto" and _dispatch._crossovers_enabled and not _dispatch.strict()
-
-
-def _cpu_supports(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
-    if _policy_applies() and not CPU_FASTER.get((mode, x.dtype), False):
-        return (f"torch was measured faster than cpu for {MODE_NAMES.get(mode, mode)} "
-                f"{str(x.dtype).replace('torch.', '')} on this CPU (auto policy per mode, fastops.ops.rnn.CPU_FASTER)")
-    return None
+def policy_why_torch(x: torch.Tensor, mode: int, backend: str):
+    """The reason auto runs torch instead of `backend` for this mode and dtype, or None. Like a
+    crossover it is auto's alone: off for a named backend, FASTOPS_CROSSOVERS=0 and strict mode."""
+    if backend != "cpu" or _dispatch.get_backend() != "auto" or not _dispatch._crossovers_enabled \
+            or _dispatch.strict() or CPU_FASTER.get((mode, x.dtype), False):
+        return None
+    return (f"auto policy per mode: torch was measured faster than cpu for {MODE_NAMES.get(mode, mode)} "
+            f"{str(x.dtype).replace('torch.', '')} on this CPU (fastops.ops.rnn.CPU_FASTER)")
 
 
 _dispatch.register_op("rnn_layer", FAMILY, {
     "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
     "torch": _forward_loop("torch"),
-}, supports={"cpu": _cpu_supports})
+})
 _dispatch.register_op("rnn_layer_backward", FAMILY, {
     "cuda": _backward_loop("cuda"), "triton": _backward_loop("triton"), "cpu": _backward_cpu,
     "torch": _backward_loop("torch"),
@@ -335,6 +333,10 @@ def choose(x: torch.Tensor, *args):
         return "auto"
     choice = _dispatch.select("rnn_layer", x, *args)
     if choice.kernel.backend == "torch":
+        return None
+    why = policy_why_torch(x, args[7], choice.kernel.backend)
+    if why is not None:
+        _dispatch.fallback("rnn_layer", x, why)
         return None
     return _dispatch.chosen_name(choice)
 
