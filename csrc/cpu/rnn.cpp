@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fastops/gemm.h"
@@ -40,8 +41,48 @@ FASTOPS_FORCE_INLINE bool active(const int64_t* lengths, int64_t b, int64_t t) {
 
 // ---- one step, a block of units of one row ------------------------------------------------
 
+// fp16/bf16 rows go through the float32 body into a float row, then one conversion pass: the
+// compiler vectorizes the float body, not one that converts inside.
+template <RnnMode M, typename T>
+FASTOPS_FORCE_INLINE void forward_row_narrow(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+  constexpr int S = math::rnn_saved(M);
+  const int64_t H = p.hidden;
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < 2 * H) row.resize(static_cast<size_t>(2 * H));
+  float* hp = row.data();
+  float* ho = row.data() + H;
+  const T* h_prev = static_cast<const T*>(p.h_prev) + b * H;
+  if (M == RnnMode::kGru) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) hp[j] = to_float(h_prev[j]);
+  }
+  RnnStepParams q = p;  // row b as row 0 of float32 buffers
+  q.dtype = DType::kFloat32;
+  q.gi = p.gi + b * p.gi_stride;
+  q.gh = p.gh + b * p.gh_stride;
+  q.saved = p.saved + b * S * H;
+  q.h_prev = hp;
+  q.h_out = ho;
+  q.y_out = nullptr;
+  if (M == RnnMode::kLstm) {
+    q.c_prev = p.c_prev + b * H;
+    q.c_out = p.c_out + b * H;
+  }
+  q.lengths = nullptr;
+#pragma omp simd
+  for (int64_t j = j0; j < j1; ++j) rnn_step_forward_unit<M, float, Cvt>(q, 0, j, true);
+  T* h_out = static_cast<T*>(p.h_out) + b * H;
+  T* y_out = p.y_out ? static_cast<T*>(p.y_out) + b * H : nullptr;
+#pragma omp simd
+  for (int64_t j = j0; j < j1; ++j) h_out[j] = from_float<T>(ho[j]);
+  if (y_out) std::memcpy(y_out + j0, h_out + j0, sizeof(T) * (j1 - j0));
+}
+
 template <RnnMode M, typename T>
 FASTOPS_FORCE_INLINE void forward_block(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (active(p.lengths, b, p.t)) return forward_row_narrow<M, T>(p, b, j0, j1);
+  }
   if (active(p.lengths, b, p.t)) {
 #pragma omp simd
     for (int64_t j = j0; j < j1; ++j) rnn_step_forward_unit<M, T, Cvt>(p, b, j, true);
