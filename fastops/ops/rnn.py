@@ -180,15 +180,20 @@ def _backward_loop(backend):
 
 
 # The auto policy of the cpu backend, per mode and dtype: True where the cpu layer was measured
-# faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN / native) forward and forward+backward,
-# from `python -m fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu` (T=64, B=32, H=256 and the
-# other bench shapes) on the development machine: 2-core AMD Zen 4 (AVX-512, AVX512-BF16, no
-# AMX), shared with other builds; README "RNN" has the figures. float16 was not measured: torch.
+# faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN / native), forward and forward+backward,
+# at T=64, B=32, H=256 (`python -m fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the
+# development machine: 2-core AMD Zen 4 (AVX-512, AVX512-BF16, no AMX), shared with other builds
+# (load 7-10: figures move by 10-30 %), 2026-11-24. fastops / torch time ratios (min of 5):
+#   LSTM  fp32 fwd 0.74 full 0.83, bf16 fwd 0.67 full 0.61  -> torch (oneDNN's fused LSTM)
+#   GRU   fp32 fwd 1.49 full 1.56, bf16 fwd 1.42 full 1.10  -> cpu
+#   tanh  fp32 fwd 1.72 full 1.71, bf16 fwd 2.30 full 1.02  -> cpu
+#   relu  fp32 fwd 1.51 full 1.22, bf16 fwd 1.07 full 1.03  -> cpu
+# float16 was not measured (torch). README "RNN" has the figures.
 CPU_FASTER = {
     (LSTM, torch.float32): False, (LSTM, torch.bfloat16): False,
-    (GRU, torch.float32): False, (GRU, torch.bfloat16): False,
-    (TANH, torch.float32): False, (TANH, torch.bfloat16): False,
-    (RELU, torch.float32): False, (RELU, torch.bfloat16): False,
+    (GRU, torch.float32): True, (GRU, torch.bfloat16): True,
+    (TANH, torch.float32): True, (TANH, torch.bfloat16): True,
+    (RELU, torch.float32): True, (RELU, torch.bfloat16): True,
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
 
