@@ -1,11 +1,15 @@
 // RNN cells and layers on the CPU (fastops/rnn.h): fused pointwise steps and whole layers.
 //
 // A layer runs its time loop here, with no Python per step: x W_ih^T for all steps as one GEMM
-// into float32, then per step h W_hh^T (cpu::gemm, OpenMP inside) and the fused step (gate
-// nonlinearities, cell update, what backward needs saved), OpenMP over (row, block of units).
-// Backward runs the steps in reverse, each a fused pointwise pass plus one GEMM dh += dgh W_hh,
-// keeping every step's gate gradients; dx, dW_ih, dW_hh are then three large GEMMs and the bias
-// gradients ordered column sums, so results do not depend on the thread count.
+// into float32; W_hh^T packed once (cpu::PackedB, one panel group per gate); then one OpenMP
+// region for all steps, thread i owning a block of hidden units (whole GEMM panels) of every gate:
+// per step it computes h W_hh^T for its own gate columns and runs the fused step (gate
+// nonlinearities, cell update, what backward needs saved) on those units while they are in cache;
+// h ping-pongs between two buffers, so one barrier a step orders everything.
+// Backward runs the steps in reverse the same way: the fused pointwise pass on the thread's units,
+// a barrier, then dh[:, own units] += dgh W_hh[:, own units]; every step's gate gradients are
+// kept, and dx, dW_ih, dW_hh are three large GEMMs at the end and the bias gradients ordered
+// column sums, so results do not depend on the thread count.
 // fp16/bf16: the weights are widened to float32 once per backward call, so every product and sum
 // of the backward is float32 (the forward's GEMMs read bf16/fp16 and accumulate in float32).
 #include <omp.h>
