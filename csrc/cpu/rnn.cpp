@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -329,9 +330,10 @@ void rnn_layer_forward(const RnnLayerParams& p) {
     if (lstm) std::memcpy(p.c_n, p.c0, static_cast<size_t>(B * H) * es);
     return;
   }
-  std::vector<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH));
+  // uninitialized: every element is written before it is read
+  const std::unique_ptr<float[]> gx(new float[static_cast<size_t>(T * B * GH)]), gh(new float[static_cast<size_t>(B * GH)]);
   // gx[T*B, GH] = x[T*B, I] W_ih^T
-  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.data(), GH, 0.0f);
+  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);
   // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
   const PackedB whh(GemmOperand{p.w_hh, 0, 1, H}, H, H, p.dtype, G, H * H);
   std::vector<float> c0;
@@ -356,7 +358,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
         GemmParams g;  // gh[:, g*H + j] = h W_hh^T for this thread's units j of every gate
         g.m = B;
         g.a = GemmOperand{h_prev, 0, H, 1};
-        g.c = gh.data();
+        g.c = gh.get();
         g.c_stride_row = GH;
         g.ab_dtype = p.dtype;
         g.c_dtype = DType::kFloat32;
@@ -366,8 +368,8 @@ void rnn_layer_forward(const RnnLayerParams& p) {
         sp.batch = B;
         sp.hidden = H;
         sp.dtype = p.dtype;
-        sp.gi = gx.data() + t * B * GH;
-        sp.gh = gh.data();
+        sp.gi = gx.get() + t * B * GH;
+        sp.gh = gh.get();
         sp.gi_stride = sp.gh_stride = GH;
         sp.b_ih = p.b_ih;
         sp.b_hh = p.b_hh;
