@@ -36,7 +36,8 @@ def register_override(family: str, aten: str, handler: Callable, composite: bool
     """composite: torch's kernel of `aten` is a composite one (no per-device kernel); the
     override is then registered for each of `keys` and falls back to that kernel. keys: the
     dispatch keys to override; "AutogradCPU"/"AutogradCUDA" put the handler above autograd
-    (for a CompositeImplicitAutograd op whose handler runs autograd-aware fastops code)."""
+    (for a CompositeImplicitAutograd op whose handler runs autograd-aware fastops code), and so
+    does the alias key "CompositeImplicitAutograd" itself (one registration for every device)."""
     taken = next((ov.family for ov in _OVERRIDES if ov.aten == aten), None)
     if taken is not None:
         raise RuntimeError(f"fastops: {aten} is already overridden by the {taken!r} family")
@@ -81,6 +82,12 @@ def _boxed_original(aten: str, key: str, composite: bool = False) -> Optional[Ca
     """torch's own kernel of `aten` for dispatch key `key`, or None where torch has none (a
     CPU-only op has no CUDA kernel: there is nothing to override there). composite: an op whose
     only kernel is CompositeExplicitAutograd; that kernel is the original for every key."""
+    if key == "CompositeImplicitAutograd":  # an alias key: its kernel is the one AutogradCPU computes
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
+            return None
+        kernel = torch.library.get_kernel(aten, "AutogradCPU")
+        keyset = torch._C.DispatchKeySet("AutogradCPU")
+        return lambda *args, **kwargs: kernel.call_boxed(keyset, *args, **kwargs)
     # get_kernel(aten, key) resolves to the composite kernel when no per-device one is registered
     if not composite and not torch._C._dispatch_has_kernel_for_dispatch_key(aten, key):
         return None

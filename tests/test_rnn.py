@@ -419,3 +419,104 @@ def test_cell_non_contiguous(backend):
     want = torch._VF.lstm_cell(x.double(), (h.double(), c.double()), w_ih.double(), w_hh.double())
     for g, w in zip(got, want):
         assert_close(g, w, torch.float32, reduction=64)
+
+
+# ---- enable(): torch's own RNN ops routed to fastops ----------------------------------------------
+
+ENABLE_MODULES = [("LSTM", {}), ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}),
+                  ("GRU", {"bias": False}), ("GRU", {"num_layers": 2}), ("RNN", {"nonlinearity": "relu"}),
+                  ("RNN", {"bidirectional": True})]
+
+
+def _grads(module, x):
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("cls_name,kw", ENABLE_MODULES, ids=str)
+def test_enable_runs_torch_nn_layers_on_fastops(cls_name, kw):
+    """torch.nn.LSTM/GRU/RNN (plain torch modules) under enable(): aten::lstm & co. run the fastops
+    layer op (forward and backward), giving torch's outputs, final states and every gradient."""
+    torch.manual_seed(0)
+    mine = getattr(torch.nn, cls_name)(4, 6, **kw)
+    ref = copy.deepcopy(mine).double()
+    shape = (2, 5, 4) if kw.get("batch_first") else (5, 2, 4)
+    x = make(shape, torch.float32, seed=1, scale=1.0).requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    _dispatch.clear_history()
+    with fastops.use_backend("cpu"), fastops.enable(include="rnn"):
+        out, hid = mine(x)
+        assert type(mine) is getattr(torch.nn, cls_name)
+        assert _ran() == "cpu" and "rnn_layer: cpu" in fastops.explain()
+        hs = hid if isinstance(hid, tuple) else (hid,)
+        (out.sum() + sum(h.sum() * (i + 2) for i, h in enumerate(hs))).backward()
+        assert _ran("rnn_layer_backward") == "cpu"
+    out_r, hid_r = ref(xr)
+    hs_r = hid_r if isinstance(hid_r, tuple) else (hid_r,)
+    (out_r.sum() + sum(h.sum() * (i + 2) for i, h in enumerate(hs_r))).backward()
+    assert_close(out, out_r, torch.float32, reduction=64)
+    for h, h_r in zip(hs, hs_r):
+        assert_close(h, h_r, torch.float32, reduction=64)
+    for g, g_r in zip(_grads(mine, x), _grads(ref, xr)):
+        assert_close(g, g_r, torch.float32, reduction=256)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_enable_runs_vf_cells_on_fastops(kind, dtype):
+    """torch._VF cells (what torch.nn.*Cell call) under enable() run the fastops cell, with grads."""
+    vf = CELLS[kind][1]
+    args = _cell_args(kind, 3, 5, 7, dtype)
+    mine = _leaves(args, dtype)
+    ref = _leaves(args, torch.float64)
+    _dispatch.clear_history()
+    with fastops.use_backend("cpu"), fastops.enable(include="rnn"):
+        out = _call_cell(vf, kind, *mine)
+        assert _ran() == "cpu"
+        sum((o.float() * (i + 1)).sum() for i, o in enumerate(out)).backward()
+    out_r = _call_cell(vf, kind, *ref)
+    sum((o * (i + 1)).sum() for i, o in enumerate(out_r)).backward()
+    for o, o_r in zip(out, out_r):
+        assert_close(o, o_r, dtype, reduction=16)
+    for a, a_r in zip(mine, ref):
+        if a is not None:
+            assert_close(a.grad, a_r.grad, dtype, reduction=64)
+
+
+def test_enable_module_cells_unbatched_and_fallbacks():
+    """torch.nn.LSTMCell unbatched goes through the override; outside enable() and for float64 or a
+    PackedSequence torch's kernel runs, with the reason in explain()."""
+    cell = torch.nn.LSTMCell(4, 5)
+    x = make((4,), torch.float32, seed=1, scale=1.0)
+    want = cell(x)
+    _dispatch.clear_history()
+    with fastops.use_backend("cpu"), fastops.enable(include="rnn"):
+        got = cell(x)
+        assert _ran() == "cpu"
+        lstm = torch.nn.LSTM(4, 5).double()
+        lstm(make((3, 2, 4), torch.float64, seed=2))
+        assert _ran() == "torch" and "float64" in fastops.explain()
+        packed = pack_padded_sequence(make((3, 2, 4), torch.float32, seed=3), [3, 2])
+        torch.nn.GRU(4, 5)(packed)
+        assert "PackedSequence" in fastops.explain()
+    for g, w in zip(got, want):
+        assert_close(g, w.double(), torch.float32, reduction=16)
+    _dispatch.clear_history()
+    cell(x)
+    assert _dispatch.last_choice("rnn_layer") is None  # no override outside enable()
+
+
+def test_enable_follows_the_auto_policy():
+    """Under auto, enable() runs fastops exactly where the per-mode policy says the cpu kernel is
+    faster, and says why torch ran elsewhere."""
+    _dispatch.set_crossovers_enabled(True)  # the policy is auto's, like a crossover
+    for mode, cls, kw in ((R.LSTM, torch.nn.LSTM, {}), (R.GRU, torch.nn.GRU, {}),
+                          (R.TANH, torch.nn.RNN, {}), (R.RELU, torch.nn.RNN, {"nonlinearity": "relu"})):
+        m = cls(8, 16, **kw)
+        x = make((4, 3, 8), torch.float32, seed=1)
+        _dispatch.clear_history()
+        with fastops.enable(include="rnn"):
+            m(x)
+        want = "cpu" if R.CPU_FASTER[(mode, torch.float32)] else "torch"
+        assert _ran() == want, fastops.explain()
+        if want == "torch":
+            assert "auto policy per mode" in fastops.explain()

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "fastops/gemm.h"
+#include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
 #include "isa.h"
@@ -553,6 +554,128 @@ void gemm(const GemmParams& p) {
     case DType::kFloat16: return gemm_ab<Half>(p);
     case DType::kBFloat16: return gemm_ab<BFloat16>(p);
     default: return gemm_ab<float>(p);
+  }
+}
+
+// ---- packed B (fastops/gemm_packed.h): the same panels and kernels, B packed once ---------------
+// (an additive block: nothing above depends on it)
+
+namespace {
+
+// The Plan of a product with a prepacked B: units of up to kPackedChunk row panels x one column
+// panel, so that a unit index is (row chunk) * n_panels + (column panel).
+constexpr int64_t kPackedChunk = 8;
+
+Plan packed_plan(const GemmParams& p, const Entries& e) {
+  Plan pl{};
+  pl.p = &p;
+  pl.mr = e.mr;
+  pl.nr = e.nr;
+  pl.kq = e.pairs ? ceil_div(p.k, 2) : p.k;
+  pl.m_panels = ceil_div(p.m, e.mr);
+  pl.n_panels = ceil_div(p.n, e.nr);
+  pl.a_panel = std::max<int64_t>(pl.kq, 1) * e.mr;
+  pl.b_panel = std::max<int64_t>(pl.kq, 1) * e.nr;
+  pl.mc = std::min<int64_t>(std::max<int64_t>(pl.m_panels, 1), kPackedChunk) * e.mr;
+  pl.nc = e.nr;
+  pl.m_units = ceil_div(pl.m_panels, pl.mc / e.mr);
+  pl.n_units = pl.n_panels;
+  return pl;
+}
+
+struct PackedFree {
+  void operator()(char* p) const { ::operator delete[](p, std::align_val_t(64)); }
+};
+
+template <typename AB>
+std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, DType ab, int64_t groups,
+                                    int64_t group_stride, int* nr, int64_t* group_elems) {
+  const Entries e = entries<AB, float>(ab);
+  GemmParams g;
+  g.m = 1;
+  g.n = n;
+  g.k = k;
+  g.b = b;
+  g.ab_dtype = ab;
+  const Plan pl = packed_plan(g, e);
+  *nr = e.nr;
+  *group_elems = pl.n_panels * pl.b_panel;
+  const int64_t bytes = std::max<int64_t>(groups * *group_elems * 4, 64);
+  std::shared_ptr<char> mem(static_cast<char*>(::operator new[](bytes, std::align_val_t(64))), PackedFree());
+  char* dst = mem.get();
+  const int64_t total = groups * pl.n_panels, ge = *group_elems;
+  const bool par = !omp_in_parallel() && k * n * groups >= (1 << 15);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t w = 0; w < total; ++w) {
+    const int64_t grp = w / pl.n_panels, pi = w % pl.n_panels;
+    GemmParams gg = g;
+    gg.b.ptr = static_cast<const AB*>(b.ptr) + grp * group_stride;
+    Plan pg = pl;
+    pg.p = &gg;
+    e.pack_b(pg, 0, pi, dst + grp * ge * 4);
+  }
+  return mem;
+}
+
+template <typename AB, typename C>
+void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t n, int64_t groups,
+                     int64_t group_elems, int64_t j0, int64_t j1, int64_t c_group_stride) {
+  const Entries e = entries<AB, C>(p0.ab_dtype);
+  GemmParams p = p0;
+  p.batch = 1;
+  p.k = k;
+  p.n = n;
+  Plan pl = packed_plan(p, e);
+  const int64_t per_row = pl.mc / pl.mr;
+  void* abuf = tls_a.get(per_row * pl.a_panel * 4);
+  const int64_t jr0 = j0 / pl.nr, jr1 = std::min(pl.n_panels, ceil_div(j1, pl.nr));
+  for (int64_t ui = 0; ui < pl.m_units; ++ui) {
+    const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
+    for (int64_t i = first; i < last; ++i) e.pack_a(pl, 0, i, abuf, first);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      GemmParams pg = p;
+      pg.c = static_cast<C*>(p.c) + grp * c_group_stride;
+      Plan plg = pl;
+      plg.p = &pg;
+      for (int64_t jr = jr0; jr < jr1; ++jr)
+        e.unit(plg, 0, ui * pl.n_units + jr, abuf, first, bbuf + grp * group_elems * 4);
+    }
+  }
+}
+
+template <typename AB>
+void packed_multiply_ab(const GemmParams& p, const char* bbuf, int64_t k, int64_t n, int64_t groups,
+                        int64_t group_elems, int64_t j0, int64_t j1, int64_t cgs) {
+  switch (p.c_dtype) {
+    case DType::kFloat16: return packed_multiply<AB, Half>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
+    case DType::kBFloat16: return packed_multiply<AB, BFloat16>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
+    default: return packed_multiply<AB, float>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
+  }
+}
+
+}  // namespace
+
+PackedB::PackedB(const GemmOperand& b, int64_t k, int64_t n, DType ab, int64_t groups, int64_t group_stride)
+    : k_(k), n_(n), groups_(groups), dtype_(ab) {
+  if (n <= 0 || groups <= 0) return;
+  switch (ab) {
+    case DType::kFloat16: data_ = pack_b_groups<Half>(b, k, n, ab, groups, group_stride, &nr_, &group_elems_); break;
+    case DType::kBFloat16:
+      data_ = pack_b_groups<BFloat16>(b, k, n, ab, groups, group_stride, &nr_, &group_elems_);
+      break;
+    default: data_ = pack_b_groups<float>(b, k, n, ab, groups, group_stride, &nr_, &group_elems_); break;
+  }
+}
+
+void PackedB::multiply(const GemmParams& p, int64_t j0, int64_t j1, int64_t c_group_stride) const {
+  if (p.m <= 0 || j1 <= j0 || !data_) return;
+  switch (dtype_) {
+    case DType::kFloat16:
+      return packed_multiply_ab<Half>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, c_group_stride);
+    case DType::kBFloat16:
+      return packed_multiply_ab<BFloat16>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, c_group_stride);
+    default:
+      return packed_multiply_ab<float>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, c_group_stride);
   }
 }
 

@@ -1,18 +1,27 @@
 // RNN cells and layers on the CPU (fastops/rnn.h): fused pointwise steps and whole layers.
 //
 // A layer runs its time loop here, with no Python per step: x W_ih^T for all steps as one GEMM
-// into float32, then per step h W_hh^T (cpu::gemm, OpenMP inside) and the fused step (gate
-// nonlinearities, cell update, what backward needs saved), OpenMP over (row, block of units).
-// Backward runs the steps in reverse, each a fused pointwise pass plus one GEMM dh += dgh W_hh,
-// keeping every step's gate gradients; dx, dW_ih, dW_hh are then three large GEMMs and the bias
-// gradients ordered column sums, so results do not depend on the thread count.
+// into float32; W_hh^T packed once (cpu::PackedB, one panel group per gate); then one OpenMP
+// region for all steps, thread i owning a block of hidden units (whole GEMM panels) of every gate:
+// per step it computes h W_hh^T for its own gate columns and runs the fused step (gate
+// nonlinearities, cell update, what backward needs saved) on those units while they are in cache;
+// h ping-pongs between two buffers, so one barrier a step orders everything.
+// Backward runs the steps in reverse the same way: the fused pointwise pass on the thread's units,
+// a barrier, then dh[:, own units] += dgh W_hh[:, own units]; every step's gate gradients are
+// kept, and dx, dW_ih, dW_hh are three large GEMMs at the end and the bias gradients ordered
+// column sums, so results do not depend on the thread count.
 // fp16/bf16: the weights are widened to float32 once per backward call, so every product and sum
 // of the backward is float32 (the forward's GEMMs read bf16/fp16 and accumulate in float32).
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "fastops/gemm.h"
+#include "fastops/gemm_packed.h"
 #include "fastops/rnn.h"
 #include "fastops/storage.h"
 #include "isa.h"
@@ -37,8 +46,48 @@ FASTOPS_FORCE_INLINE bool active(const int64_t* lengths, int64_t b, int64_t t) {
 
 // ---- one step, a block of units of one row ------------------------------------------------
 
+// fp16/bf16 rows go through the float32 body into a float row, then one conversion pass: the
+// compiler vectorizes the float body, not one that converts inside.
+template <RnnMode M, typename T>
+FASTOPS_FORCE_INLINE void forward_row_narrow(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+  constexpr int S = math::rnn_saved(M);
+  const int64_t H = p.hidden;
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < 2 * H) row.resize(static_cast<size_t>(2 * H));
+  float* hp = row.data();
+  float* ho = row.data() + H;
+  const T* h_prev = static_cast<const T*>(p.h_prev) + b * H;
+  if (M == RnnMode::kGru) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) hp[j] = to_float(h_prev[j]);
+  }
+  RnnStepParams q = p;  // row b as row 0 of float32 buffers
+  q.dtype = DType::kFloat32;
+  q.gi = p.gi + b * p.gi_stride;
+  q.gh = p.gh + b * p.gh_stride;
+  q.saved = p.saved + b * S * H;
+  q.h_prev = hp;
+  q.h_out = ho;
+  q.y_out = nullptr;
+  if (M == RnnMode::kLstm) {
+    q.c_prev = p.c_prev + b * H;
+    q.c_out = p.c_out + b * H;
+  }
+  q.lengths = nullptr;
+#pragma omp simd
+  for (int64_t j = j0; j < j1; ++j) rnn_step_forward_unit<M, float, Cvt>(q, 0, j, true);
+  T* h_out = static_cast<T*>(p.h_out) + b * H;
+  T* y_out = p.y_out ? static_cast<T*>(p.y_out) + b * H : nullptr;
+#pragma omp simd
+  for (int64_t j = j0; j < j1; ++j) h_out[j] = from_float<T>(ho[j]);
+  if (y_out) std::memcpy(y_out + j0, h_out + j0, sizeof(T) * (j1 - j0));
+}
+
 template <RnnMode M, typename T>
 FASTOPS_FORCE_INLINE void forward_block(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (active(p.lengths, b, p.t)) return forward_row_narrow<M, T>(p, b, j0, j1);
+  }
   if (active(p.lengths, b, p.t)) {
 #pragma omp simd
     for (int64_t j = j0; j < j1; ++j) rnn_step_forward_unit<M, T, Cvt>(p, b, j, true);
@@ -164,28 +213,6 @@ struct F32View {
   }
 };
 
-// dst[c * rows + r] = float(src[r * cols + c]): a float32 transposed copy, in 32 x 32 tiles.
-template <typename T>
-void transpose_to(const void* src, int64_t rows, int64_t cols, float* dst) {
-  const T* s = static_cast<const T*>(src);
-  constexpr int64_t kTile = 32;
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-  for (int64_t c0 = 0; c0 < cols; c0 += kTile)
-    for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-      for (int64_t c = c0; c < std::min(c0 + kTile, cols); ++c)
-        for (int64_t r = r0; r < std::min(r0 + kTile, rows); ++r) dst[c * rows + r] = to_float(s[r * cols + c]);
-}
-
-std::vector<float> transposed(DType d, const void* src, int64_t rows, int64_t cols) {
-  std::vector<float> out(static_cast<size_t>(rows * cols));
-  switch (d) {
-    case DType::kFloat16: transpose_to<Half>(src, rows, cols, out.data()); break;
-    case DType::kBFloat16: transpose_to<BFloat16>(src, rows, cols, out.data()); break;
-    default: transpose_to<float>(src, rows, cols, out.data()); break;
-  }
-  return out;
-}
-
 // C[m, n] (row stride ldc) = beta * C + A[m, k] B[k, n], all addressed through element strides.
 void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row, int64_t a_col, const void* b,
         int64_t b_row, int64_t b_col, float* c, int64_t ldc, float beta) {
@@ -202,6 +229,72 @@ void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row,
   g.c_dtype = DType::kFloat32;
   g.beta = beta;
   gemm(g);
+}
+
+// The block functions of one mode and dtype, for the running CPU.
+using ForwardBlock = void (*)(const RnnStepParams&, int64_t, int64_t, int64_t);
+using BackwardBlock = void (*)(const RnnStepBackwardParams&, int64_t, int64_t, int64_t);
+
+template <RnnMode M, typename T>
+ForwardBlock forward_block_isa() {
+  return select_isa(&forward_block_base<M, T>, &forward_block_avx2<M, T>, &forward_block_avx512<M, T>);
+}
+template <RnnMode M, typename T>
+BackwardBlock backward_block_isa() {
+  return select_isa(&backward_block_base<M, T>, &backward_block_avx2<M, T>, &backward_block_avx512<M, T>);
+}
+
+template <typename T>
+ForwardBlock forward_block_mode(RnnMode m) {
+  switch (m) {
+    case RnnMode::kRelu: return forward_block_isa<RnnMode::kRelu, T>();
+    case RnnMode::kLstm: return forward_block_isa<RnnMode::kLstm, T>();
+    case RnnMode::kGru: return forward_block_isa<RnnMode::kGru, T>();
+    default: return forward_block_isa<RnnMode::kTanh, T>();
+  }
+}
+template <typename T>
+BackwardBlock backward_block_mode(RnnMode m) {
+  switch (m) {
+    case RnnMode::kRelu: return backward_block_isa<RnnMode::kRelu, T>();
+    case RnnMode::kLstm: return backward_block_isa<RnnMode::kLstm, T>();
+    case RnnMode::kGru: return backward_block_isa<RnnMode::kGru, T>();
+    default: return backward_block_isa<RnnMode::kTanh, T>();
+  }
+}
+ForwardBlock forward_block_fn(RnnMode m, DType d) {
+  switch (d) {
+    case DType::kFloat16: return forward_block_mode<Half>(m);
+    case DType::kBFloat16: return forward_block_mode<BFloat16>(m);
+    default: return forward_block_mode<float>(m);
+  }
+}
+BackwardBlock backward_block_fn(RnnMode m, DType d) {
+  switch (d) {
+    case DType::kFloat16: return backward_block_mode<Half>(m);
+    case DType::kBFloat16: return backward_block_mode<BFloat16>(m);
+    default: return backward_block_mode<float>(m);
+  }
+}
+
+// The threads of a layer's time loop: one OpenMP region for all steps, thread i owning the
+// hidden units [begin, end) (whole GEMM panels) of every gate for the whole loop, so that its
+// part of W_hh stays in its cache and a step needs one barrier.
+constexpr int64_t kTeamMinWork = int64_t(1) << 17;  // multiply-adds per step below which one thread runs
+struct Team {
+  int threads = 1;
+  int64_t panel = 1, panels = 0, hidden = 0;
+  int64_t begin() const { return std::min(hidden, panels * omp_get_thread_num() / threads * panel); }
+  int64_t end() const { return std::min(hidden, panels * (omp_get_thread_num() + 1) / threads * panel); }
+};
+Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
+  Team t;
+  t.panel = panel;
+  t.hidden = hidden;
+  t.panels = (hidden + panel - 1) / panel;
+  const int64_t most = omp_in_parallel() ? 1 : omp_get_max_threads();
+  t.threads = static_cast<int>(std::max<int64_t>(1, work_per_step < kTeamMinWork ? 1 : std::min(most, t.panels)));
+  return t;
 }
 
 int64_t forward_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
@@ -228,49 +321,74 @@ void rnn_step_backward(const RnnStepBackwardParams& p) {
 
 void rnn_layer_forward(const RnnLayerParams& p) {
   const int64_t T = p.steps, B = p.batch, I = p.input, H = p.hidden;
-  const int64_t GH = math::rnn_gates(p.mode) * H, S = math::rnn_saved(p.mode);
+  const int64_t G = math::rnn_gates(p.mode), GH = G * H, S = math::rnn_saved(p.mode);
   const size_t es = storage_bytes(p.dtype);
   const bool lstm = p.mode == RnnMode::kLstm;
   if (B == 0 || H == 0) return;
-  std::memcpy(p.h_n, p.h0, static_cast<size_t>(B * H) * es);
   if (T == 0) {
+    std::memcpy(p.h_n, p.h0, static_cast<size_t>(B * H) * es);
     if (lstm) std::memcpy(p.c_n, p.c0, static_cast<size_t>(B * H) * es);
     return;
   }
-  std::vector<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH));
+  // uninitialized: every element is written before it is read
+  const std::unique_ptr<float[]> gx(new float[static_cast<size_t>(T * B * GH)]), gh(new float[static_cast<size_t>(B * GH)]);
   // gx[T*B, GH] = x[T*B, I] W_ih^T
-  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.data(), GH, 0.0f);
+  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);
+  // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
+  const PackedB whh(GemmOperand{p.w_hh, 0, 1, H}, H, H, p.dtype, G, H * H);
   std::vector<float> c0;
   if (lstm) {
     c0.resize(static_cast<size_t>(B * H));
     widen_any(p.dtype, p.c0, c0.data(), B * H);
   }
+  // h ping-pongs between two buffers, so one barrier per step orders every read and write
+  std::vector<char> hbuf(static_cast<size_t>(2 * B * H) * es);
+  std::memcpy(hbuf.data(), p.h0, static_cast<size_t>(B * H) * es);
+  const ForwardBlock block = forward_block_fn(p.mode, p.dtype);
+  const Team team = make_team(whh.panel_cols(), H, B * GH * H);
   char* y = static_cast<char*>(p.y);
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = forward_time(p, s);
-    mm(B, GH, H, p.dtype, p.h_n, H, 1, p.w_hh, 1, H, gh.data(), GH, 0.0f);  // gh = h W_hh^T
-    RnnStepParams sp;
-    sp.mode = p.mode;
-    sp.batch = B;
-    sp.hidden = H;
-    sp.dtype = p.dtype;
-    sp.gi = gx.data() + t * B * GH;
-    sp.gh = gh.data();
-    sp.gi_stride = sp.gh_stride = GH;
-    sp.b_ih = p.b_ih;
-    sp.b_hh = p.b_hh;
-    sp.h_prev = p.h_n;
-    sp.h_out = p.h_n;
-    sp.y_out = y + static_cast<size_t>(t * B * H) * es;
-    if (lstm) {
-      sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
-      sp.c_out = p.c_all + t * B * H;
+#pragma omp parallel num_threads(team.threads)
+  {
+    const int64_t j0 = team.begin(), j1 = team.end();
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = forward_time(p, s);
+      void* h_prev = hbuf.data() + static_cast<size_t>((s % 2) * B * H) * es;
+      void* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
+      if (j0 < j1) {
+        GemmParams g;  // gh[:, g*H + j] = h W_hh^T for this thread's units j of every gate
+        g.m = B;
+        g.a = GemmOperand{h_prev, 0, H, 1};
+        g.c = gh.get();
+        g.c_stride_row = GH;
+        g.ab_dtype = p.dtype;
+        g.c_dtype = DType::kFloat32;
+        whh.multiply(g, j0, j1, H);
+        RnnStepParams sp;
+        sp.mode = p.mode;
+        sp.batch = B;
+        sp.hidden = H;
+        sp.dtype = p.dtype;
+        sp.gi = gx.get() + t * B * GH;
+        sp.gh = gh.get();
+        sp.gi_stride = sp.gh_stride = GH;
+        sp.b_ih = p.b_ih;
+        sp.b_hh = p.b_hh;
+        sp.h_prev = h_prev;
+        sp.h_out = h_out;
+        sp.y_out = y + static_cast<size_t>(t * B * H) * es;
+        if (lstm) {
+          sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
+          sp.c_out = p.c_all + t * B * H;
+        }
+        sp.saved = p.saved + t * B * S * H;
+        sp.lengths = p.lengths;
+        sp.t = t;
+        for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
+      }
+#pragma omp barrier
     }
-    sp.saved = p.saved + t * B * S * H;
-    sp.lengths = p.lengths;
-    sp.t = t;
-    rnn_step_forward(sp);
   }
+  std::memcpy(p.h_n, hbuf.data() + static_cast<size_t>((T % 2) * B * H) * es, static_cast<size_t>(B * H) * es);
   if (lstm) narrow_any(p.dtype, p.c_all + forward_time(p, T - 1) * B * H, p.c_n, B * H);
 }
 
@@ -288,7 +406,14 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     if (q.dc_n) widen_any(p.dtype, q.dc_n, q.dc0, B * H);
     else std::memset(q.dc0, 0, sizeof(float) * B * H);
   }
-  const bool empty = T == 0 || B == 0;
+  if (T == 0 || B == 0 || H == 0) {
+    std::memset(q.dx, 0, sizeof(float) * T * B * I);
+    std::memset(q.dw_ih, 0, sizeof(float) * GH * I);
+    std::memset(q.dw_hh, 0, sizeof(float) * GH * H);
+    if (q.db_ih) std::memset(q.db_ih, 0, sizeof(float) * GH);
+    if (q.db_hh) std::memset(q.db_hh, 0, sizeof(float) * GH);
+    return;
+  }
   std::vector<float> dgi(static_cast<size_t>(T * B * GH)), dgh_own(gru ? dgi.size() : 0);
   float* dgh = gru ? dgh_own.data() : dgi.data();
   // h entering step t, float32: y of the previous step when that step was active for the row,
@@ -296,6 +421,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   std::vector<float> hprev(static_cast<size_t>(T * B * H));
   const F32View h0(p.dtype, p.h0, B * H);
   const F32View yv(p.dtype, p.y, T * B * H);
+#pragma omp parallel for schedule(static) if (T * B * H >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t tp = p.reverse ? t + 1 : t - 1;
     for (int64_t b = 0; b < B; ++b) {
@@ -309,68 +435,82 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     c0.resize(static_cast<size_t>(B * H));
     widen_any(p.dtype, p.c0, c0.data(), B * H);
   }
-  // Every backward GEMM reads A along rows and B along k (both unit stride): W_hh, W_ih and the
-  // operands of the weight gradients are transposed into float32 copies first.
-  const std::vector<float> whh_t = transposed(p.dtype, p.w_hh, GH, H);  // [H, GH]
+  // Every product of the backward is float32: the weights are widened once (a view for float32).
+  const F32View whh(p.dtype, p.w_hh, GH * H);
+  const PackedB whh_packed(GemmOperand{whh.ptr, 0, H, 1}, GH, H, DType::kFloat32);  // W_hh [GH, H]
+  const BackwardBlock block = backward_block_fn(p.mode, p.dtype);
+  const Team team = make_team(whh_packed.panel_cols(), H, B * GH * H);
   const char* dy = static_cast<const char*>(q.dy);
-  for (int64_t s = T - 1; s >= 0 && !empty; --s) {
-    const int64_t t = forward_time(p, s);
-    RnnStepBackwardParams sp;
-    sp.mode = p.mode;
-    sp.batch = B;
-    sp.hidden = H;
-    sp.dtype = p.dtype;
-    sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
-    sp.dh = q.dh0;
-    sp.dc = q.dc0;
-    sp.saved = p.saved + t * B * S * H;
-    if (lstm) {
-      sp.c = p.c_all + t * B * H;
-      sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
+#pragma omp parallel num_threads(team.threads)
+  {
+    const int64_t j0 = team.begin(), j1 = team.end();
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = forward_time(p, s);
+      if (j0 < j1) {
+        RnnStepBackwardParams sp;
+        sp.mode = p.mode;
+        sp.batch = B;
+        sp.hidden = H;
+        sp.dtype = p.dtype;
+        sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
+        sp.dh = q.dh0;
+        sp.dc = q.dc0;
+        sp.saved = p.saved + t * B * S * H;
+        if (lstm) {
+          sp.c = p.c_all + t * B * H;
+          sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
+        }
+        sp.h_prev = hprev.data() + t * B * H;
+        sp.dgi = dgi.data() + t * B * GH;
+        sp.dgh = dgh + t * B * GH;
+        sp.lengths = p.lengths;
+        sp.t = t;
+        for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
+      }
+      // every thread's gate gradients of this step are in dgh before any thread reads them
+#pragma omp barrier
+      if (j0 < j1) {
+        GemmParams g;  // dh[:, j0:j1] += dgh[B, GH] W_hh[GH, j0:j1]
+        g.m = B;
+        g.a = GemmOperand{dgh + t * B * GH, 0, GH, 1};
+        g.c = q.dh0;
+        g.c_stride_row = H;
+        g.beta = 1.0f;
+        whh_packed.multiply(g, j0, j1);
+      }
+      // the next step reads and writes only this thread's columns of dh, and dgi / dgh of
+      // another step: no second barrier
     }
-    sp.h_prev = hprev.data() + t * B * H;
-    sp.dgi = dgi.data() + t * B * GH;
-    sp.dgh = dgh + t * B * GH;
-    sp.lengths = p.lengths;
-    sp.t = t;
-    rnn_step_backward(sp);
-    // dh += dgh[B, GH] W_hh[GH, H]
-    mm(B, H, GH, DType::kFloat32, dgh + t * B * GH, GH, 1, whh_t.data(), 1, GH, q.dh0, H, 1.0f);
-  }
-  if (empty) {
-    std::memset(q.dx, 0, sizeof(float) * T * B * I);
-    std::memset(q.dw_ih, 0, sizeof(float) * GH * I);
-    std::memset(q.dw_hh, 0, sizeof(float) * GH * H);
-    if (q.db_ih) std::memset(q.db_ih, 0, sizeof(float) * GH);
-    if (q.db_hh) std::memset(q.db_hh, 0, sizeof(float) * GH);
-    return;
   }
   const int64_t TB = T * B;
-  const std::vector<float> wih_t = transposed(p.dtype, p.w_ih, GH, I);  // [I, GH]
-  mm(TB, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih_t.data(), 1, GH, q.dx, I, 0.0f);  // dx = dgi W_ih
-  // dW_ih = dgi^T x, dW_hh = dgh^T hprev: sums over all T*B rows, from [GH, TB] and [I|H, TB] copies
-  const std::vector<float> dgi_t = transposed(DType::kFloat32, dgi.data(), TB, GH);
-  const std::vector<float> dgh_t = gru ? transposed(DType::kFloat32, dgh, TB, GH) : std::vector<float>();
-  const float* dgh_tp = gru ? dgh_t.data() : dgi_t.data();
   {
-    const std::vector<float> x_t = transposed(p.dtype, p.x, TB, I);
-    mm(GH, I, TB, DType::kFloat32, dgi_t.data(), TB, 1, x_t.data(), 1, TB, q.dw_ih, I, 0.0f);
+    const F32View wih(p.dtype, p.w_ih, GH * I);
+    mm(TB, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih.ptr, I, 1, q.dx, I, 0.0f);  // dx = dgi W_ih
   }
   {
-    const std::vector<float> hprev_t = transposed(DType::kFloat32, hprev.data(), TB, H);
-    mm(GH, H, TB, DType::kFloat32, dgh_tp, TB, 1, hprev_t.data(), 1, TB, q.dw_hh, H, 0.0f);
+    // dW_ih = dgi^T x, dW_hh = dgh^T hprev: sums over all T*B rows, read in place
+    const F32View xv(p.dtype, p.x, TB * I);
+    mm(GH, I, TB, DType::kFloat32, dgi.data(), 1, GH, xv.ptr, I, 1, q.dw_ih, I, 0.0f);
   }
+  mm(GH, H, TB, DType::kFloat32, dgh, 1, GH, hprev.data(), H, 1, q.dw_hh, H, 0.0f);
   float* db[2] = {q.db_ih, q.db_hh};
-  const float* src[2] = {dgi_t.data(), dgh_tp};
+  const float* src[2] = {dgi.data(), dgh};
+  constexpr int64_t kCols = 256;
   for (int w = 0; w < 2; ++w) {
     if (!db[w]) continue;
     float* out = db[w];
     const float* g = src[w];
+    // column sums, each over rows in order: thread-count independent
 #pragma omp parallel for schedule(static) if (GH * TB >= (1 << 16))
-    for (int64_t k = 0; k < GH; ++k) {  // each a sum over rows in order: thread-count independent
-      float acc = 0.0f;
-      for (int64_t r = 0; r < TB; ++r) acc += g[k * TB + r];
-      out[k] = acc;
+    for (int64_t k0 = 0; k0 < GH; k0 += kCols) {
+      const int64_t k1 = std::min(GH, k0 + kCols);
+      float acc[kCols] = {};
+      for (int64_t r = 0; r < TB; ++r) {
+        const float* row = g + r * GH;
+#pragma omp simd
+        for (int64_t k = k0; k < k1; ++k) acc[k - k0] += row[k];
+      }
+      for (int64_t k = k0; k < k1; ++k) out[k] = acc[k - k0];
     }
   }
 }

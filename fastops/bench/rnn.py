@@ -1,4 +1,4 @@
-"""RNN family: one LSTM (`rnn`) or GRU (`rnn_gru`) layer over a whole sequence, time per sequence.
+"""RNN family: one LSTM (`rnn`), GRU (`rnn_gru`) or tanh / relu RNN (`rnn_tanh`, `rnn_relu`) layer over a whole sequence, time per sequence.
 
 shape = (T, B, H) with input size I = H. Inputs x [T, B, H], h0 (and c0) [B, H], the four
 weights. Providers: torch (torch.nn.LSTM/GRU's kernel, `torch._VF.lstm/gru`: oneDNN / native on
@@ -25,12 +25,15 @@ SWEEP = ((8, 1, 32), (16, 4, 64), (64, 8, 128), (64, 32, 256))
 QUICK_SWEEP = ((8, 1, 32), (64, 32, 256))
 
 
+_ATEN_NAME = {R.LSTM: "lstm", R.GRU: "gru", R.TANH: "rnn_tanh", R.RELU: "rnn_relu"}
+
+
 def _fns(mode: int):
     lstm = mode == R.LSTM
-    vf_layer = torch._VF.lstm if lstm else torch._VF.gru
-    vf_cell = torch._VF.lstm_cell if lstm else torch._VF.gru_cell
+    vf_layer = getattr(torch._VF, _ATEN_NAME[mode])
+    vf_cell = getattr(torch._VF, _ATEN_NAME[mode] + "_cell")
 
-    # inputs: (x, h0, c0, w_ih, w_hh, b_ih, b_hh) for LSTM, (x, h0, w_ih, w_hh, b_ih, b_hh) for GRU
+    # inputs: (x, h0, c0, w_ih, w_hh, b_ih, b_hh) for LSTM, (x, h0, w_ih, w_hh, b_ih, b_hh) otherwise
     def split(args):
         return (args[0], args[1], args[2], *args[3:]) if lstm else (args[0], args[1], None, *args[2:])
 
@@ -80,7 +83,7 @@ def _make_case(mode: int):
             state = (rnd(B, H, k=0.5), rnd(B, H, k=0.5)) if mode == R.LSTM else (rnd(B, H, k=0.5),)
             return (rnd(T, B, H), *state, rnd(G * H, H, k=scale), rnd(G * H, H, k=scale), rnd(G * H, k=0.1),
                     rnd(G * H, k=0.1))
-        return Case(op="lstm" if mode == R.LSTM else "gru", shape=tuple(shape), dtype=dtype, inputs=inputs,
+        return Case(op=_ATEN_NAME[mode], shape=tuple(shape), dtype=dtype, inputs=inputs,
                     flops={m: k * fwd for m, k in FLOPS_PER_MODE.items()})
     return make_case
 
@@ -95,3 +98,5 @@ def _family(name: str, mode: int) -> Family:
 
 FAMILY = _family("rnn", R.LSTM)
 GRU_FAMILY = _family("rnn_gru", R.GRU)
+TANH_FAMILY = _family("rnn_tanh", R.TANH)
+RELU_FAMILY = _family("rnn_relu", R.RELU)

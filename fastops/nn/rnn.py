@@ -11,7 +11,6 @@ and inputs of other dtypes run torch's own forward, with the reason in fastops.e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as TF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fastops import _dispatch, _dropin
@@ -147,26 +146,10 @@ class _FastRNNBase:
         backend = _rnn.choose(*first)
         if backend is None:
             return super().forward(input, None if hx is None else self._torch_hx(hx, input, batched))
-        h_n, c_n = [], []
-        layer_input = x
-        for layer in range(self.num_layers):
-            outs = []
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                idx = layer * D + d
-                y, h, c = _rnn.layer_eager(
-                    layer_input, hx[0][idx], hx[1][idx] if lstm else None, getattr(self, "weight_ih" + sfx),
-                    getattr(self, "weight_hh" + sfx), getattr(self, "bias_ih" + sfx, None) if self.bias else None,
-                    getattr(self, "bias_hh" + sfx, None) if self.bias else None, lengths, mode, bool(d), backend)
-                outs.append(y)
-                h_n.append(h)
-                if lstm:
-                    c_n.append(c)
-            layer_input = outs[0] if D == 1 else torch.cat(outs, 2)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = TF.dropout(layer_input, self.dropout, training=True)
-        out = layer_input
-        hidden = (torch.stack(h_n), torch.stack(c_n)) if lstm else torch.stack(h_n)
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        out, h_n, c_n = _rnn.run_stack(x, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                       self.bidirectional, mode, lengths, backend)
+        hidden = (h_n, c_n) if lstm else h_n
         if packed is not None:
             lengths_sorted = lengths if packed.sorted_indices is None else lengths[packed.sorted_indices]
             if packed.sorted_indices is not None:

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from fastops import _dispatch, _ext
+from fastops import _dispatch, _dropin, _ext
 from fastops.ops import rnn_reference as _ref  # the torch references and mode constants
 
 FAMILY = "rnn"
@@ -179,21 +179,43 @@ def _backward_loop(backend):
     return fn
 
 
-# Crossovers from `python -m fastops.bench --ops rnn,rnn_gru` on the development machine (2-core
-# AMD EPYC, AVX-512, shared and loaded; 2026-11-23): with the reference fastops::cpu::gemm (a
-# scalar dot product per output) every GEMM of the layer is 10-30x slower than torch's oneDNN, so
-# torch.nn.LSTM/GRU beat the cpu backend at every size measured (8x1x32 .. 64x32x256). Re-measure
-# once the fast cpu::gemm lands; the fused steps themselves are not the bottleneck (README).
-CROSSOVER = {"cpu": _dispatch.NEVER}
+# The auto policy of the cpu backend, per mode and dtype: True where the cpu layer was measured
+# faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN / native), forward and forward+backward,
+# at T=64, B=32, H=256 (`python -m fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the
+# development machine: 2-core AMD Zen 4 (AVX-512, AVX512-BF16, no AMX), shared with other builds
+# (load 7-10: figures move by 10-30 %), 2026-11-24. fastops / torch time ratios (min of 5):
+#   LSTM  fp32 fwd 0.74 full 0.83, bf16 fwd 0.67 full 0.61  -> torch (oneDNN's fused LSTM)
+#   GRU   fp32 fwd 1.49 full 1.56, bf16 fwd 1.42 full 1.10  -> cpu
+#   tanh  fp32 fwd 1.72 full 1.71, bf16 fwd 2.30 full 1.02  -> cpu
+#   relu  fp32 fwd 1.51 full 1.22, bf16 fwd 1.07 full 1.03  -> cpu
+# float16 was not measured (torch). README "RNN" has the figures.
+CPU_FASTER = {
+    (LSTM, torch.float32): False, (LSTM, torch.bfloat16): False,
+    (GRU, torch.float32): True, (GRU, torch.bfloat16): True,
+    (TANH, torch.float32): True, (TANH, torch.bfloat16): True,
+    (RELU, torch.float32): True, (RELU, torch.bfloat16): True,
+}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+
+
+def policy_why_torch(x: torch.Tensor, mode: int, backend: str):
+    """The reason auto runs torch instead of `backend` for this mode and dtype, or None. Like a
+    crossover it is auto's alone: off for a named backend, FASTOPS_CROSSOVERS=0 and strict mode."""
+    if backend != "cpu" or _dispatch.get_backend() != "auto" or not _dispatch._crossovers_enabled \
+            or _dispatch.strict() or CPU_FASTER.get((mode, x.dtype), False):
+        return None
+    return (f"auto policy per mode: torch was measured faster than cpu for {MODE_NAMES.get(mode, mode)} "
+            f"{str(x.dtype).replace('torch.', '')} on this CPU (fastops.ops.rnn.CPU_FASTER)")
+
 
 _dispatch.register_op("rnn_layer", FAMILY, {
     "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
     "torch": _forward_loop("torch"),
-}, crossover=CROSSOVER)
+})
 _dispatch.register_op("rnn_layer_backward", FAMILY, {
     "cuda": _backward_loop("cuda"), "triton": _backward_loop("triton"), "cpu": _backward_cpu,
     "torch": _backward_loop("torch"),
-}, crossover=CROSSOVER)
+})
 
 
 def run(op: str, backend: str, x: torch.Tensor, *args):
@@ -317,6 +339,10 @@ def choose(x: torch.Tensor, *args):
     choice = _dispatch.select("rnn_layer", x, *args)
     if choice.kernel.backend == "torch":
         return None
+    why = policy_why_torch(x, args[7], choice.kernel.backend)
+    if why is not None:
+        _dispatch.fallback("rnn_layer", x, why)
+        return None
     return _dispatch.chosen_name(choice)
 
 
@@ -380,3 +406,118 @@ def cell(mode: int, input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
         h_n = h_n.squeeze(0)
         c_n = c_n.squeeze(0) if c_n is not None else None
     return (h_n, c_n) if mode == LSTM else h_n
+
+
+# ---- stacked layers (num_layers, bidirectional, dropout): torch.nn.* and aten::lstm & co. ----------
+
+def run_stack(x, hx, weights, has_biases: bool, num_layers: int, dropout: float, train: bool,
+              bidirectional: bool, mode: int, lengths, backend: str):
+    """(out [T, B, D*H], h_n [L*D, B, H], c_n or None) of a stacked RNN on the layer op.
+
+    x: [T, B, I] time-major; hx: (h0,) or (h0, c0), each [L*D, B, H]; weights: per (layer,
+    direction) in torch's order, (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh), as a flat list.
+    Dropout between layers is torch's (train only), as torch.nn's layers apply it.
+    """
+    lstm = mode == LSTM
+    D = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    h_n, c_n = [], []
+    layer_input = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            idx = layer * D + d
+            w = weights[idx * per:(idx + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            y, h, c = layer_eager(layer_input, hx[0][idx], hx[1][idx] if lstm else None, w[0], w[1], b_ih, b_hh,
+                                  lengths, mode, bool(d), backend)
+            outs.append(y)
+            h_n.append(h)
+            if lstm:
+                c_n.append(c)
+        layer_input = outs[0] if D == 1 else torch.cat(outs, 2)
+        if dropout and train and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, training=True)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
+
+
+# ---- enable(): torch's own RNN ops (torch.nn.LSTM/GRU/RNN and the torch._VF cells) ------------------
+# These aten ops are CompositeImplicitAutograd (torch decomposes them above autograd), so the
+# overrides sit at that key: the handler runs before autograd and the layer op records its own
+# backward. Whatever the handler does not take runs torch's kernel, with the reason in explain().
+
+def _aten_layer(mode: int):
+    lstm = mode == LSTM
+
+    def handler(original, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                batch_first):
+        args = (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        hs = tuple(hx) if lstm else (hx,)
+        D = 2 if bidirectional else 1
+        per = 4 if has_biases else 2
+        x = input.transpose(0, 1) if batch_first else input
+        why = None
+        if len(params) != num_layers * D * per:
+            why = "LSTM proj_size > 0 (the projection runs on torch)" if lstm else "unexpected parameter list"
+        elif input.dim() != 3 or any(h.dim() != 3 or h.shape[0] != num_layers * D for h in hs) or x.shape[0] == 0:
+            why = "input or hidden state of a shape torch's own kernel reports on"
+        elif any(t.dtype != input.dtype for t in (*hs, *params)):
+            why = "mixed dtypes"
+        if why is not None:
+            _dispatch.fallback("rnn_layer", input, f"aten::{_ATEN_LAYER[mode]}: {why}")
+            return original(*args)
+        x = x.contiguous()
+        first = (x, hs[0][0], hs[1][0] if lstm else None, params[0], params[1],
+                 params[2] if has_biases else None, params[3] if has_biases else None, None, mode, False)
+        backend = choose(*first)
+        if backend is None:
+            return original(*args)
+        try:
+            check_layer(*first[:8], mode)
+        except (RuntimeError, TypeError, ValueError):
+            return original(*args)  # torch's kernel raises its own error for a bad call
+        out, h_n, c_n = run_stack(x, hs, list(params), has_biases, num_layers, dropout, train, bidirectional, mode,
+                                  None, backend)
+        if batch_first:
+            out = out.transpose(0, 1)
+        return (out, h_n, c_n) if lstm else (out, h_n)
+    return handler
+
+
+def _aten_cell(mode: int):
+    lstm = mode == LSTM
+
+    def handler(original, input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+        hs = tuple(hx) if lstm else (hx,)
+        ok = input.dim() in (1, 2) and all(h.dim() == input.dim() for h in hs)
+        if ok:
+            x = input if input.dim() == 2 else input.unsqueeze(0)
+            h = hs[0] if input.dim() == 2 else hs[0].unsqueeze(0)
+            c = (hs[1] if input.dim() == 2 else hs[1].unsqueeze(0)) if lstm else None
+            try:
+                _check_cell(x, h, "[0]" if lstm else "", w_ih, w_hh, mode)
+            except RuntimeError:
+                ok = False  # torch's kernel raises its own error
+        if not ok or choose(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, mode, False) is None:
+            return original(input, hx, w_ih, w_hh, b_ih, b_hh)
+        return cell(mode, input, hs[0], hs[1] if lstm else None, w_ih, w_hh, b_ih, b_hh)
+    return handler
+
+
+_ATEN_LAYER = {LSTM: "lstm", GRU: "gru", TANH: "rnn_tanh", RELU: "rnn_relu"}
+for _mode, _name in _ATEN_LAYER.items():
+    _dropin.register_override(FAMILY, f"aten::{_name}.input", _aten_layer(_mode), keys=("CompositeImplicitAutograd",))
+for _mode, _name in _CELL_VF.items():
+    _dropin.register_override(FAMILY, f"aten::{_name}", _aten_cell(_mode), keys=("CompositeImplicitAutograd",))
+
+
+def _aten_packed(name: str):
+    def handler(original, data, batch_sizes, *rest):
+        _dispatch.fallback("rnn_layer", data, f"aten::{name}.data (PackedSequence through torch.nn's own "
+                                              f"forward; fastops.patch() runs packed input on fastops)")
+        return original(data, batch_sizes, *rest)
+    return handler
+
+
+for _name in _ATEN_LAYER.values():
+    _dropin.register_override(FAMILY, f"aten::{_name}.data", _aten_packed(_name), keys=("CompositeImplicitAutograd",))

@@ -1,0 +1,47 @@
+// A GEMM right operand packed once and multiplied many times (the RNN recurrent weights: the
+// same W_hh^T at every time step). Same kernels, packing and summation order as cpu::gemm
+// (fastops/gemm.h), so results are bitwise those of cpu::gemm on the same operands; gone are
+// the per-call packing of B and the per-call OpenMP region, and each call covers a range of
+// columns, so that a thread can own a block of columns (and keep its part of B in its cache)
+// inside a parallel region that spans many products.
+//
+// B may be several column groups side by side, B = [B_0 | B_1 | ... ], each [k, n] (group g's
+// operand at b.ptr + g * group_stride elements): the gates of an RNN, so that the columns of
+// unit j of every gate can go to one thread. Each group starts at a fresh panel.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "fastops/gemm.h"
+
+namespace fastops {
+namespace cpu {
+
+class PackedB {
+ public:
+  PackedB() = default;
+  // Packs B [k, n] (element strides in `b`, stride_batch ignored) of storage dtype `ab`, in
+  // `groups` groups. Runs OpenMP over panels when called outside a parallel region.
+  PackedB(const GemmOperand& b, int64_t k, int64_t n, DType ab, int64_t groups = 1, int64_t group_stride = 0);
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  DType dtype() const { return dtype_; }
+  // Column ranges given to multiply() start and end at multiples of this (or end at n).
+  int64_t panel_cols() const { return nr_; }
+
+  // For every group g: C_g[i, j] = alpha * sum_p A[i, p] B_g[p, j] + beta * C_g[i, j] (+ bias[j])
+  // for i < p.m and j0 <= j < j1, C_g at p.c + g * c_group_stride elements; on the calling thread
+  // only (safe inside a parallel region; A is packed once per call). p.a must have this dtype;
+  // p.b, p.k, p.n and p.batch are ignored (k, n and 1 are used); p.activation applies.
+  void multiply(const GemmParams& p, int64_t j0, int64_t j1, int64_t c_group_stride = 0) const;
+
+ private:
+  std::shared_ptr<char> data_;
+  int64_t k_ = 0, n_ = 0, groups_ = 1, group_elems_ = 0;
+  int nr_ = 1;
+  DType dtype_ = DType::kFloat32;
+};
+
+}  // namespace cpu
+}  // namespace fastops
