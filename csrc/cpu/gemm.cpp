@@ -194,6 +194,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void transpose_pai
     }
   }
 }
+
+// dst[q * width + r] = x0[q][r] | x1[q][r] << 16 for r < 32 * (width / 32), q < kq, where
+// x0[q] = base + 2 q sq and x1[q] = x0[q] + sq hold contiguous rows (bf16 along n): 16-bit
+// unpacks, then a 64-bit permute back into column order.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void interleave_pairs(const uint16_t* base, int64_t sq,
+                                                                                   int width, int64_t kq,
+                                                                                   uint32_t* dst) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+  const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  for (int64_t q = 0; q < kq; ++q) {
+    const uint16_t* x0 = base + 2 * q * sq;
+    for (int c = 0; c + 32 <= width; c += 32) {
+      const __m512i a = _mm512_loadu_si512(x0 + c), b = _mm512_loadu_si512(x0 + sq + c);
+      const __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+      _mm512_storeu_si512(dst + q * width + c, _mm512_permutex2var_epi64(lo, lo_idx, hi));
+      _mm512_storeu_si512(dst + q * width + c + 16, _mm512_permutex2var_epi64(lo, hi_idx, hi));
+    }
+  }
+}
 #endif
 
 // As pack_f32 for bfloat16 storage into pairs: dst[q2 * width + r] = X(i, 2 q2) | X(i, 2 q2 + 1) << 16.
@@ -226,6 +245,11 @@ FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, i
       }
     }
   } else {
+#if FASTOPS_HAVE_X86_PATHS
+    if (si == 1 && len == width && width % 32 == 0) {  // full panel of a row-major B
+      interleave_pairs(reinterpret_cast<const uint16_t*>(static_cast<const T*>(base) + off0), sq, width, kfull, dst);
+    } else
+#endif
     for (int64_t q = 0; q < kfull; ++q) {
       const int64_t o = off0 + 2 * q * sq;
       uint32_t* d = dst + q * width;
