@@ -1,4 +1,5 @@
-"""The CUDA C++ GEMM (csrc/cuda/matmul.cu) through its raw binding fastops._C.gemm_cuda.
+"""The CUDA C++ GEMM (csrc/cuda/matmul.cu) through the matmul binding fastops._C.gemm_out
+(csrc/bindings/matmul.cpp), which runs fastops::cuda::gemm on CUDA tensors.
 
 GPU tests (marker `cuda`, skipped without a GPU) compare
     c = act(alpha * a @ b + beta * c + bias)
@@ -10,8 +11,8 @@ beta != 0, non-contiguous C and zero-size problems. The error must be at most tw
 error in the same dtype and TF32 setting (the FlashAttention rule of DESIGN.md) plus the absolute
 tolerance of tests/utils.py for C's dtype.
 
-On the CPU: the host simulation of the kernel's index math (tests/gemm_cuda_layout_sim.cpp) and
-the errors of the binding.
+On the CPU: the host simulation of the kernel's index math (tests/gemm_cuda_layout_sim.cpp).
+The binding's errors are tested in tests/test_matmul.py.
 """
 
 import os
@@ -27,13 +28,16 @@ from fastops import _C
 from tests.utils import ATOL
 
 ROOT = Path(__file__).resolve().parent.parent
-ACTIVATIONS = {
+ACTIVATIONS = {  # in the order of their codes (fastops::Activation)
     "none": lambda x: x,
     "relu": torch.relu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
 }
+
+
+CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 
 def gpu(test):
@@ -57,19 +61,6 @@ def test_layout_simulation(tmp_path):
                     str(ROOT / "tests" / "gemm_cuda_layout_sim.cpp"), "-o", str(exe)], check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
-
-
-def test_cpu_tensors_raise():
-    a, b, c = torch.ones(2, 3), torch.ones(3, 4), torch.zeros(2, 4)
-    message = "must be a CUDA tensor" if _C.build_meta()["with_cuda"] else "no CUDA kernels"
-    with pytest.raises(RuntimeError, match=message):
-        _C.gemm_cuda(a, b, c, None, 1.0, 0.0, "none", False, False)
-
-
-def test_bad_activation_raises():
-    a, b, c = torch.ones(2, 3), torch.ones(3, 4), torch.zeros(2, 4)
-    with pytest.raises(ValueError, match="activation must be one of"):
-        _C.gemm_cuda(a, b, c, None, 1.0, 0.0, "tanh", False, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,10 +120,20 @@ def _torch_same_dtype(a, b, c0, bias, alpha, beta, act, per_row, tf32):
     return ACTIVATIONS[act](out).to(c0.dtype)
 
 
+def _gemm_out(a, b, c, bias=None, alpha=1.0, beta=0.0, act="none", tf32=False, per_row=False):
+    """c = act(alpha * a @ b + beta * c + bias) in place, TF32 as torch's setting says."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        _C.gemm_out(a, b, c, bias, CODES[act], alpha, beta, per_row)
+        torch.cuda.synchronize()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _check(a, b, c0, bias=None, alpha=1.0, beta=0.0, act="none", tf32=False, per_row=False):
     c = c0.clone()
-    _C.gemm_cuda(a, b, c, bias, alpha, beta, act, tf32, per_row)
-    torch.cuda.synchronize()
+    _gemm_out(a, b, c, bias, alpha, beta, act, tf32, per_row)
     ref = _reference(a, b, c0, bias, alpha, beta, act, per_row)
     assert c.shape == ref.shape
     theirs = _torch_same_dtype(a, b, c0, bias, alpha, beta, act, per_row, tf32)
@@ -225,6 +226,6 @@ def test_zero_size(dtype, tf32, shape):
 def test_beta_zero_ignores_nan_c():
     a, b = _operand(20, 30, torch.float16, 23, "row"), _operand(30, 10, torch.float16, 24, "row")
     c = torch.full((20, 10), float("nan"), dtype=torch.float16, device="cuda")
-    _C.gemm_cuda(a, b, c, None, 1.0, 0.0, "none", False, False)
+    _gemm_out(a, b, c)
     assert torch.isfinite(c).all()
 

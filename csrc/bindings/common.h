@@ -62,7 +62,6 @@ inline const char* or_cuda() { return FASTOPS_CUDA_ARCHS[0] ? " or cuda" : ""; }
 void bind_softmax(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
-void bind_gemm_cuda(pybind11::module_& m);
 void bind_conv(pybind11::module_& m);
 void bind_rnn(pybind11::module_& m);
 void bind_matmul(pybind11::module_& m);

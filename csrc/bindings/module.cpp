@@ -32,7 +32,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   fastops::bind_softmax(m);
   fastops::bind_adam(m);
   fastops::bind_attention(m);
-  fastops::bind_gemm_cuda(m);
   fastops::bind_conv(m);
   fastops::bind_rnn(m);
   fastops::bind_matmul(m);

@@ -3,15 +3,17 @@
 //   1. Pack: B (k x n, any strides) into NR-column panels [k][NR] and A (m x k) into MR-row
 //      panels [k][MR], zero-padded at the edges, converted to the compute type once:
 //      float32 for the FMA kernel (float16 and bfloat16 widened), or, when the CPU has
-//      AVX512-BF16, bfloat16 pairs [k/2][MR or NR] of 32 bits for `vdpbf16ps`.
+//      AVX512-BF16, bfloat16 pairs [k/2][MR or NR] of 32 bits for `vdpbf16ps` (rows contiguous
+//      along k, as a row-major A or a linear weight, are transposed 16 x 16 pairs in registers).
 //      A B with stride_batch == 0 (broadcast weight) is packed once for every batch item.
 //   2. Compute: the C of one batch item is cut into macro tiles (units) of MC x NC; each unit
 //      walks its MR x NR register tiles, and each register tile runs the whole K sum in
 //      registers (no K blocking: the A and B panels stream from L2), then goes through the
 //      epilogue alpha * acc + beta * C + bias -> activation -> C dtype, stored once.
-//   3. Threads: OpenMP over units (or over batch items when there are many small ones). Every
-//      output element is one float32 sum over p in increasing order (pairs of p for bf16), done
-//      by one thread, so results are bitwise the same for any thread count or blocking.
+//   3. Threads: OpenMP over register tiles, an equal share per thread (or over batch items when
+//      there are many small ones). Every output element is one float32 sum over p in increasing
+//      order (pairs of p for bf16), done by one thread, so results are bitwise the same for any
+//      thread count or blocking.
 //
 // Paths (csrc/cpu/isa.h): AVX-512 (16 x 32 floats per tile... see Tile<16>), AVX2, SSE
 // baseline, plus the AVX512-BF16 kernel for bfloat16 inputs.
@@ -153,6 +155,67 @@ FASTOPS_FORCE_INLINE void pack_f32(const void* base, int64_t si, int64_t sq, int
   }
 }
 
+#if FASTOPS_HAVE_X86_PATHS
+// dst[q * width + r] = rows[r][q] for r < len (<= width, 14 or 32), q < kq: the 32-bit pairs of
+// `len` rows contiguous along k, transposed 16 x 16 in registers (unpack 32 / 64-bit, then two
+// rounds of 128-bit lane shuffles); rows past len and lanes past width are left as they are.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void transpose_pairs(
+    const uint32_t* const* rows, int len, int width, int64_t kq, uint32_t* dst) {
+  for (int g = 0; g * 16 < len; ++g) {
+    const int glen = std::min(16, len - 16 * g);
+    const __mmask16 out_mask = static_cast<__mmask16>((1u << std::min(16, width - 16 * g)) - 1);
+    for (int64_t q0 = 0; q0 < kq; q0 += 16) {
+      const int qn = static_cast<int>(std::min<int64_t>(16, kq - q0));
+      const __mmask16 in_mask = static_cast<__mmask16>((1u << qn) - 1);
+      __m512i r[16], t[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < glen ? _mm512_maskz_loadu_epi32(in_mask, rows[16 * g + i] + q0) : _mm512_setzero_si512();
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+      }
+      // r[4 i + j], 128-bit lane L: rows 4 i .. 4 i + 3 of column 4 L + j
+      for (int j = 0; j < 4; ++j) {
+        const __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xdd);
+        const __m512i u2 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
+        const __m512i u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xdd);
+        t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+        t[8 + j] = _mm512_shuffle_i32x4(u0, u2, 0xdd);
+        t[4 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+        t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
+      }
+      uint32_t* d = dst + q0 * width + 16 * g;
+      for (int q = 0; q < qn; ++q) _mm512_mask_storeu_epi32(d + q * width, out_mask, t[q]);
+    }
+  }
+}
+
+// dst[q * width + r] = x0[q][r] | x1[q][r] << 16 for r < 32 * (width / 32), q < kq, where
+// x0[q] = base + 2 q sq and x1[q] = x0[q] + sq hold contiguous rows (bf16 along n): 16-bit
+// unpacks, then a 64-bit permute back into column order.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void interleave_pairs(const uint16_t* base, int64_t sq,
+                                                                                   int width, int64_t kq,
+                                                                                   uint32_t* dst) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+  const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  for (int64_t q = 0; q < kq; ++q) {
+    const uint16_t* x0 = base + 2 * q * sq;
+    for (int c = 0; c + 32 <= width; c += 32) {
+      const __m512i a = _mm512_loadu_si512(x0 + c), b = _mm512_loadu_si512(x0 + sq + c);
+      const __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+      _mm512_storeu_si512(dst + q * width + c, _mm512_permutex2var_epi64(lo, lo_idx, hi));
+      _mm512_storeu_si512(dst + q * width + c + 16, _mm512_permutex2var_epi64(lo, hi_idx, hi));
+    }
+  }
+}
+#endif
+
 // As pack_f32 for bfloat16 storage into pairs: dst[q2 * width + r] = X(i, 2 q2) | X(i, 2 q2 + 1) << 16.
 template <typename T>
 FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
@@ -163,6 +226,14 @@ FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, i
   }
   const int64_t off0 = i0 * si, kfull = k / 2;
   if (sq == 1 && si != 1) {  // contiguous along k: a pair is one 32-bit word of the row
+#if FASTOPS_HAVE_X86_PATHS
+    if (len <= 32) {
+      const uint32_t* rows[32];
+      for (int r = 0; r < len; ++r)
+        rows[r] = reinterpret_cast<const uint32_t*>(static_cast<const T*>(base) + off0 + r * si);
+      transpose_pairs(rows, len, width, kfull, dst);
+    } else
+#endif
     for (int64_t q0 = 0; q0 < kfull; q0 += 16) {
       const int64_t qn = std::min<int64_t>(16, kfull - q0);
       for (int r = 0; r < len; ++r) {
@@ -175,6 +246,11 @@ FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, i
       }
     }
   } else {
+#if FASTOPS_HAVE_X86_PATHS
+    if (si == 1 && len == width && width % 32 == 0) {  // full panel of a row-major B
+      interleave_pairs(reinterpret_cast<const uint16_t*>(static_cast<const T*>(base) + off0), sq, width, kfull, dst);
+    } else
+#endif
     for (int64_t q = 0; q < kfull; ++q) {
       const int64_t o = off0 + 2 * q * sq;
       uint32_t* d = dst + q * width;
@@ -346,9 +422,10 @@ FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, c
 }
 
 // Kind of kernel: W floats per vector for the float32 FMA kernel, 0 for AVX512-BF16.
+// Runs register tiles [t0, t1) of the unit, numbered A panel (row) major within the unit.
 template <int W, typename C>
-FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, const void* ap, int64_t a_first,
-                                   const void* bp) {
+FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap,
+                                   int64_t a_first, const void* bp) {
   const GemmParams& p = *pl.p;
   constexpr bool kBf16 = W == 0;
   constexpr int MR = kBf16 ? kBf16MR : Tile<(kBf16 ? 16 : W)>::MR;
@@ -356,17 +433,17 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, cons
   using P = std::conditional_t<kBf16, uint32_t, float>;
   alignas(64) float tile[MR * NR];
   const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units;
-  const int64_t ir0 = ui * (pl.mc / MR), ir1 = std::min(pl.m_panels, ir0 + pl.mc / MR);
+  const int64_t ir0 = ui * (pl.mc / MR);
   const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
-  for (int64_t ir = ir0; ir < ir1; ++ir) {
+  const int64_t width = jr1 - jr0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
     const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
     const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
-    for (int64_t jr = jr0; jr < jr1; ++jr) {
-      const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
-      const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
-      micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile);
-      store_tile<C>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
-    }
+    const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
+    const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
+    micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile);
+    store_tile<C>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
   }
 }
 
@@ -375,8 +452,9 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, cons
 struct Entries {
   void (*pack_a)(const Plan&, int64_t b, int64_t panel, void* dst, int64_t first);
   void (*pack_b)(const Plan&, int64_t b, int64_t panel, void* dst);
-  // ap holds the packed A panels from number a_first on
-  void (*unit)(const Plan&, int64_t b, int64_t unit, const void* ap, int64_t a_first, const void* bp);
+  // register tiles [t0, t1) of a unit; ap holds the packed A panels from number a_first on
+  void (*unit)(const Plan&, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap, int64_t a_first,
+               const void* bp);
   int mr, nr;
   bool pairs;
 };
@@ -391,9 +469,9 @@ struct Entries {
     pack_panel<AB, P>(pl, false, b, pi, static_cast<P*>(dst) + pi * pl.b_panel);                        \
   }                                                                                                     \
   template <typename C>                                                                                 \
-  TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, const void* ap, int64_t a_first,       \
-                            const void* bp) {                                                           \
-    run_unit<W, C>(pl, b, u, ap, a_first, bp);                                                          \
+  TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, int64_t t0, int64_t t1, const void* ap, \
+                            int64_t a_first, const void* bp) {                                          \
+    run_unit<W, C>(pl, b, u, t0, t1, ap, a_first, bp);                                                  \
   }
 
 FASTOPS_GEMM_ENTRIES(avx512, FASTOPS_TARGET_AVX512, 16, float)
@@ -468,13 +546,26 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
 
 thread_local Scratch tls_a, tls_b;
 
-// Runs units [u0, u1) of batch item b, packing the A rows of each unit row just before its
-// units (into this thread's buffer, so the block is still in L2 when the micro-kernels read it).
-FASTOPS_FORCE_INLINE void run_units(const Entries& e, const Plan& pl, int64_t b, int64_t u0, int64_t u1,
-                                    void* abuf, const void* bbuf) {
-  int64_t packed_row = -1, first = 0;
-  const int64_t per_row = pl.mc / pl.mr;
-  for (int64_t u = u0; u < u1; ++u) {
+// Register tiles of unit u: (A panels of its unit row) x (B panels of its unit column).
+FASTOPS_FORCE_INLINE int64_t unit_tiles(const Plan& pl, int64_t u) {
+  const int64_t per_row = pl.mc / pl.mr, per_col = pl.nc / pl.nr;
+  const int64_t ui = u / pl.n_units, uj = u % pl.n_units;
+  return (std::min(pl.m_panels, (ui + 1) * per_row) - ui * per_row) *
+         (std::min(pl.n_panels, (uj + 1) * per_col) - uj * per_col);
+}
+
+// Runs register tiles [t0, t1) of batch item b, numbered unit by unit (units row-major, tiles A
+// panel major within a unit): an equal share of tiles per thread, whatever the edge units hold.
+// The A panels of a unit row are packed just before its first tile (into this thread's buffer,
+// so the block is still in L2 when the micro-kernels read it).
+FASTOPS_FORCE_INLINE void run_tiles(const Entries& e, const Plan& pl, int64_t b, int64_t t0, int64_t t1, void* abuf,
+                                    const void* bbuf) {
+  int64_t packed_row = -1, first = 0, seen = 0;
+  const int64_t per_row = pl.mc / pl.mr, units = pl.m_units * pl.n_units;
+  for (int64_t u = 0; u < units && seen < t1; ++u) {
+    const int64_t cnt = unit_tiles(pl, u), lo = std::max<int64_t>(t0 - seen, 0), hi = std::min(cnt, t1 - seen);
+    seen += cnt;
+    if (lo >= hi) continue;
     const int64_t ui = u / pl.n_units;
     if (ui != packed_row) {
       first = ui * per_row;
@@ -482,7 +573,7 @@ FASTOPS_FORCE_INLINE void run_units(const Entries& e, const Plan& pl, int64_t b,
       for (int64_t i = first; i < last; ++i) e.pack_a(pl, b, i, abuf, first);
       packed_row = ui;
     }
-    e.unit(pl, b, u, abuf, first, bbuf);
+    e.unit(pl, b, u, lo, hi, abuf, first, bbuf);
   }
 }
 
@@ -497,7 +588,7 @@ void gemm_typed(const GemmParams& p) {
   const int threads = flops * double(p.batch) < 2e5 ? 1 : max_threads;
   const Plan pl = make_plan(p, e, threads, !by_item);
   const int64_t a_block = (pl.mc / pl.mr) * pl.a_panel, b_elems = pl.n_panels * pl.b_panel;
-  const int64_t units = pl.m_units * pl.n_units;
+  const int64_t tiles = pl.m_panels * pl.n_panels;
   const bool shared_b = p.b.stride_batch == 0;
 
   if (by_item) {
@@ -508,7 +599,7 @@ void gemm_typed(const GemmParams& p) {
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < p.batch; ++b) {
         for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
-        run_units(e, pl, b, 0, units, ab, bb);
+        run_tiles(e, pl, b, 0, tiles, ab, bb);
       }
       tls_a.trim();
       tls_b.trim();
@@ -521,13 +612,13 @@ void gemm_typed(const GemmParams& p) {
   {
     void* ab = tls_a.get(a_block * 4);
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
     for (int64_t b = 0; b < p.batch; ++b) {
       if (b == 0 || !shared_b) {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < pl.n_panels; ++i) e.pack_b(pl, b, i, bb);
       }
-      run_units(e, pl, b, u0, u1, ab, bb);
+      run_tiles(e, pl, b, t0, t1, ab, bb);
       if (!shared_b && b + 1 < p.batch) {
 #pragma omp barrier
       }
