@@ -513,10 +513,9 @@ Entries entries(DType ab) {
 
 // ---- blocking and threads ---------------------------------------------------------------------
 
-// Unit size: the B columns a unit walks (nc x k packed) sized for about half of L2, the A rows
-// (mc x k) for a quarter; then split further until every thread has a few units. Changes the
-// schedule only, never the arithmetic.
-Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item_threads) {
+// The panel geometry of a product (register tile, K extent in compute elements, panel sizes);
+// the unit blocking is left to the caller.
+Plan panel_plan(const GemmParams& p, const Entries& e) {
   Plan pl{};
   pl.p = &p;
   pl.mr = e.mr;
@@ -526,6 +525,14 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
   pl.n_panels = ceil_div(p.n, e.nr);
   pl.a_panel = std::max<int64_t>(pl.kq, 1) * e.mr;
   pl.b_panel = std::max<int64_t>(pl.kq, 1) * e.nr;
+  return pl;
+}
+
+// Unit size: the B columns a unit walks (nc x k packed) sized for about half of L2, the A rows
+// (mc x k) for a quarter; then split further until every thread has a few units. Changes the
+// schedule only, never the arithmetic.
+Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item_threads) {
+  Plan pl = panel_plan(p, e);
   const int64_t row_bytes = std::max<int64_t>(pl.kq, 1) * 4;
   int64_t np = std::clamp<int64_t>((int64_t(512) << 10) / (row_bytes * e.nr), 1, 16);
   int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * e.mr), 1, 24);
@@ -658,15 +665,7 @@ namespace {
 constexpr int64_t kPackedChunk = 8;
 
 Plan packed_plan(const GemmParams& p, const Entries& e) {
-  Plan pl{};
-  pl.p = &p;
-  pl.mr = e.mr;
-  pl.nr = e.nr;
-  pl.kq = e.pairs ? ceil_div(p.k, 2) : p.k;
-  pl.m_panels = ceil_div(p.m, e.mr);
-  pl.n_panels = ceil_div(p.n, e.nr);
-  pl.a_panel = std::max<int64_t>(pl.kq, 1) * e.mr;
-  pl.b_panel = std::max<int64_t>(pl.kq, 1) * e.nr;
+  Plan pl = panel_plan(p, e);
   pl.mc = std::min<int64_t>(std::max<int64_t>(pl.m_panels, 1), kPackedChunk) * e.mr;
   pl.nc = e.nr;
   pl.m_units = ceil_div(pl.m_panels, pl.mc / e.mr);
@@ -729,7 +728,8 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
       Plan plg = pl;
       plg.p = &pg;
       for (int64_t jr = jr0; jr < jr1; ++jr)
-        e.unit(plg, 0, ui * pl.n_units + jr, abuf, first, bbuf + grp * group_elems * 4);
+        e.unit(plg, 0, ui * pl.n_units + jr, 0, unit_tiles(plg, ui * pl.n_units + jr), abuf, first,
+               bbuf + grp * group_elems * 4);
     }
   }
 }
