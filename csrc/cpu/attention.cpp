@@ -59,7 +59,7 @@ FASTOPS_FORCE_INLINE void online_softmax(float* s, float* o, int64_t ldo, float*
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t c = 0; c < kBlockN; ++c) {
-      const float p = math::exp_f32(sr[c] - shift);
+      const float p = math::exp_f32_nonpositive(sr[c] - shift);  // sr[c] <= shift
       sr[c] = p;
       sum += p;
     }
@@ -120,8 +120,9 @@ struct Forward {
     }
   }
 
+  // kv holds the packed heads from (batch * Hkv + kv head) number `first` on.
   FASTOPS_FORCE_INLINE static void item(const AttentionForwardParams& p, const KVLayout<Kd>& lay, const E* kv,
-                                        int64_t item, ForwardScratch& w) {
+                                        int64_t first, int64_t item, ForwardScratch& w) {
     const AttentionShape& sh = p.shape;
     const int64_t qblocks = ceil_div(sh.L, kForwardBlockM);
     const int64_t nh = item / qblocks;
@@ -129,7 +130,7 @@ struct Forward {
     const int64_t i0 = (item % qblocks) * kForwardBlockM;
     const int64_t rows = std::min(kForwardBlockM, sh.L - i0);
     const T* q = static_cast<const T*>(p.q) + n * p.q_strides.n + h * p.q_strides.h + i0 * p.q_strides.l;
-    const E* head = kv + (n * sh.Hkv + hk) * lay.head;
+    const E* head = kv + (n * sh.Hkv + hk - first) * lay.head;
 
     E* qt = reinterpret_cast<E*>(w.q.get());
     if constexpr (!kPairs) {
@@ -194,7 +195,7 @@ struct Forward {
 template <typename T, typename Kd>
 struct Entries {
   void (*pack)(const AttentionForwardParams&, const KVLayout<Kd>&, int64_t, int64_t, int64_t, typename Kd::Elem*);
-  void (*item)(const AttentionForwardParams&, const KVLayout<Kd>&, const typename Kd::Elem*, int64_t,
+  void (*item)(const AttentionForwardParams&, const KVLayout<Kd>&, const typename Kd::Elem*, int64_t, int64_t,
                ForwardScratch&);
 };
 
@@ -206,8 +207,8 @@ struct Entries {
   }                                                                                                       \
   template <typename T>                                                                                   \
   TARGET void item_##SUFFIX(const AttentionForwardParams& p, const KVLayout<KIND>& lay,                    \
-                            const typename KIND::Elem* kv, int64_t i, ForwardScratch& w) {                 \
-    Forward<T, KIND>::item(p, lay, kv, i, w);                                                             \
+                            const typename KIND::Elem* kv, int64_t first, int64_t i, ForwardScratch& w) {  \
+    Forward<T, KIND>::item(p, lay, kv, first, i, w);                                                      \
   }
 
 FASTOPS_FORWARD_ENTRIES(avx512, FASTOPS_TARGET_AVX512, FmaKind<16>)
@@ -218,32 +219,40 @@ FASTOPS_FORWARD_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, Bf16PairKind)
 #endif
 #undef FASTOPS_FORWARD_ENTRIES
 
-// Packed K/V of the calling thread, kept between calls unless large.
+// Packed K/V of the calling thread, kept between calls; at most kChunkElems (64 MB): more heads
+// than that are packed and run a chunk of kv heads at a time.
 thread_local std::unique_ptr<Buffer> tls_kv;
 thread_local int64_t tls_kv_elems = 0;
-constexpr int64_t kKeepElems = int64_t(16) << 20;  // 64 MB
+constexpr int64_t kChunkElems = int64_t(16) << 20;
 
 template <typename T, typename Kd>
 void run(const AttentionForwardParams& p, const Entries<T, Kd>& e) {
   const AttentionShape& sh = p.shape;
   const KVLayout<Kd> lay(sh);
-  const int64_t elems = sh.N * sh.Hkv * lay.head;
+  const int64_t heads = sh.N * sh.Hkv, group = sh.H / sh.Hkv, qblocks = ceil_div(sh.L, kForwardBlockM);
+  const int64_t chunk = std::clamp<int64_t>(kChunkElems / std::max<int64_t>(lay.head, 1), 1, heads);
+  const int64_t elems = chunk * lay.head;
   if (elems > tls_kv_elems || !tls_kv) {
     tls_kv = std::make_unique<Buffer>(elems);
     tls_kv_elems = elems;
   }
   auto* kv = reinterpret_cast<typename Kd::Elem*>(tls_kv->get());
   const int64_t work = sh.N * sh.H * sh.L * sh.S * (sh.E + sh.Ev);
-  const int64_t pack_items = sh.N * sh.Hkv * lay.kblocks;
+  for (int64_t first = 0; first < heads; first += chunk) {
+    const int64_t count = std::min(chunk, heads - first);
+    const int64_t pack_items = count * lay.kblocks;
 #pragma omp parallel for schedule(static) if (pack_items > 1 && work >= kParallelMinWork)
-  for (int64_t i = 0; i < pack_items; ++i) {
-    const int64_t nk = i / lay.kblocks, jb = i % lay.kblocks;
-    e.pack(p, lay, nk / sh.Hkv, nk % sh.Hkv, jb, kv + nk * lay.head + jb * (lay.kt_block + lay.v_block));
+    for (int64_t i = 0; i < pack_items; ++i) {
+      const int64_t nk = first + i / lay.kblocks, jb = i % lay.kblocks;
+      e.pack(p, lay, nk / sh.Hkv, nk % sh.Hkv, jb, kv + (nk - first) * lay.head + jb * (lay.kt_block + lay.v_block));
+    }
+    // query items (n, h, block) of kv heads [first, first + count): h = hk * group + g, so they are contiguous
+    const int64_t item0 = first * group * qblocks;
+    parallel_items(
+        count * group * qblocks, work, [&] { return ForwardScratch(sh.E, sh.Ev); },
+        [&](int64_t i, ForwardScratch& w) { e.item(p, lay, kv, first, item0 + i, w); });
   }
-  parallel_items(
-      sh.N * sh.H * ceil_div(sh.L, kForwardBlockM), work, [&] { return ForwardScratch(sh.E, sh.Ev); },
-      [&](int64_t i, ForwardScratch& w) { e.item(p, lay, kv, i, w); });
-  if (tls_kv_elems > kKeepElems) {
+  if (tls_kv_elems > kChunkElems) {  // one head past the chunk size: not kept
     tls_kv.reset();
     tls_kv_elems = 0;
   }
