@@ -29,6 +29,9 @@ CPU_CASES = [
     ((), 1, 1, 1, 1, 16, 16, False, None),
     ((3,), 2, 2, 1, 37, 24, 24, True, None),
     ((3,), 2, 2, 37, 1, 24, 24, False, None),
+    # odd head dims (bfloat16 pairs padded), several query blocks and an odd last key block
+    ((1,), 2, 1, 150, 193, 33, 31, False, None),
+    ((1,), 2, 2, 300, 257, 33, 31, True, None),
 ]
 TRITON_CASES = [
     ((1,), 2, 1, 19, 23, 24, 24, True, None),

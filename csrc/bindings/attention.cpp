@@ -68,6 +68,21 @@ AttentionMask attention_mask(const std::optional<at::Tensor>& mask, const at::Te
   return m;
 }
 
+// The fields both passes fill alike: q, k, v, out (pointers and strides) and the mask.
+template <typename Params>
+void set_inputs(Params& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                const std::optional<at::Tensor>& mask) {
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.q_strides = strides3(q, "query");
+  p.k_strides = strides3(k, "key");
+  p.v_strides = strides3(v, "value");
+  p.out_strides = strides3(out, "out");
+  p.mask = attention_mask(mask, q, p.shape);
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                      const at::Tensor& v,
                                                      const std::optional<at::Tensor>& mask, bool causal,
@@ -77,16 +92,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   const AttentionShape& sh = p.shape;
   at::Tensor out = at::empty({sh.N, sh.H, sh.L, sh.Ev}, q.options());
   at::Tensor lse = at::empty({sh.N, sh.H, sh.L}, q.options().dtype(at::kFloat));
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
+  set_inputs(p, q, k, v, out, mask);
   p.lse = lse.data_ptr<float>();
-  p.q_strides = strides3(q, "query");
-  p.k_strides = strides3(k, "key");
-  p.v_strides = strides3(v, "value");
-  p.out_strides = strides3(out, "out");
-  p.mask = attention_mask(mask, q, sh);
   if (q.is_cpu()) {
     cpu::attention_forward(p);
     return {out, lse};
@@ -117,18 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward(
   at::Tensor dv = at::empty({sh.N, sh.Hkv, sh.S, sh.Ev}, q.options());
   at::Tensor dmask = need_dmask ? at::zeros({sh.N, sh.H, sh.L, sh.S}, q.options().dtype(at::kFloat))
                                 : at::empty({0}, q.options().dtype(at::kFloat));
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
+  set_inputs(p, q, k, v, out, mask);
   p.dout = dout.data_ptr();
   p.lse = lse.data_ptr<float>();
-  p.q_strides = strides3(q, "query");
-  p.k_strides = strides3(k, "key");
-  p.v_strides = strides3(v, "value");
-  p.out_strides = strides3(out, "out");
   p.dout_strides = strides3(dout, "grad_out");
-  p.mask = attention_mask(mask, q, sh);
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();

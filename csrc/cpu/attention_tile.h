@@ -21,6 +21,10 @@
 #include "fastops/storage.h"
 #include "isa.h"
 
+#if FASTOPS_HAVE_X86_PATHS
+#include <immintrin.h>  // declares the target builtins (vdpbf16ps)
+#endif
+
 namespace fastops {
 namespace cpu {
 namespace attn {
@@ -47,26 +51,66 @@ struct MicroTile {
   static constexpr int NC = W == 8 ? 2 : 4;  // AVX2 has 16 ymm: 8 accumulators + 2 + 1
 };
 
+// What one k step of the GEMM multiplies. FmaKind<W>: float32 elements, acc += a * b.
+// Bf16PairKind (x86 with AVX512-BF16 only): each element is a pair of bfloat16 along k packed
+// in 32 bits, and `vdpbf16ps` adds both products per lane in float32 (k runs over pairs).
+template <int W_>
+struct FmaKind {
+  static constexpr int W = W_;
+  using Elem = float;
+  using BVec = Vec<W>;
+  using AVec = Vec<W>;
+  typedef int32_t IVec __attribute__((vector_size(W * sizeof(int32_t))));
+  // (references, not vector returns: these inline into target-attributed entries only)
+  // The splat goes through the integer bits: GCC turns `float - V{}` into a full-vector load
+  // of A plus a shuffle (reading past the row), `int - IVec{}` into one vpbroadcastd.
+  FASTOPS_FORCE_INLINE static void splat(AVec& v, float a) {
+    int32_t bits;
+    std::memcpy(&bits, &a, sizeof(bits));
+    v = (AVec)(bits - IVec{});
+  }
+  FASTOPS_FORCE_INLINE static void step(Vec<W>& acc, const AVec& a, const BVec& b) { acc += a * b; }
+};
+
+#if FASTOPS_HAVE_X86_PATHS
+// `vdpbf16ps` through its builtin (the intrinsic's target attribute would stop it from inlining):
+// only ever inlined into FASTOPS_TARGET_AVX512BF16 entry points.
+struct Bf16PairKind {
+  static constexpr int W = 16;
+  using Elem = uint32_t;
+  typedef short BVec __attribute__((vector_size(64)));
+  typedef int IVec __attribute__((vector_size(64)));
+  using AVec = BVec;
+  FASTOPS_FORCE_INLINE static void splat(AVec& v, uint32_t a) { v = (BVec)(static_cast<int>(a) - IVec{}); }
+  FASTOPS_FORCE_INLINE static void step(Vec<16>& acc, const AVec& a, const BVec& b) {
+    acc = __builtin_ia32_dpbf16ps_v16sf(acc, a, b);
+  }
+};
+#endif
+
 // C[R, NC*W] += A[R, K] * B[K, NC*W] with the accumulators in registers; A[r, k] is read from
 // A[r * ars + k * aks] (ars = lda, aks = 1 row-major; ars = 1, aks = lda reads A^T).
-template <int W, int R, int NC>
-FASTOPS_FORCE_INLINE void gemm_micro(const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb,
-                                     float* C, int64_t ldc, int64_t K) {
+template <typename Kd, int R, int NC>
+FASTOPS_FORCE_INLINE void gemm_micro(const typename Kd::Elem* A, int64_t ars, int64_t aks,
+                                     const typename Kd::Elem* B, int64_t ldb, float* C, int64_t ldc, int64_t K) {
+  constexpr int W = Kd::W;
   using V = Vec<W>;
+  using BV = typename Kd::BVec;
   V acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) acc[r][c] = *reinterpret_cast<const V*>(C + r * ldc + c * W);
   for (int64_t k = 0; k < K; ++k) {
-    V b[NC];
+    BV b[NC];
 #pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) b[c] = *reinterpret_cast<const V*>(B + k * ldb + c * W);
+    for (int c = 0; c < NC; ++c) b[c] = *reinterpret_cast<const BV*>(B + k * ldb + c * W);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V a = A[r * ars + k * aks] - V{};  // a splat: x - 0 == x exactly, so it folds to a broadcast
+      typename Kd::AVec a;
+      Kd::splat(a, A[r * ars + k * aks]);
 #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) acc[r][c] += a * b[c];
+      for (int c = 0; c < NC; ++c) Kd::step(acc[r][c], a, b[c]);
     }
   }
 #pragma GCC unroll 8
@@ -75,31 +119,47 @@ FASTOPS_FORCE_INLINE void gemm_micro(const float* A, int64_t ars, int64_t aks, c
     for (int c = 0; c < NC; ++c) *reinterpret_cast<V*>(C + r * ldc + c * W) = acc[r][c];
 }
 
-// C[M, N] += A[M, K] * B[K, N], float32, A[m, k] at A[m * ars + k * aks] (so A may be a
-// transposed tile). N, ldb, ldc are multiples of kPad and B, C are 64-byte aligned (the tiles
-// below guarantee it); A is read one scalar at a time. The order of the K sum is fixed, so
-// results are bitwise reproducible.
+// One strip of R rows of C over all N columns.
+template <typename Kd, int R>
+FASTOPS_FORCE_INLINE void gemm_rows(const typename Kd::Elem* A, int64_t ars, int64_t aks,
+                                    const typename Kd::Elem* B, int64_t ldb, float* C, int64_t ldc, int64_t N,
+                                    int64_t K) {
+  constexpr int W = Kd::W, NC = MicroTile<W>::NC;
+  int64_t n = 0;
+  for (; n + NC * W <= N; n += NC * W) gemm_micro<Kd, R, NC>(A, ars, aks, B + n, ldb, C + n, ldc, K);
+  for (; n < N; n += W) gemm_micro<Kd, R, 1>(A, ars, aks, B + n, ldb, C + n, ldc, K);
+}
+
+// The last M % R rows (1 <= rows < R) as one strip.
+template <typename Kd, int R>
+FASTOPS_FORCE_INLINE void gemm_tail(int64_t rows, const typename Kd::Elem* A, int64_t ars, int64_t aks,
+                                    const typename Kd::Elem* B, int64_t ldb, float* C, int64_t ldc, int64_t N,
+                                    int64_t K) {
+  if constexpr (R > 1) {
+    if (rows == R - 1) return gemm_rows<Kd, R - 1>(A, ars, aks, B, ldb, C, ldc, N, K);
+    gemm_tail<Kd, R - 1>(rows, A, ars, aks, B, ldb, C, ldc, N, K);
+  }
+}
+
+// C[M, N] += A[M, K] * B[K, N] (K in elements of the kind: floats, or bfloat16 pairs), float32
+// accumulators, A[m, k] at A[m * ars + k * aks] (so A may be a transposed tile). N, ldb, ldc are
+// multiples of kPad and B, C are 64-byte aligned (the tiles below guarantee it); A is read one
+// element at a time. The order of the K sum is fixed, so results are bitwise reproducible.
+template <typename Kd>
+FASTOPS_FORCE_INLINE void gemm_kind(const typename Kd::Elem* A, int64_t ars, int64_t aks,
+                                    const typename Kd::Elem* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
+                                    int64_t N, int64_t K) {
+  constexpr int R = MicroTile<Kd::W>::R;
+  int64_t m = 0;
+  for (; m + R <= M; m += R) gemm_rows<Kd, R>(A + m * ars, ars, aks, B, ldb, C + m * ldc, ldc, N, K);
+  if (m < M) gemm_tail<Kd, R>(M - m, A + m * ars, ars, aks, B, ldb, C + m * ldc, ldc, N, K);
+}
+
+// The float32 GEMM of the kernels (W floats per vector).
 template <int W>
 FASTOPS_FORCE_INLINE void gemm(const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
                                int64_t ldc, int64_t M, int64_t N, int64_t K) {
-  constexpr int R = MicroTile<W>::R;
-  constexpr int NC = MicroTile<W>::NC;
-  int64_t m = 0;
-  for (; m + R <= M; m += R) {
-    int64_t n = 0;
-    for (; n + NC * W <= N; n += NC * W) gemm_micro<W, R, NC>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-    for (; n < N; n += W) gemm_micro<W, R, 1>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-  }
-  for (; m + 4 <= M; m += 4) {
-    int64_t n = 0;
-    for (; n + NC * W <= N; n += NC * W) gemm_micro<W, 4, NC>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-    for (; n < N; n += W) gemm_micro<W, 4, 1>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-  }
-  for (; m < M; ++m) {
-    int64_t n = 0;
-    for (; n + NC * W <= N; n += NC * W) gemm_micro<W, 1, NC>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-    for (; n < N; n += W) gemm_micro<W, 1, 1>(A + m * ars, ars, aks, B + n, ldb, C + m * ldc + n, ldc, K);
-  }
+  gemm_kind<FmaKind<W>>(A, ars, aks, B, ldb, C, ldc, M, N, K);
 }
 
 // A float32 buffer aligned to 64 bytes.

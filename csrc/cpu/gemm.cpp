@@ -482,17 +482,7 @@ FASTOPS_GEMM_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, 0, uint32_t)
 #endif
 #undef FASTOPS_GEMM_ENTRIES
 
-bool cpu_has_bf16_dot() {
-#if FASTOPS_HAVE_X86_PATHS
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return active_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
-  }();
-  return has;
-#else
-  return false;
-#endif
-}
+bool cpu_has_bf16_dot() { return has_avx512_bf16(); }
 
 template <typename AB, typename C>
 Entries entries(DType ab) {

@@ -36,6 +36,18 @@ Isa active_isa() {
   return isa;
 }
 
+bool has_avx512_bf16() {
+#if FASTOPS_HAVE_X86_PATHS
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return active_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

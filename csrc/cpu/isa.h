@@ -14,6 +14,10 @@
 #define FASTOPS_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"), flatten))
 #define FASTOPS_TARGET_AVX2 __attribute__((target("avx2,fma,f16c"), flatten))
+// The AVX-512 path plus `vdpbf16ps` (AVX512-BF16); entries with it run only where
+// has_avx512_bf16() says so.
+#define FASTOPS_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"), flatten))
 #else
 #define FASTOPS_HAVE_X86_PATHS 0
 #define FASTOPS_TARGET_AVX512 __attribute__((flatten))
@@ -30,6 +34,8 @@ enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 // Decided once per process.
 Isa active_isa();
 const char* isa_name(Isa isa);
+// True when the active path is AVX-512 and the CPU has AVX512-BF16 (bfloat16 dot products).
+bool has_avx512_bf16();
 // Names of the paths compiled into this build, e.g. "baseline,avx2,avx512".
 std::string compiled_isas();
 

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastops.triton.matmul import _round_to_bf16  # noqa: F401  (used inside the jit functions)
+
 # --------------------------------------------------------------------------------------------
 # Configs (data only)
 # --------------------------------------------------------------------------------------------
@@ -72,6 +74,16 @@ def _operand(x, like, UPCAST: tl.constexpr):
     if UPCAST:
         return x.to(tl.float32)
     return x.to(like.dtype)
+
+
+@triton.jit
+def _stored(x, ptr, UPCAST: tl.constexpr):
+    """float32 x in the dtype ptr points to, for tl.store. Under the interpreter (UPCAST) a
+    bfloat16 destination gets x rounded to nearest even first, as matmul's stores do: the
+    interpreter's float32 -> bfloat16 cast truncates, a GPU's rounds."""
+    if UPCAST and ptr.dtype.element_ty == tl.bfloat16:
+        x = _round_to_bf16(x)
+    return x.to(ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -170,7 +182,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
     out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
     lse = tl.where(l_i > 0, m_i + tl.log(l_i), float("inf"))
     tl.store(out_ptr + n * son + h * soh + offs_m[:, None] * sol + offs_ev[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_ev[None, :] < Ev))
+             _stored(out, out_ptr, UPCAST), mask=(offs_m[:, None] < L) & (offs_ev[None, :] < Ev))
     tl.store(lse_ptr + nh * L + offs_m, lse, mask=offs_m < L)
 
 
@@ -255,9 +267,9 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_
                          mask=rows[:, None] & (offs_n[None, :] < S))
     dk = dk * scale
     base = (nk * S + offs_n[:, None])
-    tl.store(dk_ptr + base * E + offs_e[None, :], dk.to(dk_ptr.dtype.element_ty),
+    tl.store(dk_ptr + base * E + offs_e[None, :], _stored(dk, dk_ptr, UPCAST),
              mask=(offs_n[:, None] < S) & (offs_e[None, :] < E))
-    tl.store(dv_ptr + base * Ev + offs_ev[None, :], dv.to(dv_ptr.dtype.element_ty),
+    tl.store(dv_ptr + base * Ev + offs_ev[None, :], _stored(dv, dv_ptr, UPCAST),
              mask=(offs_n[:, None] < S) & (offs_ev[None, :] < Ev))
 
 
@@ -311,7 +323,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_pt
         ds = p * (dp - delta[:, None])
         dq += _dot(_operand(ds, q, UPCAST), tl.trans(kt), PREC)
     dq = dq * scale
-    tl.store(dq_ptr + (nh * L + offs_m[:, None]) * E + offs_e[None, :], dq.to(dq_ptr.dtype.element_ty),
+    tl.store(dq_ptr + (nh * L + offs_m[:, None]) * E + offs_e[None, :], _stored(dq, dq_ptr, UPCAST),
              mask=rows[:, None] & (offs_e[None, :] < E))
 
 
