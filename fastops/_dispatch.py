@@ -369,6 +369,17 @@ def select(op: str, x: torch.Tensor, *args, backend: Optional[str] = None) -> Ch
     return fallback(op, x, "; ".join(plan.dropped + tuple(dynamic)))
 
 
+def select_for_op(op: str, backend: str, x: torch.Tensor, *args) -> Choice:
+    """select() for a custom op's `backend` argument: "auto" selects now; a backend name or
+    "auto:<name>" (a choice auto made already, see chosen_name) is passed on."""
+    return select(op, x, *args, backend=None if backend == "auto" else backend)
+
+
+def run_op(op: str, backend: str, x: torch.Tensor, *args):
+    """Runs the kernel select_for_op picks on (x, *args) and returns its result."""
+    return select_for_op(op, backend, x, *args).kernel.fn(x, *args)
+
+
 def chosen_name(choice: Choice) -> str:
     """The backend argument that makes a custom op run `choice` again: "auto:<name>" when auto
     picked it (so explain() still says so), else the name that was asked for."""

@@ -192,7 +192,7 @@ def adam_step_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, mast
     args = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], master_params,
             state_steps, float(lr), float(beta1), float(beta2), float(weight_decay), float(eps), bool(amsgrad),
             bool(maximize), bool(decoupled), grad_scale, found_inf)
-    choice = _dispatch.select(OP, params[0], *args, backend=None if backend == "auto" else backend)
+    choice = _dispatch.select_for_op(OP, backend, params[0], *args)
     choice.kernel.fn(*args)
 
 

@@ -290,11 +290,6 @@ _dispatch.register_op("sdpa_backward", FAMILY, {
     crossover=CROSSOVER)
 
 
-def run(op: str, backend: str, *args):
-    choice = _dispatch.select(op, args[0], *args[1:], backend=None if backend == "auto" else backend)
-    return choice.kernel.fn(*args)
-
-
 # ---- custom ops --------------------------------------------------------------------------------
 
 @torch.library.custom_op("fastops::sdpa_forward", mutates_args=())
@@ -304,7 +299,7 @@ def sdpa_forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     _check_kernel_args(q, k, v, attn_mask)
     if not 0.0 <= dropout_p < 1.0:
         _require(False, f"dropout_p must be in [0, 1) here, got {dropout_p}")
-    out, lse = run("sdpa_forward", backend, q, k, v, attn_mask, is_causal, scale, dropout_p, seed)
+    out, lse = _dispatch.run_op("sdpa_forward", backend, q, k, v, attn_mask, is_causal, scale, dropout_p, seed)
     return out, lse
 
 
@@ -326,7 +321,7 @@ def sdpa_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     _check_kernel_args(q, k, v, attn_mask)
     if grad.shape != out.shape:
         _require(False, f"grad_out must have out's shape {list(out.shape)}, got {list(grad.shape)}")
-    dq, dk, dv, dmask = run("sdpa_backward", backend, grad, q, k, v, out, lse, attn_mask, is_causal, scale,
+    dq, dk, dv, dmask = _dispatch.run_op("sdpa_backward", backend, grad, q, k, v, out, lse, attn_mask, is_causal, scale,
                             dropout_p, seed, need_mask_grad)
     return dq, dk, dv, dmask
 

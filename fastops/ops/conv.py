@@ -283,11 +283,6 @@ _dispatch.register_op("conv2d_backward", FAMILY, {
     crossover=CROSSOVER)
 
 
-def run(op: str, backend: str, *args):
-    choice = _dispatch.select(op, args[0], *args[1:], backend=None if backend == "auto" else backend)
-    return choice.kernel.fn(*args)
-
-
 # ---- custom ops --------------------------------------------------------------------------------
 
 def _check_op_args(x, weight, bias, stride, padding, dilation, groups):
@@ -312,7 +307,7 @@ def _out_shape(x, weight, stride, padding, dilation):
 def conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
               padding: list[int], dilation: list[int], groups: int, activation: int, backend: str) -> torch.Tensor:
     _check_op_args(x, weight, bias, stride, padding, dilation, groups)
-    return run("conv2d_forward", backend, x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+    return _dispatch.run_op("conv2d_forward", backend, x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
                activation)
 
 
@@ -330,7 +325,7 @@ def conv2d_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     _check_op_args(x, weight, None, stride, padding, dilation, groups)
     torch._check(tuple(grad.shape) == _out_shape(x, weight, stride, padding, dilation),
                  lambda: f"{_NAME}: grad_output must have the output's shape")
-    dx, dw, db = run("conv2d_backward", backend, grad, x, weight, tuple(stride), tuple(padding), tuple(dilation),
+    dx, dw, db = _dispatch.run_op("conv2d_backward", backend, grad, x, weight, tuple(stride), tuple(padding), tuple(dilation),
                      groups, tuple(output_mask))
     return tuple(t if keep else x.new_empty(0) for t, keep in zip((dx, dw, db), output_mask))
 

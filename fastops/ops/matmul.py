@@ -208,17 +208,13 @@ def linear_with(fn, x, weight, bias, act: int, keep_preact: bool):
     return y.view(*x.shape[:-1], n), x.new_empty(0)
 
 
-def _select(op: str, backend: str, x, *args):
-    return _dispatch.select(op, x, *args, backend=None if backend == "auto" else backend)
-
-
 # ---- custom ops --------------------------------------------------------------------------------
 
 @torch.library.custom_op("fastops::matmul", mutates_args=())
 def matmul_op(a: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tensor:
     check_matmul(a, b)
     torch._check(a.dim() >= 2 and b.dim() >= 2, lambda: "fastops::matmul takes >= 2-D operands")
-    choice = _select("matmul", backend, a, b)
+    choice = _dispatch.select_for_op("matmul", backend, a, b)
     return matmul_with(choice.kernel.fn, a, b)
 
 
@@ -269,7 +265,7 @@ matmul_op.register_autograd(_matmul_bwd, setup_context=_matmul_setup)
 def linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: int,
               keep_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     check_linear(x, weight, bias)
-    choice = _select("linear", backend, x, weight, bias)
+    choice = _dispatch.select_for_op("linear", backend, x, weight, bias)
     return linear_with(choice.kernel.fn, x, weight, bias, activation, keep_preact)
 
 

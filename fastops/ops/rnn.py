@@ -218,11 +218,6 @@ _dispatch.register_op("rnn_layer_backward", FAMILY, {
 })
 
 
-def run(op: str, backend: str, x: torch.Tensor, *args):
-    choice = _dispatch.select(op, x, *args, backend=None if backend == "auto" else backend)
-    return choice.kernel.fn(x, *args)
-
-
 # ---- checks shared by the op and its fake --------------------------------------------------------
 
 def check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode) -> None:
@@ -255,7 +250,7 @@ def rnn_layer_op(x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], 
                  lengths: Optional[torch.Tensor], mode: int, reverse: bool,
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
-    return run("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    return _dispatch.run_op("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
 
 
 @rnn_layer_op.register_fake
@@ -283,7 +278,7 @@ def rnn_layer_backward_op(dy: Optional[torch.Tensor], dh_n: Optional[torch.Tenso
 
 def _run_backward(backend, dy, dh_n, dc_n, x, *rest):
     # select on x (dy may be None): the kernel's callable takes the arguments in the op's order
-    choice = _dispatch.select("rnn_layer_backward", x, backend=None if backend == "auto" else backend)
+    choice = _dispatch.select_for_op("rnn_layer_backward", backend, x)
     return choice.kernel.fn(dy, dh_n, dc_n, x, *rest)
 
 
@@ -353,7 +348,7 @@ def layer_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode: int, reverse: 
     if needs_grad or backend == "auto":
         return layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse, backend)
     check_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode)
-    y, h_n, c_n, _, _ = run("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    y, h_n, c_n, _, _ = _dispatch.run_op("rnn_layer", backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
     return y, h_n, (c_n if mode == LSTM else None)
 
 

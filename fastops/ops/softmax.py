@@ -103,18 +103,12 @@ _dispatch.register_op("softmax_backward", FAMILY, {
 }, crossover=CROSSOVER)
 
 
-def run(op: str, backend: str, x: torch.Tensor, *args):
-    """Runs `op` with the named backend ("auto" selects now); falls back as the selector says."""
-    choice = _dispatch.select(op, x, *args, backend=None if backend == "auto" else backend)
-    return choice.kernel.fn(x, *args)
-
-
 # ---- custom ops --------------------------------------------------------------------------------
 
 @torch.library.custom_op("fastops::softmax", mutates_args=())
 def softmax_op(x: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
     check_input(x)
-    return run("softmax_forward", backend, x, wrap_dim(x, dim))
+    return _dispatch.run_op("softmax_forward", backend, x, wrap_dim(x, dim))
 
 
 @softmax_op.register_fake
@@ -127,7 +121,7 @@ def _softmax_fake(x, dim, backend):
 @torch.library.custom_op("fastops::softmax_backward", mutates_args=())
 def softmax_backward_op(grad: torch.Tensor, y: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
     check_backward_inputs(grad, y)
-    return run("softmax_backward", backend, grad, y, wrap_dim(y, dim))
+    return _dispatch.run_op("softmax_backward", backend, grad, y, wrap_dim(y, dim))
 
 
 @softmax_backward_op.register_fake
