@@ -100,6 +100,8 @@ def _update_cpu_torch_below(op: str, crossover: Optional[dict]) -> None:
     usable = backend_status("cpu")[0]
     CPU_TORCH_BELOW[op] = min((n for key, n in (crossover or {}).items() if key.split(":")[0] == "cpu"),
                               default=0) if usable else 0
+    if op in _small_call_paths:
+        _push_small_limits(op)
 
 
 def set_crossover(op: str, key: str, elements: float) -> None:
@@ -155,6 +157,48 @@ def _update_crossovers_on() -> None:
     # FASTOPS_LOG=1 turns the fast path off, so every call gets select()'s precise reason logged
     _crossovers_on = _crossovers_enabled and _global_backend == "auto" and not (_strict or _enable_strict) \
         and not _log_on
+    _push_small_limits()
+
+
+# C++ small-call paths (softmax): an op's eager wrapper first offers the call to a compiled
+# function that decides from size and dtype alone (torch's kernel below the crossover, fastops'
+# cpu kernel in a band measured faster still) and declines (None) otherwise. They are on only
+# under plain auto settings with no use_backend() scope open in any thread; Python pushes the
+# limits into C++ whenever a setting changes. op -> (set_limits, calls, kernel_upto per dtype).
+_small_call_paths: dict[str, tuple[Callable, Callable, dict]] = {}
+_SMALL_CALL_DTYPES = ("float32", "float16", "bfloat16")
+_scopes_open = 0  # use_backend() scopes open, all threads
+_scopes_lock = threading.Lock()
+
+
+def register_small_call_path(op: str, set_limits: Callable, calls: Callable, kernel_upto: dict) -> None:
+    """set_limits(torch_below, kernel_upto): element counts per dtype of _SMALL_CALL_DTYPES (0 = off);
+    calls(reset) -> (calls sent to torch, calls run on the cpu kernel) since the last reset."""
+    _small_call_paths[op] = (set_limits, calls, dict(kernel_upto))
+    _push_small_limits(op)
+
+
+def set_small_kernel_upto(op: str, dtype: str, elements: int) -> None:
+    """Sets the band of op's C++ small-call path that runs fastops' cpu kernel (0: torch's only)."""
+    _small_call_paths[op][2][dtype] = int(elements)
+    _push_small_limits(op)
+
+
+def small_kernel_upto(op: str) -> dict:
+    return dict(_small_call_paths[op][2]) if op in _small_call_paths else {}
+
+
+def _as_elements(n: float) -> int:
+    return 1 << 62 if n == NEVER else int(n)
+
+
+def _push_small_limits(op: Optional[str] = None) -> None:
+    on = _crossovers_on and _scopes_open == 0
+    for name in [op] if op is not None else list(_small_call_paths):
+        set_limits, _, upto = _small_call_paths[name]
+        table = _CROSSOVERS.get(name, {})
+        below = [_as_elements(table.get(f"cpu:{d}", table.get("cpu", 0))) if on else 0 for d in _SMALL_CALL_DTYPES]
+        set_limits(below, [upto.get(d, 0) if on else 0 for d in _SMALL_CALL_DTYPES])
 
 
 def set_crossovers_enabled(on: bool) -> None:
@@ -193,11 +237,18 @@ def get_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str):
     """Uses backend `name` inside the block (this thread or task only)."""
+    global _scopes_open
     token = _scoped_backend.set(_check_backend(name))
+    with _scopes_lock:
+        _scopes_open += 1
+        _push_small_limits()
     try:
         yield
     finally:
         _scoped_backend.reset(token)
+        with _scopes_lock:
+            _scopes_open -= 1
+            _push_small_limits()
 
 
 def set_strict(on: bool) -> None:
@@ -404,7 +455,22 @@ def explain() -> str:
         lines.append(f"{op}: torch for CPU calls below the cpu crossover of "
                      f"{CPU_TORCH_BELOW[op]} elements (eager fast path: size alone decided; "
                      f"FASTOPS_LOG=1 gives each call's full reason)")
+    for op, (_, calls, upto) in sorted(_small_call_paths.items()):
+        to_torch, to_kernel = calls(False)
+        if to_torch:
+            lines.append(f"{op}: torch for {to_torch} CPU calls below the cpu crossover "
+                         f"{_describe_crossover(op)} (C++ small-call path: size and dtype alone decided; "
+                         f"FASTOPS_LOG=1 gives each call's full reason)")
+        if to_kernel:
+            band = ", ".join(f"{d} up to {n}" for d, n in upto.items() if n)
+            lines.append(f"{op}: cpu for {to_kernel} small CPU calls (C++ small-call path: contiguous "
+                         f"last-dim input, no graph to record, measured faster than torch for {band} elements)")
     return "\n".join(lines)
+
+
+def _describe_crossover(op: str) -> str:
+    table = {k: v for k, v in _CROSSOVERS.get(op, {}).items() if k.split(":")[0] == "cpu"}
+    return "(" + ", ".join(f"{k}: {'never' if v == NEVER else int(v)}" for k, v in sorted(table.items())) + ")"
 
 
 def last_choice(op: str) -> Optional[Choice]:
@@ -415,6 +481,8 @@ def last_choice(op: str) -> Optional[Choice]:
 def clear_history() -> None:
     _last.clear()
     _small_calls.clear()
+    for _, calls, _ in _small_call_paths.values():
+        calls(True)
 
 
 def kernels(op: str) -> list[Kernel]:

@@ -14,6 +14,7 @@ import torch
 
 from fastops import _dispatch
 from fastops.ops import softmax as _softmax
+from fastops.ops.softmax import small_call as _softmax_small_call
 from fastops.ops import attention as _attention
 from fastops.ops import conv as _conv
 from fastops.ops import rnn as _rnn
@@ -31,8 +32,10 @@ def softmax(x: torch.Tensor, dim: int = -1, dtype: Optional[torch.dtype] = None)
     Returns a contiguous tensor of x's shape and dtype; sums accumulate in float32.
     Backward: grad_x = y * (grad - sum(grad * y, dim)), from the saved output y.
     """
-    if dtype is None and _dispatch.small_cpu_call("softmax_forward", x):
-        return torch.softmax(x, dim)
+    if dtype is None:
+        y = _softmax_small_call(x, dim)  # plain-auto CPU calls below the crossover, decided in C++
+        if y is not None:
+            return y
     _softmax.check_input(x)
     if dtype is not None:
         x = x.to(dtype)

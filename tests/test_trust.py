@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastops
-from fastops import _dispatch
+from fastops import _dispatch, _ext
 from fastops import functional as F
 from utils import make
 
@@ -158,6 +158,69 @@ def test_softmax_over_2_pow_31_elements():
                                    rtol=1.6e-2, atol=1e-6)
 
 
+class _Traced(torch.Tensor):
+    calls = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.calls += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.skipif(_ext.C is None, reason="the C++ small-call path needs fastops._C")
+def test_softmax_small_call_path_runs_torch_or_the_cpu_kernel_as_told():
+    """Below the crossover, plain auto decides in C++: torch's kernel, or fastops' cpu kernel in the
+    band measured faster; anything that needs Python's view of the call declines to the Python path."""
+    op = "softmax_forward"
+    saved, saved_upto = _dispatch.crossovers(op), _dispatch.small_kernel_upto(op)
+    _dispatch.set_crossovers_enabled(True)
+    try:
+        _dispatch.set_crossover(op, "cpu", 1 << 20)
+        _dispatch.set_small_kernel_upto(op, "float32", 0)
+        x = make((3, 77), torch.float32)
+        fastops.clear_history()
+        torch.testing.assert_close(F.softmax(x, -1), torch.softmax(x, -1))
+        assert "torch for 1 CPU calls below the cpu crossover" in fastops.explain(), fastops.explain()
+        _dispatch.set_small_kernel_upto(op, "float32", 1000)
+        fastops.clear_history()
+        for t, dim in ((x, -1), (x, 1), (make((0, 5), torch.float32), -1)):  # contiguous, last dim, no graph
+            torch.testing.assert_close(F.softmax(t, dim), torch.softmax(t, dim), rtol=0, atol=1e-7)
+        assert "cpu for 3 small CPU calls" in fastops.explain(), fastops.explain()
+        fastops.clear_history()
+        cases = [(x, 0), (x.t(), -1), (make((), torch.float32), 0), (make((40, 40), torch.float32), -1),
+                 (x.half(), -1)]  # other dim, strided, 0-d, over the band, a dtype outside the band
+        for t, dim in cases:
+            torch.testing.assert_close(F.softmax(t, dim), torch.softmax(t, dim), rtol=0, atol=1e-7)
+        assert "torch for 5 CPU calls" in fastops.explain() and "small CPU calls" not in fastops.explain()
+        xg = x.clone().requires_grad_()  # a graph to record: torch's kernel, torch's autograd
+        g = torch.randn_like(x)
+        F.softmax(xg, -1).backward(g)
+        torch.testing.assert_close(xg.grad, torch._softmax_backward_data(g, torch.softmax(x, -1), 1, x.dtype))
+        xb = make((4, 3, 9), torch.float32)  # vmap: a wrapper tensor the kernel must not read
+        torch.testing.assert_close(torch.func.vmap(lambda r: F.softmax(r, -1))(xb), torch.softmax(xb, -1))
+        sub = x.as_subclass(_Traced)
+        _Traced.calls = 0
+        F.softmax(sub, -1)
+        assert _Traced.calls > 0  # a __torch_function__ subclass sees the call
+        with pytest.raises(IndexError):
+            F.softmax(x, 2)
+        fastops.clear_history()
+        with fastops.use_backend("torch"):  # any scope or setting other than plain auto: Python decides
+            F.softmax(x, -1)
+        assert "backend 'torch' requested" in fastops.explain(), fastops.explain()
+        fastops.set_strict(True)
+        try:
+            F.softmax(x, -1)
+        finally:
+            fastops.set_strict(False)
+        assert _dispatch.last_choice(op).backend == "cpu"  # strict: no crossover, no small-call path
+        assert "small" not in fastops.explain(), fastops.explain()
+    finally:
+        _dispatch.set_small_kernel_upto(op, "float32", saved_upto.get("float32", 0))
+        for key in ("cpu", "cpu:bfloat16"):
+            _dispatch.set_crossover(op, key, saved.get(key, 0))
+
+
 def test_auto_leaves_shapes_below_the_crossover_to_torch():
     op = "softmax_forward"
     saved = _dispatch.crossovers(op)
@@ -166,7 +229,7 @@ def test_auto_leaves_shapes_below_the_crossover_to_torch():
         _dispatch.set_crossover(op, "cpu", 1000)
         small, big = make((2, 100), torch.float32), make((4, 1000), torch.float32)
         torch.testing.assert_close(F.softmax(small, 1), torch.softmax(small, 1))
-        assert "below the cpu crossover of 1000 elements" in fastops.explain(), fastops.explain()
+        assert "below the cpu crossover (cpu: 1000" in fastops.explain(), fastops.explain()
         assert _dispatch.select(op, small, 1).backend == "torch"
         F.softmax(big, 1)
         assert _dispatch.last_choice(op).backend == "cpu"

@@ -103,6 +103,30 @@ _dispatch.register_op("softmax_backward", FAMILY, {
 }, crossover=CROSSOVER)
 
 
+# ---- the eager small-call path (fastops.functional.softmax under plain auto) ----------------------
+
+# Elements per dtype up to which fastops' cpu kernel beats torch's on a single contiguous call
+# with no graph to record, when both are called from C++ (no Python wrapper on either side):
+# measured with fastops.bench's softmax sweep on the development machine (see README).
+SMALL_KERNEL_UPTO = {"float32": 0, "float16": 0, "bfloat16": 0}
+
+
+def _no_small_call(x, dim=-1):
+    return None
+
+
+if _ext.C is not None:
+    small_call = _ext.C.softmax_small
+    _dispatch.register_small_call_path("softmax_forward", _ext.C.set_softmax_small_limits,
+                                       _ext.C.softmax_small_calls, SMALL_KERNEL_UPTO)
+
+    @torch.compiler.substitute_in_graph(small_call, skip_signature_check=True)
+    def _small_call_traced(x, dim=-1):
+        return None  # a traced graph takes the custom op (the choice is made when the graph runs)
+else:
+    small_call = _no_small_call
+
+
 # ---- custom ops --------------------------------------------------------------------------------
 
 @torch.library.custom_op("fastops::softmax", mutates_args=())
