@@ -180,8 +180,9 @@ def register_small_call_path(op: str, set_limits: Callable, calls: Callable, ker
 
 def set_small_kernel_upto(op: str, dtype: str, elements: int) -> None:
     """Sets the band of op's C++ small-call path that runs fastops' cpu kernel (0: torch's only)."""
-    _small_call_paths[op][2][dtype] = int(elements)
-    _push_small_limits(op)
+    if op in _small_call_paths:  # (none without fastops._C)
+        _small_call_paths[op][2][dtype] = int(elements)
+        _push_small_limits(op)
 
 
 def small_kernel_upto(op: str) -> dict:

@@ -176,7 +176,8 @@ def test_softmax_small_call_path_runs_torch_or_the_cpu_kernel_as_told():
     _dispatch.set_crossovers_enabled(True)
     try:
         _dispatch.set_crossover(op, "cpu", 1 << 20)
-        _dispatch.set_small_kernel_upto(op, "float32", 0)
+        for name in ("float32", "float16", "bfloat16"):
+            _dispatch.set_small_kernel_upto(op, name, 0)
         x = make((3, 77), torch.float32)
         fastops.clear_history()
         torch.testing.assert_close(F.softmax(x, -1), torch.softmax(x, -1))
@@ -216,17 +217,19 @@ def test_softmax_small_call_path_runs_torch_or_the_cpu_kernel_as_told():
         assert _dispatch.last_choice(op).backend == "cpu"  # strict: no crossover, no small-call path
         assert "small" not in fastops.explain(), fastops.explain()
     finally:
-        _dispatch.set_small_kernel_upto(op, "float32", saved_upto.get("float32", 0))
+        for name, n in saved_upto.items():
+            _dispatch.set_small_kernel_upto(op, name, n)
         for key in ("cpu", "cpu:bfloat16"):
             _dispatch.set_crossover(op, key, saved.get(key, 0))
 
 
 def test_auto_leaves_shapes_below_the_crossover_to_torch():
     op = "softmax_forward"
-    saved = _dispatch.crossovers(op)
+    saved, saved_upto = _dispatch.crossovers(op), _dispatch.small_kernel_upto(op)
     _dispatch.set_crossovers_enabled(True)
     try:
         _dispatch.set_crossover(op, "cpu", 1000)
+        _dispatch.set_small_kernel_upto(op, "float32", 0)  # the crossover alone (band: test above)
         small, big = make((2, 100), torch.float32), make((4, 1000), torch.float32)
         torch.testing.assert_close(F.softmax(small, 1), torch.softmax(small, 1))
         assert "below the cpu crossover (cpu: 1000" in fastops.explain(), fastops.explain()
@@ -243,5 +246,7 @@ def test_auto_leaves_shapes_below_the_crossover_to_torch():
         assert choice.backend == "torch" and "measured faster" in choice.why
         assert _dispatch.select(op, big, 1).backend == "cpu"
     finally:
+        for name, n in saved_upto.items():
+            _dispatch.set_small_kernel_upto(op, name, n)
         for key in ("cpu", "cpu:bfloat16"):
             _dispatch.set_crossover(op, key, saved.get(key, 0))
