@@ -54,9 +54,16 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return r;
 }
 
-// d += a * b on one m16 x n8 tile. T selects the operand type (__half, __nv_bfloat16, float = tf32);
-// K is the mma's k extent. The 16-bit types also pack two floats into one A register (pack), for
-// a product whose A operand is a float accumulator (attention's P V).
+// d += a * b on one m16 x n8 tile: `mma.sync.aligned.<SHAPE_TYPES>` with the accumulators in d.
+#define FASTOPS_MMA_SYNC(SHAPE_TYPES, d, a, b0, b1)                                                     \
+  asm volatile("mma.sync.aligned." SHAPE_TYPES " {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "          \
+               "{%0, %1, %2, %3};\n"                                                                    \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                          \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+// Mma<T>::run(d, a, b0, b1): d += a * b on one m16 x n8 tile. T selects the operand type (__half,
+// __nv_bfloat16, float = tf32); K is the mma's k extent. The 16-bit types also pack two floats
+// into one A register (pack), for a product whose A operand is a float accumulator (attention's P V).
 template <typename T>
 struct Mma;
 
@@ -64,14 +71,7 @@ template <>
 struct Mma<__half> {
   static constexpr int K = 16;
   __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    run(d, a, b[0], b[1]);
+    FASTOPS_MMA_SYNC("m16n8k16.row.col.f32.f16.f16.f32", d, a, b0, b1);
   }
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     const __half2 h = __floats2half2_rn(lo, hi);
@@ -83,14 +83,7 @@ template <>
 struct Mma<__nv_bfloat16> {
   static constexpr int K = 16;
   __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    run(d, a, b[0], b[1]);
+    FASTOPS_MMA_SYNC("m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b0, b1);
   }
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
@@ -102,16 +95,11 @@ template <>
 struct Mma<float> {
   static constexpr int K = 8;
   __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    run(d, a, b[0], b[1]);
+    FASTOPS_MMA_SYNC("m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b0, b1);
   }
 };
+
+#undef FASTOPS_MMA_SYNC
 
 }  // namespace cuda
 }  // namespace fastops

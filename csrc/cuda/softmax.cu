@@ -182,64 +182,64 @@ __device__ __forceinline__ void store_f32(T* __restrict__ p, const float* in) {
 // Reductions. Every xor butterfly step combines with a commutative rule (fmaxf, +, merge), so all
 // lanes of a group end with the bit-identical result.
 
+// Combine rules, one per reduced type: `Max` for fmaxf, `+` for floats, merge for SoftmaxState.
+struct Max {
+  float v;
+};
+__device__ __forceinline__ Max combine(Max a, Max b) { return {fmaxf(a.v, b.v)}; }
+__device__ __forceinline__ float combine(float a, float b) { return a + b; }
+__device__ __forceinline__ SoftmaxState combine(SoftmaxState a, SoftmaxState b) { return math::merge(a, b); }
+
+template <int kWidth>
+__device__ __forceinline__ float shfl_xor(float v, int offset) {
+  return __shfl_xor_sync(kFullMask, v, offset, kWidth);
+}
+template <int kWidth>
+__device__ __forceinline__ Max shfl_xor(Max m, int offset) {
+  return {shfl_xor<kWidth>(m.v, offset)};
+}
+template <int kWidth>
+__device__ __forceinline__ SoftmaxState shfl_xor(SoftmaxState s, int offset) {
+  SoftmaxState other;
+  other.max = shfl_xor<kWidth>(s.max, offset);
+  other.sum = shfl_xor<kWidth>(s.sum, offset);
+  return other;
+}
+
+// Reduction over groups of kWidth lanes (xor butterfly): every lane gets its group's result.
+template <int kWidth, typename T>
+__device__ __forceinline__ T warp_reduce(T v) {
+#pragma unroll
+  for (int offset = kWidth / 2; offset > 0; offset /= 2) v = combine(v, shfl_xor<kWidth>(v, offset));
+  return v;
+}
+
 template <int kWidth>
 __device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int offset = kWidth / 2; offset > 0; offset /= 2) {
-    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset, kWidth));
-  }
-  return v;
+  return warp_reduce<kWidth>(Max{v}).v;
 }
 
 template <int kWidth>
 __device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWidth / 2; offset > 0; offset /= 2) {
-    v += __shfl_xor_sync(kFullMask, v, offset, kWidth);
-  }
-  return v;
+  return warp_reduce<kWidth>(v);
 }
 
-template <int kWidth>
-__device__ __forceinline__ SoftmaxState warp_merge(SoftmaxState s) {
-#pragma unroll
-  for (int offset = kWidth / 2; offset > 0; offset /= 2) {
-    SoftmaxState other;
-    other.max = __shfl_xor_sync(kFullMask, s.max, offset, kWidth);
-    other.sum = __shfl_xor_sync(kFullMask, s.sum, offset, kWidth);
-    s = math::merge(s, other);
-  }
-  return s;
-}
-
-// Block-wide reductions; every thread gets the result. smem holds kThreads / 32 slots. Each warp
+// Block-wide reduction; every thread gets the result. smem holds kThreads / 32 slots. Each warp
 // writes its partial, and after the barrier every warp reduces all partials itself (lane l reads
 // slot l % kWarps, so every width-kWarps segment holds the same values and ends bit-identical), so
 // there is no divergent branch around the shuffles. Callers alternate between two smem buffers
 // from one row to the next: a warp can only write a buffer again after the next row's barrier,
 // which every warp reaches after reading this row's partials.
-template <int kThreads>
-__device__ __forceinline__ SoftmaxState block_merge(SoftmaxState s, SoftmaxState* smem) {
+template <int kThreads, typename T>
+__device__ __forceinline__ T block_reduce(T v, T* smem) {
   constexpr int kWarps = kThreads / kWarpSize;
   static_assert(kThreads % kWarpSize == 0 && kWarps <= kWarpSize, "block size");
   static_assert((kWarps & (kWarps - 1)) == 0, "warp count must be a power of two");
   const int lane = threadIdx.x % kWarpSize;
-  s = warp_merge<kWarpSize>(s);
-  if (lane == 0) smem[threadIdx.x / kWarpSize] = s;
-  __syncthreads();
-  return warp_merge<kWarps>(smem[lane % kWarps]);
-}
-
-template <int kThreads>
-__device__ __forceinline__ float block_sum(float v, float* smem) {
-  constexpr int kWarps = kThreads / kWarpSize;
-  static_assert(kThreads % kWarpSize == 0 && kWarps <= kWarpSize, "block size");
-  static_assert((kWarps & (kWarps - 1)) == 0, "warp count must be a power of two");
-  const int lane = threadIdx.x % kWarpSize;
-  v = warp_sum<kWarpSize>(v);
+  v = warp_reduce<kWarpSize>(v);
   if (lane == 0) smem[threadIdx.x / kWarpSize] = v;
   __syncthreads();
-  return warp_sum<kWarps>(smem[lane % kWarps]);
+  return warp_reduce<kWarps>(smem[lane % kWarps]);
 }
 
 // State of kN elements: their max and the sum of exp(x - max), one exp each (rescale returns 0
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kThreads, kBlockRowMinBlocks)
                                  int64_t dim) {
   static_assert(kThreads >= kVec, "head and tail (< kVec elements each) need one thread each");
   constexpr int kUnroll = kBlockRowUnroll;
-  __shared__ SoftmaxState smem[2][kThreads / kWarpSize];  // alternating per row, see block_merge
+  __shared__ SoftmaxState smem[2][kThreads / kWarpSize];  // alternating per row, see block_reduce
   const int tid = threadIdx.x;
   int buf = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, buf ^= 1) {  // block-uniform
@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, kBlockRowMinBlocks)
       load_f32<kVec>(xb + i * kVec, v);
       st = math::merge(st, chunk_state<kVec>(v));
     }
-    st = block_merge<kThreads>(st, smem[buf]);
+    st = block_reduce<kThreads>(st, smem[buf]);
 
     // Pass 2: outputs.
     if (tid < sp.head) yr[tid] = from_f32<T>(math::softmax_output(to_f32(xr[tid]), st));
@@ -466,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, kBlockRowMinBlocks)
                                   T* __restrict__ dx, int64_t rows, int64_t dim) {
   static_assert(kThreads >= kVec, "head and tail (< kVec elements each) need one thread each");
   constexpr int kUnroll = kBlockRowUnroll;
-  __shared__ float smem[2][kThreads / kWarpSize];  // alternating per row, see block_merge
+  __shared__ float smem[2][kThreads / kWarpSize];  // alternating per row, see block_reduce
   const int tid = threadIdx.x;
   int buf = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, buf ^= 1) {  // block-uniform
@@ -507,7 +507,7 @@ __global__ void __launch_bounds__(kThreads, kBlockRowMinBlocks)
 #pragma unroll
       for (int j = 0; j < kVec; ++j) dot += g[j] * p[j];
     }
-    dot = block_sum<kThreads>(dot, smem[buf]);
+    dot = block_reduce<kThreads>(dot, smem[buf]);
 
     // Pass 2: dx.
     if (tid < sp.head) {

@@ -129,6 +129,22 @@ def _dropout(x, nh, offs_m, offs_n, L, S, seed_lo, seed_hi, threshold, keep_scal
     return tl.where(bits >= threshold, x * keep_scale, 0.0)
 
 
+@triton.jit
+def _query_block(q_ptr, sqn, sqh, sql, H, G, L, E, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr):
+    """The program's (batch n, head h, kv head hk, n * H + h), its query rows and feature offsets,
+    and its Q block [BLOCK_M, BLOCK_E] as the dot operand (0 outside L x E)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    nh = tl.program_id(1).to(tl.int64)
+    n = nh // H
+    h = nh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_e = tl.arange(0, BLOCK_E)
+    q = tl.load(q_ptr + n * sqn + h * sqh + offs_m[:, None] * sql + offs_e[None, :],
+                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+    return n, h, h // G, nh, pid_m, offs_m, offs_e, tl.arange(0, BLOCK_EV), _operand(q, q, UPCAST)
+
+
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
@@ -142,17 +158,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
                      BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
                      CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0).to(tl.int64)
-    nh = tl.program_id(1).to(tl.int64)
-    n = nh // H
-    h = nh % H
-    hk = h // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_ev = tl.arange(0, BLOCK_EV)
-    q = tl.load(q_ptr + n * sqn + h * sqh + offs_m[:, None] * sql + offs_e[None, :],
-                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
-    q = _operand(q, q, UPCAST)
+    n, h, hk, nh, pid_m, offs_m, offs_e, offs_ev, q = _query_block(q_ptr, sqn, sqh, sql, H, G, L, E, UPCAST,
+                                                                    BLOCK_M, BLOCK_E, BLOCK_EV)
     k_base = k_ptr + n * skn + hk * skh
     v_base = v_ptr + n * svn + hk * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -283,20 +290,11 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_pt
                         CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query block; dq [N, H, L, E] contiguous."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    nh = tl.program_id(1).to(tl.int64)
-    n = nh // H
-    h = nh % H
-    hk = h // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_ev = tl.arange(0, BLOCK_EV)
+    n, h, hk, nh, pid_m, offs_m, offs_e, offs_ev, q = _query_block(q_ptr, sqn, sqh, sql, H, G, L, E, UPCAST,
+                                                                    BLOCK_M, BLOCK_E, BLOCK_EV)
     rows = offs_m < L
-    q = tl.load(q_ptr + n * sqn + h * sqh + offs_m[:, None] * sql + offs_e[None, :],
-                mask=rows[:, None] & (offs_e[None, :] < E), other=0.0)
     do = tl.load(do_ptr + n * sdn + h * sdh + offs_m[:, None] * sdl + offs_ev[None, :],
                  mask=rows[:, None] & (offs_ev[None, :] < Ev), other=0.0)
-    q = _operand(q, q, UPCAST)
     do = _operand(do, do, UPCAST)
     lse = tl.load(lse_ptr + nh * L + offs_m, mask=rows, other=float("inf"))
     delta = tl.load(delta_ptr + nh * L + offs_m, mask=rows, other=0.0)

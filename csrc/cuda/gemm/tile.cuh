@@ -105,7 +105,7 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[Cfg::MI][Cfg::NI][4], con
 #pragma unroll
   for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
-    for (int ni = 0; ni < Cfg::NI; ++ni) Mma<T>::run(acc[mi][ni], af[mi], bf[ni]);
+    for (int ni = 0; ni < Cfg::NI; ++ni) Mma<T>::run(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
 }
 
 // The main loop of one block tile, shared by the GEMM and the implicit-GEMM convolution kernels:
