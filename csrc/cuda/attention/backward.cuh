@@ -130,14 +130,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dkdv_kernel(const A
   const int key0 = warp * 16;  // this warp's first key in the block
 
   for (int64_t t = 0; t < items; ++t) {
-    const int stage = static_cast<int>(t & 1);
-    if (t + 1 < items) {
-      load_q(t + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int stage = pipeline_step(t, items, load_q);
     const Head hd{n, hk * group + t / nq};
     const int64_t i0 = (qb0 + t % nq) * BM;
     if (has_mask) load_mask<T, BM, BN, Tr::kThreads>(sMask, sh, p.mask, hd, i0, j0);
@@ -228,14 +221,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_dq_kernel(const Att
   zero(dq);
 
   for (int64_t jb = 0; jb < nblocks; ++jb) {
-    const int stage = static_cast<int>(jb & 1);
-    if (jb + 1 < nblocks) {
-      load_kv(jb + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int stage = pipeline_step(jb, nblocks, load_kv);
     const int64_t j0 = jb * BN;
     if (has_mask) load_mask<T, BM, BN, Tr::kThreads>(sMask, sh, p.mask, hd, i0, j0);
     __syncthreads();

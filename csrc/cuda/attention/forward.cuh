@@ -72,14 +72,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_forward_kernel(cons
   const int row0 = warp * 16;
 
   for (int64_t jb = 0; jb < nblocks; ++jb) {
-    const int stage = static_cast<int>(jb & 1);
-    if (jb + 1 < nblocks) {
-      load_kv(jb + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int stage = pipeline_step(jb, nblocks, load_kv);
     const int64_t j0 = jb * BN;
     if (has_mask) load_mask<T, BM, BN, Tr::kThreads>(sMask, sh, p.mask, hd, i0, j0);
     __syncthreads();

@@ -68,6 +68,22 @@ __device__ __forceinline__ void load_tile(T* smem, const TileSrc& src, bool vec)
   }
 }
 
+// One step of a two-stage cp.async pipeline over `items` tiles: starts loading tile t + 1 into the
+// other stage (load(t + 1, stage)), waits until tile t has landed, and returns t's stage. The
+// caller's __syncthreads() then makes tile t visible to every warp.
+template <typename Load>
+__device__ __forceinline__ int pipeline_step(int64_t t, int64_t items, const Load& load) {
+  const int stage = static_cast<int>(t & 1);
+  if (t + 1 < items) {
+    load(t + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  return stage;
+}
+
 // Address of the 16-byte chunk at column col0 + 8 * sub of `row` (col0 a multiple of 16, known
 // at compile time once the fragment loops are unrolled; sub in {0, 1} per lane). Written so the
 // compiler sees that only the low 3 chunk bits are swizzled: col0 / 64 stays an immediate offset
