@@ -128,3 +128,16 @@ def test_tf32_follows_torch_flag():
     torch.backends.cuda.matmul.allow_tf32 = True
     tf32_err = (tk.gemm(a, b).double() - ref).abs().max().item()
     assert strict_err < 1e-3 < tf32_err
+
+
+@pytest.mark.cuda
+def test_triton_tma_matches_tiled_on_sm90():
+    from fastops.triton import matmul as tk
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA descriptors need sm_90+")
+    a = torch.randn(300, 264, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(136, 264, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(136, device="cuda", dtype=torch.bfloat16)
+    got = tk.gemm(a, w.t(), bias, "gelu")  # the default on sm_90+: the TMA kernel
+    want = tk.gemm(a, w.t(), bias, "gelu", tma=False)
+    torch.testing.assert_close(got.float(), want.float(), rtol=1.6e-2, atol=1e-2)

@@ -49,6 +49,9 @@ _TILES_FP32 = (
     (64, 128, 32, 8, 4, 4),
     (64, 64, 32, 8, 4, 3),
 )
+# The TMA kernel: the low-precision tiles whose accumulator and epilogue fit in registers there
+# (128x256 with 8 warps and 128x128 with 4 warps need stack on sm_90a: see python -m fastops.report).
+_TILES_TMA_LOWP = tuple(t for t in _TILES_LOWP if t not in ((128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4)))
 _INTERPRET_TILE = (16, 16, 16, 2, 4, 1)  # the interpreter runs one program at a time
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KEY = ["M", "N", "K", "HAS_BIAS", "ACT", "PREC", "OFF64"]
@@ -107,6 +110,21 @@ def _round_to_bf16(x):
 
 
 @triton.jit
+def _epilogue(acc, bias_ptr, col0, cols, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+              UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc + bias[col0 : col0 + cols] (float32), then the activation; under the interpreter a
+    bfloat16 result is rounded to nearest even first (see _round_to_bf16)."""
+    if HAS_BIAS:
+        rn = tl.arange(0, BLOCK_N)
+        bias = tl.load(bias_ptr + col0 + rn, mask=rn < cols, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    acc = activate(acc, ACT)
+    if UPCAST and out_ty == tl.bfloat16:
+        acc = _round_to_bf16(acc)
+    return acc
+
+
+@triton.jit
 def _tile(a_ptr, b_ptr, c_ptr, bias_ptr, batch, pid_m, pid_n, M, N, K,
           sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
           HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -145,13 +163,8 @@ def _tile(a_ptr, b_ptr, c_ptr, bias_ptr, batch, pid_m, pid_n, M, N, K,
         acc = tl.dot(a, b, acc, input_precision=PREC)
         a_base += a_step
         b_base += b_step
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + col0 + rn, mask=rn < cols, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-    acc = activate(acc, ACT)
+    acc = _epilogue(acc, bias_ptr, col0, cols, c_ptr.dtype.element_ty, HAS_BIAS, ACT, UPCAST, BLOCK_N)
     c_base = c_ptr + batch.to(tl.int64) * scb + row0 * scm + col0 * scn
-    if UPCAST and c_ptr.dtype.element_ty == tl.bfloat16:
-        acc = _round_to_bf16(acc)
     tl.store(c_base + rm[:, None] * scm + rn[None, :] * scn, acc.to(c_ptr.dtype.element_ty),
              mask=mask_m & mask_n)
 
@@ -189,12 +202,48 @@ def _gemm_persistent_kernel_src(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
               BLOCK_M, BLOCK_N, BLOCK_K)
 
 
+def _gemm_tma_kernel_src(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sbx, scm, NUM_PROGRAMS,
+                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                         B_NK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Persistent 2-D GEMM whose operands and result move by TMA (tensor descriptors built on the
+    device; sm_90+). a [M, K] and c [M, N] row-major; b is [K, N] row-major, or with B_NK the
+    [N, K] row-major weight of linear read as its transpose. Row strides are multiples of 16
+    bytes. Loads past the edges read 0 (so the last K block needs no mask) and stores clip."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[sam, 1], block_shape=[BLOCK_M, BLOCK_K])
+    if B_NK:
+        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[sbx, 1], block_shape=[BLOCK_N, BLOCK_K])
+    else:
+        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, N], strides=[sbx, 1], block_shape=[BLOCK_K, BLOCK_N])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[scm, 1], block_shape=[BLOCK_M, BLOCK_N])
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    for t in range(tl.program_id(0), num_m * num_n, NUM_PROGRAMS):
+        pid_m, pid_n = _tile_coords(t, num_m, num_n, GROUP_M)
+        row0 = pid_m * BLOCK_M
+        col0 = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([row0, k0 * BLOCK_K])
+            if B_NK:
+                b = b_desc.load([col0, k0 * BLOCK_K]).T
+            else:
+                b = b_desc.load([k0 * BLOCK_K, col0])
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PREC)
+        acc = _epilogue(acc, bias_ptr, col0, N - col0, c_ptr.dtype.element_ty, HAS_BIAS, ACT, UPCAST, BLOCK_N)
+        c_desc.store([row0, col0], acc.to(c_ptr.dtype.element_ty))
+
+
 _gemm_kernel = triton.jit(_gemm_kernel_src)
 _gemm_persistent_kernel = triton.jit(_gemm_persistent_kernel_src)
+_gemm_tma_kernel = triton.jit(_gemm_tma_kernel_src)
 
 
-def _autotuned(kernel, tiles):
-    return triton.autotune(configs=_configs(tiles), key=_KEY, prune_configs_by={"early_config_prune": _keep})(kernel)
+def _autotuned(kernel, tiles, key=_KEY):
+    return triton.autotune(configs=_configs(tiles), key=key, prune_configs_by={"early_config_prune": _keep})(kernel)
 
 
 # One autotuner per (kernel, dtype class): the config lists differ for float32 and fp16/bf16.
@@ -204,6 +253,9 @@ _TUNED = {
     (True, False): _autotuned(_gemm_persistent_kernel, _TILES_LOWP),
     (True, True): _autotuned(_gemm_persistent_kernel, _TILES_FP32),
 }
+_TMA_KEY = ["M", "N", "K", "HAS_BIAS", "ACT", "PREC", "B_NK"]
+_TUNED_TMA = {False: _autotuned(_gemm_tma_kernel, _TILES_TMA_LOWP, _TMA_KEY),
+              True: _autotuned(_gemm_tma_kernel, _TILES_FP32, _TMA_KEY)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,11 +275,55 @@ def _strides3(t: torch.Tensor):
     return (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1), t.stride(2)
 
 
+def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[int, bool] | None:
+    """(b's row stride, b given as [N, K]) when 2-D a [M, K], b [K, N] and c [M, N] suit TMA
+    descriptors: unit inner strides (b either way round), row strides and bases 16-byte aligned."""
+    if a.dim() != 2 or b.dim() != 2:
+        return None
+    item = a.element_size()
+    aligned = lambda stride: stride * item % 16 == 0  # noqa: E731
+    if a.stride(1) != 1 or not aligned(a.stride(0)) or not aligned(b.shape[1]) \
+            or a.data_ptr() % 16 or b.data_ptr() % 16:
+        return None
+    if b.stride(1) == 1 and aligned(b.stride(0)):
+        return b.stride(0), False
+    if b.stride(0) == 1 and aligned(b.stride(1)):
+        return b.stride(1), True
+    return None
+
+
+def _use_tma(a: torch.Tensor, b: torch.Tensor, tma: bool | None) -> tuple[int, bool] | None:
+    """The TMA layout when the TMA kernel runs: always where asked (tma=True) and the layout fits,
+    by default on sm_90+ GPUs (descriptors need Hopper's TMA unit)."""
+    if tma is False:
+        return None
+    if tma is None and not (a.is_cuda and not _interpreting() and torch.cuda.get_device_capability(a.device)[0] >= 9):
+        return None
+    return _tma_layout(a, b)
+
+
+def _launch_with_scratch(device: torch.device, launch) -> None:
+    """Runs launch() with a Triton allocator for the device-side descriptors' scratch memory
+    (torch memory on `device`), unless the caller already set one."""
+    from triton.runtime import _allocation
+    var = getattr(_allocation, "_allocator", None)
+    if var is None or not isinstance(var.get(), _allocation.NullAllocator):
+        launch()
+        return
+    token = var.set(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    try:
+        launch()
+    finally:
+        var.reset(token)
+
+
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, activation=None,
-         persistent: bool = False) -> torch.Tensor:
+         persistent: bool = False, tma: bool | None = None) -> torch.Tensor:
     """act(a @ b + bias): a [B?, M, K], b [B?, K, N] (2-D or 3-D, batch equal or 1, any strides),
     bias [N] of a's dtype or None; returns a new contiguous c [B?, M, N] of a's dtype (3-D when
-    either operand is). float32 accumulation."""
+    either operand is). float32 accumulation. 2-D operands whose layout suits TMA run the TMA
+    kernel on sm_90+ GPUs (tma=None), or wherever tma=True (the interpreter's tests); tma=False
+    never does."""
     if a.dtype not in _SUPPORTED_DTYPES or b.dtype != a.dtype:
         raise TypeError(f"fastops.triton.gemm: a and b must share one of float32/float16/bfloat16, "
                         f"got {a.dtype} and {b.dtype}")
@@ -257,7 +353,15 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, act
     common = dict(HAS_BIAS=has_bias, ACT=act, PREC=_f32_precision(a.dtype), UPCAST=_interpreting(), OFF64=off64)
     args = (a, b, c3, bias_arg, M, N, K, *strides)
     fp32 = a.dtype == torch.float32
-    if persistent:
+    tma_layout = _use_tma(a, b, tma)
+    if tma_layout is not None:
+        sbx, b_nk = tma_layout
+        programs = _num_sms(a.device.index or 0) if a.is_cuda else _num_sms(0)
+        kernel = _TUNED_TMA[fp32]
+        _launch_with_scratch(a.device, lambda: kernel[(programs,)](
+            a, b, c, bias_arg, M, N, K, a.stride(0), sbx, c.stride(0), programs, B_NK=b_nk,
+            **{k: v for k, v in common.items() if k != "OFF64"}))
+    elif persistent:
         programs = _num_sms(a.device.index or 0) if a.is_cuda else _num_sms(0)
         kernel = _TUNED[(True, fp32)]
         kernel[(programs,)](*args, B, programs, **common)
@@ -315,4 +419,22 @@ def report_specs() -> list[dict]:
                     "num_stages": stages,
                     "divisible_by_16": ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "K", "N", "sam", "sbk", "scm"),
                 })
+    for torch_dtype, ty in _REPORT_DTYPES.items():  # the TMA kernel: linear's layout (b as [N, K])
+        tiles = _TILES_FP32 if torch_dtype == torch.float32 else _TILES_TMA_LOWP
+        signature = {arg: (f"*{ty}" if arg.endswith("_ptr") else "i32") for arg in _gemm_tma_kernel.arg_names
+                     if arg in (*_ARGS, "sbx", "NUM_PROGRAMS")}
+        for bm, bn, bk, group, warps, stages in tiles:
+            constexprs = {"HAS_BIAS": True, "ACT": code("gelu"), "PREC": "tf32" if ty == "fp32" else "ieee",
+                          "UPCAST": False, "B_NK": True, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                          "GROUP_M": group}
+            specs.append({
+                "kernel": f"gemm_tma[{ty}]",
+                "fn": _gemm_tma_kernel,
+                "signature": signature,
+                "constexprs": constexprs,
+                "config": f"BLOCK_M={bm},BLOCK_N={bn},BLOCK_K={bk},warps={warps},stages={stages}",
+                "num_warps": warps,
+                "num_stages": stages,
+                "divisible_by_16": ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "K", "N", "sam", "sbx", "scm"),
+            })
     return specs
