@@ -27,13 +27,23 @@ struct Rows {
   int64_t grad_stride, z_stride, dz_stride;
 };
 
+template <typename T>
+struct RowPtrs {
+  const T* grad;
+  const T* z;
+  T* dz;
+};
+template <typename T>
+FASTOPS_FORCE_INLINE RowPtrs<T> row(const Rows& a, int64_t i) {
+  return {static_cast<const T*>(a.grad) + i * a.grad_stride, static_cast<const T*>(a.z) + i * a.z_stride,
+          static_cast<T*>(a.dz) + i * a.dz_stride};
+}
+
 // Rows [r0, r1), columns [c0, c1); acc (indexed from c0) gets the rounded dz when not null.
 template <typename T, Activation kAct>
 FASTOPS_FORCE_INLINE void rows_scalar(const Rows& a, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float* acc) {
   for (int64_t i = r0; i < r1; ++i) {
-    const T* g = static_cast<const T*>(a.grad) + i * a.grad_stride;
-    const T* z = static_cast<const T*>(a.z) + i * a.z_stride;
-    T* d = static_cast<T*>(a.dz) + i * a.dz_stride;
+    const auto [g, z, d] = row<T>(a, i);
     for (int64_t j = c0; j < c1; ++j) {
       d[j] = from_float<T>(to_float(g[j]) * math::activate_grad(kAct, to_float(z[j])));
       if (acc != nullptr) acc[j - c0] += to_float(d[j]);
@@ -45,9 +55,7 @@ FASTOPS_FORCE_INLINE void rows_scalar(const Rows& a, int64_t r0, int64_t r1, int
 template <typename T, Activation kAct>
 FASTOPS_VEC512 void rows_avx512(const Rows& a, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float* acc) {
   for (int64_t i = r0; i < r1; ++i) {
-    const T* g = static_cast<const T*>(a.grad) + i * a.grad_stride;
-    const T* z = static_cast<const T*>(a.z) + i * a.z_stride;
-    T* d = static_cast<T*>(a.dz) + i * a.dz_stride;
+    const auto [g, z, d] = row<T>(a, i);
     for (int64_t j = c0; j < c1; j += 16) {
       const __mmask16 m = vec512::first_lanes(static_cast<int>(std::min<int64_t>(16, c1 - j)));
       vec512::store(d + j, m, vec512::load(g + j, m) * vec512::activate_grad<kAct>(vec512::load(z + j, m)));
