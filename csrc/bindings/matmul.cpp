@@ -5,6 +5,7 @@
 // CPU tensors run fastops::cpu::gemm; CUDA tensors fastops::cuda::gemm (csrc/cuda/matmul.cu).
 #include "bindings/common.h"
 #include "fastops/gemm.h"
+#include "fastops/linear.h"
 
 namespace fastops {
 namespace {
@@ -130,9 +131,39 @@ void gemm_out(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, const c10
   run(p, a);
 }
 
+// (dz, dbias) of linear + activation on CPU (fastops/linear.h): grad and z [rows, cols] with
+// contiguous columns; dbias is empty unless want_bias.
+std::tuple<at::Tensor, at::Tensor> activation_backward(const at::Tensor& grad, const at::Tensor& z,
+                                                       int64_t activation, bool want_bias) {
+  TORCH_CHECK(activation >= 0 && activation <= kMaxActivation, "fastops.activation_backward: activation must be in [0, ",
+              kMaxActivation, "], got ", activation);
+  TORCH_CHECK(grad.dim() == 2 && z.dim() == 2, "fastops.activation_backward: grad and z must be 2-D, got ", grad.dim(),
+              "-D and ", z.dim(), "-D");
+  TORCH_CHECK(grad.sizes() == z.sizes(), "fastops.activation_backward: grad and z must have the same shape, got ",
+              grad.sizes(), " and ", z.sizes());
+  check_same_device_dtype(grad, "grad", z, "z");
+  TORCH_CHECK(grad.is_cpu(), "fastops.activation_backward: grad must be on cpu, got ", grad.device());
+  const DType dt = to_dtype(grad, "grad");
+  const int64_t rows = grad.size(0), cols = grad.size(1);
+  TORCH_CHECK((grad.stride(1) == 1 && z.stride(1) == 1) || cols <= 1,
+              "fastops.activation_backward: grad and z must have contiguous columns, got strides ", grad.strides(),
+              " and ", z.strides());
+  at::Tensor dz = at::empty({rows, cols}, grad.options());
+  at::Tensor db = at::empty({want_bias ? cols : 0}, grad.options());
+  {
+    pybind11::gil_scoped_release release;
+    cpu::activation_backward(dt, static_cast<Activation>(activation), rows, cols, grad.data_ptr(), grad.stride(0),
+                             z.data_ptr(), z.stride(0), dz.data_ptr(), cols, want_bias ? db.data_ptr() : nullptr);
+  }
+  return {dz, db};
+}
+
 }  // namespace
 
 void bind_matmul(pybind11::module_& m) {
+  m.def("activation_backward", &fastops::activation_backward,
+        "(dz, dbias) = (grad * act'(z), column sums of dz) of linear + activation on CPU, one pass",
+        py::arg("grad"), py::arg("z"), py::arg("activation"), py::arg("want_bias"));
   m.def("gemm", &fastops::gemm,
         "act(alpha * a @ b + bias) as a new tensor: a [B?, m, k], b [B?, k, n] (any strides, batch 1 or 2-D "
         "broadcast), bias [n] (or [m] with bias_per_row) of the output dtype; fp32 accumulation",

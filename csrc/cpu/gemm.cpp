@@ -32,6 +32,7 @@
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
 #include "isa.h"
+#include "vec_math.h"
 
 #if FASTOPS_HAVE_X86_PATHS
 #include <immintrin.h>  // declares the target builtins used below
@@ -391,10 +392,53 @@ FASTOPS_FORCE_INLINE void store_rows(const GemmParams& p, C* c0, int64_t i0, int
   }
 }
 
-template <typename C>
+#if FASTOPS_HAVE_X86_PATHS
+// The same epilogue on AVX-512, one pass per 16 columns with every step in a register (read the
+// accumulators, scale, add C and bias, activate with vec_math.h, round and store once); the tail
+// of a row is a masked vector, so every element of C goes through the same code. C unit-strided.
+// Not inlined (one call per register tile): a target-specific body cannot be inlined through the
+// generic store_tile, and the call costs nothing next to the tile's math.
+template <typename C, Activation kAct>
+__attribute__((noinline, target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) void store_rows_avx512(const GemmParams& p, C* c0, int64_t i0, int64_t j0, int rows, int cols,
+                                      const float* t, int ldt) {
+  const C* bias = static_cast<const C*>(p.bias);
+  const bool col_bias = bias != nullptr && !p.bias_per_row, beta_c = p.beta != 0.0f;
+  const __m512 alpha = _mm512_set1_ps(p.alpha), beta = _mm512_set1_ps(p.beta);
+  for (int r = 0; r < rows; ++r) {
+    const float* v = t + r * ldt;
+    C* crow = c0 + (i0 + r) * p.c_stride_row + j0;
+    const __m512 row_bias = _mm512_set1_ps(bias != nullptr && p.bias_per_row ? to_float(bias[i0 + r]) : 0.0f);
+    for (int c = 0; c < cols; c += 16) {
+      const __mmask16 m = vec512::first_lanes(cols - c);
+      __m512 x = _mm512_maskz_loadu_ps(m, v + c);
+      if (beta_c) x = alpha * x + beta * vec512::load(crow + c, m);
+      else if (p.alpha != 1.0f) x = alpha * x;
+      x = x + (col_bias ? vec512::load(bias + j0 + c, m) : row_bias);
+      vec512::store(crow + c, m, vec512::activate<kAct>(x));
+    }
+  }
+}
+#endif
+
+// kVec512: the caller is compiled for AVX-512 (the float32 kernel with W = 16, or AVX512-BF16).
+template <typename C, bool kVec512>
 FASTOPS_FORCE_INLINE void store_tile(const GemmParams& p, int64_t b, int64_t i0, int64_t j0, int rows, int cols,
                                      float* t, int ldt) {
   C* c0 = static_cast<C*>(p.c) + b * p.c_stride_batch;
+#if FASTOPS_HAVE_X86_PATHS
+  if constexpr (kVec512) {
+    if (p.c_stride_col == 1) {
+      switch (p.activation) {
+        case Activation::kRelu: return store_rows_avx512<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kGelu: return store_rows_avx512<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kGeluTanh:
+          return store_rows_avx512<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kSilu: return store_rows_avx512<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
+        default: return store_rows_avx512<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
+      }
+    }
+  }
+#endif
   switch (p.activation) {
     case Activation::kRelu: return store_rows<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
     case Activation::kGelu: return store_rows<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
@@ -443,7 +487,7 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
     const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
     const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
     micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile);
-    store_tile<C>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
+    store_tile<C, W == 0 || W == 16>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
   }
 }
 

@@ -285,24 +285,41 @@ def _linear_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, saved)
 
 
+def _fused_act_backward(ctx, grad, saved, want_bias: bool) -> bool:
+    """True when the CPU kernel computes (dz, bias grad) in one pass (fastops/linear.h): the cpu
+    backend on float32/16/bf16 CPU tensors with an activation, outside torch.compile's tracing."""
+    return (ctx.act != 0 and ctx.backend.split(":")[-1] == "cpu" and grad.device.type == "cpu"
+            and grad.dtype in (torch.float32, torch.float16, torch.bfloat16) and saved.shape == grad.shape
+            and not torch.compiler.is_compiling())
+
+
 def _linear_bwd(ctx, grad, _grad_z):
     x, weight, saved = ctx.saved_tensors
     n = weight.shape[0]
-    if ctx.act == 0:
+    want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+    db = None
+    if ctx.act != 0:
+        torch._check(saved.numel() > 0 or grad.numel() == 0,
+                     lambda: "fastops.linear: backward of this activation needs keep_preact=True")
+    if _fused_act_backward(ctx, grad, saved, want_bias):
+        g2, s2 = rows2d(grad), rows2d(saved)
+        dz2, db = _ext.C.activation_backward(g2 if g2.stride(-1) == 1 else g2.contiguous(),
+                                             s2 if s2.stride(-1) == 1 else s2.contiguous(), ctx.act, want_bias)
+        dz = dz2.view(grad.shape)
+        db = db if want_bias else None
+    elif ctx.act == 0:
         dz = grad
     elif ctx.act == 1:
         dz = grad * (saved > 0).to(grad.dtype)
     else:
-        torch._check(saved.numel() > 0 or grad.numel() == 0,
-                     lambda: "fastops.linear: backward of this activation needs keep_preact=True")
         dz = (grad.float() * activation_grad(saved, ctx.act)).to(grad.dtype)
     dz2 = rows2d(dz)
-    dx = dw = db = None
+    dx = dw = None
     if ctx.needs_input_grad[0]:
         dx = matmul_op(dz2, weight, ctx.backend).view(x.shape)
     if ctx.needs_input_grad[1]:
         dw = matmul_op(dz2.mT, rows2d(x), ctx.backend)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
+    if want_bias and db is None:
         db = dz2.sum(0, dtype=torch.float32).to(dz.dtype) if dz.dtype != torch.float64 else dz2.sum(0)
     return dx, dw, db, None, None, None
 

@@ -19,9 +19,12 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float gelu(float x) {
   return 0.5f * x * (1.0f + erf_f32(x * 0.70710678118654752f));
 }
 
+// 0.5 x (1 + tanh(u)) == x sigmoid(2 u), u = sqrt(2/pi) (x + 0.044715 x^3): the sigmoid form has
+// no cancellation where tanh(u) ~ -1 and needs one exp.
+constexpr float kGeluTanhK = 0.79788456080286536f, kGeluTanhC = 0.044715f;
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float gelu_tanh(float x) {
-  const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + tanh_f32(inner));
+  const float u2 = (2.0f * kGeluTanhK) * (x + kGeluTanhC * x * x * x);
+  return x / (1.0f + exp_f32(-u2));
 }
 
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float activate(Activation act, float x) {

@@ -26,29 +26,33 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float bits_to_float(uint32_t u) {
 // Constants of the split x = n ln2 + r, n = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite).
 constexpr float kExpMaxX = 88.3762626647949f;   // beyond: overflow to +inf
 constexpr float kExpMinX = -87.3365447504f;     // below: underflow to 0 (no denormals)
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;      // exact in 9 bits, so n * kLn2Hi has no rounding
+constexpr float kLn2Lo = -2.12194440e-4f;   // ln2 - kLn2Hi
+
+// e^r on [-ln2/2, ln2/2], degree-6 minimax (Cephes expf coefficients). A template so the CPU's
+// vector code (csrc/cpu/vec_math.h, T = a 16-float vector) runs the same polynomial.
+template <typename T>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE T exp_reduced(T r) {
+  T p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
 
 // n (a whole float) and e^r for xc in [kExpMinX, kExpMaxX]: exp(xc) = p * 2^n.
 struct ExpSplit {
   float n, p;
 };
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE ExpSplit exp_split(float xc) {
-  const float kLog2e = 1.44269504088896341f;
-  const float kLn2Hi = 0.693359375f;       // exact in 9 bits, so n * kLn2Hi has no rounding
-  const float kLn2Lo = -2.12194440e-4f;    // ln2 - kLn2Hi
   // round-to-nearest via the 1.5 * 2^23 trick: exact for |v| < 2^22
   const float kShift = 12582912.0f;
   float n = (xc * kLog2e + kShift) - kShift;
   float r = xc - n * kLn2Hi;
   r = r - n * kLn2Lo;
-  // e^r on [-ln2/2, ln2/2], degree-6 minimax (Cephes expf coefficients)
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return ExpSplit{n, p};
+  return ExpSplit{n, exp_reduced(r)};
 }
 
 // exp(x) = 2^n * e^r with n = round(x / ln2) and |r| <= ln2 / 2.
