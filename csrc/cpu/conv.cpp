@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
 
@@ -244,6 +245,25 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
   }
 }
 
+// The per-thread blocks of the NHWC forward and wgrad, in one parallel region: the (block of mb
+// pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
+// packs the im2col panel of its items in turn and calls fn(thread, m0, rows, g, panel) on it.
+// Which thread gets which items depends only on the thread count (the wgrad sums rely on it).
+template <typename T, typename Fn>
+void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
+  const int64_t K = s.k(), M = s.n * s.ho * s.wo, items = (M + mb - 1) / mb * s.groups;
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    std::vector<T> panel(mb * K);
+    for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
+      const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
+      pack_nhwc(s, x, g, m0, rows, panel.data());
+      fn(t, m0, rows, g, static_cast<const T*>(panel.data()));
+    }
+  }
+}
+
 template <typename T, typename Fn>
 void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn& fn) {
   const int64_t K = s.k(), P = s.ho * s.wo;
@@ -288,26 +308,20 @@ void forward_gemm(const Conv2dForwardParams& p) {
       }
       return;
     }
-    // One parallel region: each thread packs its blocks and runs a one-thread GEMM on each (no
-    // barrier per block); outputs of different blocks are disjoint, so any split is exact.
-    const int64_t mb = thread_block_rows(s, M);
-    const int64_t blocks = (M + mb - 1) / mb;
-#pragma omp parallel
-    {
-      std::vector<T> panel(mb * K);
+    // W_g^T is packed once per call (cpu::PackedB); each thread then packs the im2col panels of
+    // its blocks and multiplies them against it on its own (no barrier per block); outputs of
+    // different blocks are disjoint, so any split is exact.
+    std::vector<PackedB> packed;
+    for (int64_t g = 0; g < s.groups; ++g) packed.emplace_back(GemmOperand{w + g * og * K, 0, 1, K}, K, og, s.dtype);
+    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
+                               [&](int, int64_t m0, int64_t rows, int64_t g, const T* panel) {
       GemmParams tp = gp;
-#pragma omp for schedule(static)
-      for (int64_t bg = 0; bg < blocks * s.groups; ++bg) {
-        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        tp.m = rows;
-        tp.a = {panel.data(), 0, K, 1};
-        tp.b.ptr = w + g * og * K;
-        tp.c = y + m0 * s.o + g * og;
-        tp.bias = bias ? bias + g * og : nullptr;
-        gemm(tp);
-      }
-    }
+      tp.m = rows;
+      tp.a = {panel, 0, K, 1};
+      tp.c = y + m0 * s.o + g * og;
+      tp.bias = bias ? bias + g * og : nullptr;
+      packed[g].multiply(tp, 0, og);
+    });
     return;
   }
   // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]
@@ -475,31 +489,23 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
     // Each thread sums a contiguous range of blocks into its own float32 dw (thread 0 into acc),
     // with one-thread GEMMs; the partial sums are then added in thread order. Bitwise the same
     // from run to run for a given thread count.
-    const int64_t mb = thread_block_rows(s, M), items = (M + mb - 1) / mb * s.groups, dw_elems = s.o * K;
-    std::vector<float> partial(std::max(0, omp_get_max_threads() - 1) * dw_elems, 0.0f);
-#pragma omp parallel
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      float* mine = t == 0 ? acc : partial.data() + (t - 1) * dw_elems;
-      std::vector<T> panel(mb * K);
+    const int64_t dw_elems = s.o * K, nt = omp_get_max_threads();
+    std::vector<float> partial(std::max<int64_t>(0, nt - 1) * dw_elems, 0.0f);
+    gp.beta = 1.0f;
+    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
+                               [&](int t, int64_t m0, int64_t rows, int64_t g, const T* panel) {
       GemmParams tp = gp;
-      tp.beta = 1.0f;
-      for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
-        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        tp.k = rows;
-        tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-        tp.b = {panel.data(), 0, K, 1};
-        tp.c = mine + g * og * K;
-        gemm(tp);
-      }
-#pragma omp barrier
-#pragma omp for schedule(static)
-      for (int64_t e = 0; e < dw_elems; ++e) {
-        float v = acc[e];
-        for (int u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
-        acc[e] = v;
-      }
+      tp.k = rows;
+      tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+      tp.b = {panel, 0, K, 1};
+      tp.c = (t == 0 ? acc : partial.data() + (t - 1) * dw_elems) + g * og * K;
+      gemm(tp);
+    });
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < dw_elems; ++e) {
+      float v = acc[e];
+      for (int64_t u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
+      acc[e] = v;
     }
   } else {  // a pointwise conv reads x in place: no panel
     const bool pw = s.pointwise();
