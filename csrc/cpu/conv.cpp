@@ -245,9 +245,30 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
   }
 }
 
+// The implicit NHWC im2col matrix of pixels m0.. as a cpu::GatheredA: row i is output pixel m0 + i,
+// segment t is kernel tap t = (kh, kw), and its Cg channels are read in place from x (a group's
+// channels start at xg = x + g Cg); taps in the padding read as zeros.
+template <typename T>
+struct TapRows {
+  const Conv2dShape* s;
+  const T* xg;
+  int64_t m0;
+  static const void* row(const void* ctx, int64_t i, int64_t t) {
+    const TapRows& r = *static_cast<const TapRows*>(ctx);
+    const Conv2dShape& s = *r.s;
+    const int64_t m = r.m0 + i, P = s.ho * s.wo, n = m / P, q = m % P;
+    const int64_t ih = conv_in_index(q / s.wo, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
+    const int64_t iw = conv_in_index(q % s.wo, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+    if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) return nullptr;
+    return r.xg + ((n * s.h + ih) * s.w + iw) * s.c;
+  }
+  GatheredA gathered() const { return {&TapRows::row, this, s->kh * s->kw, s->cg()}; }
+};
+
 // The per-thread blocks of the NHWC forward and wgrad, in one parallel region: the (block of mb
 // pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
-// packs the im2col panel of its items in turn and calls fn(thread, m0, rows, g, panel) on it.
+// packs the im2col panel of its items in turn (when x is given; else panel is null) and calls
+// fn(thread, m0, rows, g, panel) on it.
 // Which thread gets which items depends only on the thread count (the wgrad sums rely on it).
 template <typename T, typename Fn>
 void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
@@ -255,11 +276,11 @@ void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, co
 #pragma omp parallel
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    std::vector<T> panel(mb * K);
+    std::vector<T> panel(x ? mb * K : 0);
     for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
       const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-      pack_nhwc(s, x, g, m0, rows, panel.data());
-      fn(t, m0, rows, g, static_cast<const T*>(panel.data()));
+      if (x) pack_nhwc(s, x, g, m0, rows, panel.data());
+      fn(t, m0, rows, g, x ? static_cast<const T*>(panel.data()) : nullptr);
     }
   }
 }
@@ -313,14 +334,15 @@ void forward_gemm(const Conv2dForwardParams& p) {
     // different blocks are disjoint, so any split is exact.
     std::vector<PackedB> packed;
     for (int64_t g = 0; g < s.groups; ++g) packed.emplace_back(GemmOperand{w + g * og * K, 0, 1, K}, K, og, s.dtype);
-    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
-                               [&](int, int64_t m0, int64_t rows, int64_t g, const T* panel) {
+    // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
+    for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
+                               [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
       GemmParams tp = gp;
       tp.m = rows;
-      tp.a = {panel, 0, K, 1};
       tp.c = y + m0 * s.o + g * og;
       tp.bias = bias ? bias + g * og : nullptr;
-      packed[g].multiply(tp, 0, og);
+      const TapRows<T> ctx{&s, x + g * cg, m0};
+      packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
     });
     return;
   }
