@@ -209,16 +209,25 @@ def backward_ref(grad, x, weight, stride, padding, dilation, groups, mask):
     return dx, dw, db
 
 
+# torch gives a convolution without input channels an output without channels, [N, 0, HO, WO]
+# (not [N, O, HO, WO] filled with the bias): such calls go to torch, which defines that shape.
+_NO_INPUT_CHANNELS = "no input channels (C = 0): torch's output is [N, 0, HO, WO], left to torch"
+
+
 def _supports(x, weight, bias, stride, padding, dilation, groups, act):
     if x.dim() != 4:
         return f"input must be 4-D here, got {x.dim()}-D"
     if act not in (0, 1, 4):
         return f"activation code {act}"
+    if x.shape[1] == 0:
+        return _NO_INPUT_CHANNELS
     return None
 
 
 def _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask):
-    return None if x.dim() == 4 else f"input must be 4-D here, got {x.dim()}-D"
+    if x.dim() != 4:
+        return f"input must be 4-D here, got {x.dim()}-D"
+    return _NO_INPUT_CHANNELS if x.shape[1] == 0 else None
 
 
 # What the CUDA C++ kernels (csrc/cuda/conv.cu) cover, mirroring conv2d_cuda_unsupported in
@@ -300,7 +309,7 @@ def _out_shape(x, weight, stride, padding, dilation):
     ho = out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     wo = out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     torch._check(ho > 0 and wo > 0, lambda: f"{_NAME}: kernel larger than the padded input")
-    return (x.shape[0], weight.shape[0], ho, wo)
+    return (x.shape[0], weight.shape[0] if x.shape[1] != 0 else 0, ho, wo)  # torch: C = 0 gives 0 channels
 
 
 @torch.library.custom_op("fastops::conv2d", mutates_args=())
