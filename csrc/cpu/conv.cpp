@@ -302,8 +302,10 @@ void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn&
 
 // ---- forward on the GEMM ----------------------------------------------------------------------
 
+// w_kn, when given, is the NHWC weight as [G, K, Og] (each group's w_g^T, columns contiguous) and
+// replaces p.w (the dgrad below builds its flipped weight in that layout, which packs fastest).
 template <typename T>
-void forward_gemm(const Conv2dForwardParams& p) {
+void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
   const Conv2dShape& s = p.s;
   const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
   const T* x = static_cast<const T*>(p.x);
@@ -333,7 +335,9 @@ void forward_gemm(const Conv2dForwardParams& p) {
     // its blocks and multiplies them against it on its own (no barrier per block); outputs of
     // different blocks are disjoint, so any split is exact.
     std::vector<PackedB> packed;
-    for (int64_t g = 0; g < s.groups; ++g) packed.emplace_back(GemmOperand{w + g * og * K, 0, 1, K}, K, og, s.dtype);
+    for (int64_t g = 0; g < s.groups; ++g)
+      packed.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
+                          og, s.dtype);
     // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
     for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
                                [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
@@ -394,22 +398,23 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
   t.o = s.c;
   t.ho = s.h;
   t.wo = s.w;
-  const int64_t cg = s.cg(), og = s.og();
+  const int64_t cg = s.cg(), og = s.og(), taps = s.kh * s.kw;
   const T* w = static_cast<const T*>(p.w);  // [O, KH, KW, Cg] (NHWC K order)
-  std::vector<T> flipped(s.o * s.k());       // [C, KH, KW, Og]
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t oc = 0; oc < og; ++oc)
-      for (int64_t i = 0; i < s.kh; ++i)
-        for (int64_t j = 0; j < s.kw; ++j)
-          for (int64_t ci = 0; ci < cg; ++ci)
-            flipped[(((g * cg + ci) * s.kh + (s.kh - 1 - i)) * s.kw + (s.kw - 1 - j)) * og + oc] =
-                w[(((g * og + oc) * s.kh + i) * s.kw + j) * cg + ci];
+  // w' as [G, K', Cg] with K' = (kh, kw, oc): w'_g[(t, oc), ci] = w[g og + oc, taps - 1 - t, ci], whole
+  // channel runs copied (the flip only reorders the taps).
+  std::vector<T> flipped(s.o * s.k());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.groups * taps * og; ++r) {
+    const int64_t g = r / (taps * og), tap = r / og % taps, oc = r % og;
+    std::memcpy(static_cast<void*>(flipped.data() + r * cg), w + ((g * og + oc) * taps + taps - 1 - tap) * cg,
+                cg * sizeof(T));
+  }
   Conv2dForwardParams f;
   f.s = t;
   f.x = p.dy;
-  f.w = flipped.data();
+  f.w = nullptr;
   f.y = p.dx;
-  forward_gemm<T>(f);
+  forward_gemm<T>(f, flipped.data());
   return true;
 }
 
