@@ -691,6 +691,20 @@ std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, 
     const int64_t grp = w / pl.n_panels, pi = w % pl.n_panels;
     GemmParams gg = g;
     gg.b.ptr = static_cast<const AB*>(b.ptr) + grp * group_stride;
+#if FASTOPS_HAVE_X86_PATHS
+    if (std::is_same_v<AB, float> && !e.pairs && e.nr == 32 && b.stride_row == 1 && b.stride_col != 1) {
+      // float32 B contiguous along k (a weight [n, k], as conv's): 16 x 16 register transposes
+      const int64_t j0 = pi * 32;
+      const int len = static_cast<int>(std::min<int64_t>(32, n - j0));
+      const uint32_t* rows[32];
+      for (int r = 0; r < len; ++r)
+        rows[r] = reinterpret_cast<const uint32_t*>(static_cast<const AB*>(gg.b.ptr) + (j0 + r) * b.stride_col);
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + grp * ge * 4) + pi * pl.b_panel;
+      if (len < 32) std::fill(d, d + pl.b_panel, 0u);
+      transpose_pairs(rows, len, 32, k, d);
+      continue;
+    }
+#endif
     Plan pg = pl;
     pg.p = &gg;
     e.pack_b(pg, 0, pi, dst + grp * ge * 4);
