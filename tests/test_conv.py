@@ -153,6 +153,25 @@ def test_noncontiguous_and_empty():
         assert torch.equal(gw, torch.zeros_like(w))
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_no_input_channels_matches_torch(fmt):
+    # torch gives C = 0 an output without channels, [N, 0, HO, WO]; fastops leaves it to torch
+    x = torch.zeros(2, 0, 6, 5).contiguous(memory_format=fmt)
+    w, b = make((4, 0, 3, 3), torch.float32), make((4,), torch.float32, seed=2)
+    ref = TF.conv2d(x, w, b, 2, 1)
+    xt, wt, bt = (t.clone().requires_grad_() for t in (x, w, b))
+    TF.conv2d(xt, wt, bt, 2, 1).sum().backward()
+    xf, wf, bf = (t.clone().requires_grad_() for t in (x, w, b))
+    with fastops.use_backend("cpu"):
+        y = F.conv2d(xf, wf, bf, 2, 1)
+        assert "C = 0" in fastops.explain()
+        y.sum().backward()
+        compiled = torch.compile(lambda a, c, d: F.conv2d(a, c, d, 2, 1), fullgraph=True)(x, w, b)
+    assert y.shape == ref.shape == compiled.shape == (2, 0, 3, 3)
+    assert xf.grad.shape == xt.grad.shape and wf.grad.shape == wt.grad.shape
+    torch.testing.assert_close(bf.grad, bt.grad)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_deterministic_backward(backend):
     case = (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1) if backend == "cpu" else TRITON_CASES[0]

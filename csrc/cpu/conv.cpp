@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
 
@@ -244,6 +245,46 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
   }
 }
 
+// The implicit NHWC im2col matrix of pixels m0.. as a cpu::GatheredA: row i is output pixel m0 + i,
+// segment t is kernel tap t = (kh, kw), and its Cg channels are read in place from x (a group's
+// channels start at xg = x + g Cg); taps in the padding read as zeros.
+template <typename T>
+struct TapRows {
+  const Conv2dShape* s;
+  const T* xg;
+  int64_t m0;
+  static const void* row(const void* ctx, int64_t i, int64_t t) {
+    const TapRows& r = *static_cast<const TapRows*>(ctx);
+    const Conv2dShape& s = *r.s;
+    const int64_t m = r.m0 + i, P = s.ho * s.wo, n = m / P, q = m % P;
+    const int64_t ih = conv_in_index(q / s.wo, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
+    const int64_t iw = conv_in_index(q % s.wo, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+    if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) return nullptr;
+    return r.xg + ((n * s.h + ih) * s.w + iw) * s.c;
+  }
+  GatheredA gathered() const { return {&TapRows::row, this, s->kh * s->kw, s->cg()}; }
+};
+
+// The per-thread blocks of the NHWC forward and wgrad, in one parallel region: the (block of mb
+// pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
+// packs the im2col panel of its items in turn (when x is given; else panel is null) and calls
+// fn(thread, m0, rows, g, panel) on it.
+// Which thread gets which items depends only on the thread count (the wgrad sums rely on it).
+template <typename T, typename Fn>
+void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
+  const int64_t K = s.k(), M = s.n * s.ho * s.wo, items = (M + mb - 1) / mb * s.groups;
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    std::vector<T> panel(x ? mb * K : 0);
+    for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
+      const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
+      if (x) pack_nhwc(s, x, g, m0, rows, panel.data());
+      fn(t, m0, rows, g, x ? static_cast<const T*>(panel.data()) : nullptr);
+    }
+  }
+}
+
 template <typename T, typename Fn>
 void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn& fn) {
   const int64_t K = s.k(), P = s.ho * s.wo;
@@ -261,8 +302,10 @@ void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn&
 
 // ---- forward on the GEMM ----------------------------------------------------------------------
 
+// w_kn, when given, is the NHWC weight as [G, K, Og] (each group's w_g^T, columns contiguous) and
+// replaces p.w (the dgrad below builds its flipped weight in that layout, which packs fastest).
 template <typename T>
-void forward_gemm(const Conv2dForwardParams& p) {
+void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
   const Conv2dShape& s = p.s;
   const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
   const T* x = static_cast<const T*>(p.x);
@@ -288,26 +331,23 @@ void forward_gemm(const Conv2dForwardParams& p) {
       }
       return;
     }
-    // One parallel region: each thread packs its blocks and runs a one-thread GEMM on each (no
-    // barrier per block); outputs of different blocks are disjoint, so any split is exact.
-    const int64_t mb = thread_block_rows(s, M);
-    const int64_t blocks = (M + mb - 1) / mb;
-#pragma omp parallel
-    {
-      std::vector<T> panel(mb * K);
+    // W_g^T is packed once per call (cpu::PackedB); each thread then packs the im2col panels of
+    // its blocks and multiplies them against it on its own (no barrier per block); outputs of
+    // different blocks are disjoint, so any split is exact.
+    std::vector<PackedB> packed;
+    for (int64_t g = 0; g < s.groups; ++g)
+      packed.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
+                          og, s.dtype);
+    // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
+    for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
+                               [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
       GemmParams tp = gp;
-#pragma omp for schedule(static)
-      for (int64_t bg = 0; bg < blocks * s.groups; ++bg) {
-        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        tp.m = rows;
-        tp.a = {panel.data(), 0, K, 1};
-        tp.b.ptr = w + g * og * K;
-        tp.c = y + m0 * s.o + g * og;
-        tp.bias = bias ? bias + g * og : nullptr;
-        gemm(tp);
-      }
-    }
+      tp.m = rows;
+      tp.c = y + m0 * s.o + g * og;
+      tp.bias = bias ? bias + g * og : nullptr;
+      const TapRows<T> ctx{&s, x + g * cg, m0};
+      packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
+    });
     return;
   }
   // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]
@@ -358,22 +398,23 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
   t.o = s.c;
   t.ho = s.h;
   t.wo = s.w;
-  const int64_t cg = s.cg(), og = s.og();
+  const int64_t cg = s.cg(), og = s.og(), taps = s.kh * s.kw;
   const T* w = static_cast<const T*>(p.w);  // [O, KH, KW, Cg] (NHWC K order)
-  std::vector<T> flipped(s.o * s.k());       // [C, KH, KW, Og]
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t oc = 0; oc < og; ++oc)
-      for (int64_t i = 0; i < s.kh; ++i)
-        for (int64_t j = 0; j < s.kw; ++j)
-          for (int64_t ci = 0; ci < cg; ++ci)
-            flipped[(((g * cg + ci) * s.kh + (s.kh - 1 - i)) * s.kw + (s.kw - 1 - j)) * og + oc] =
-                w[(((g * og + oc) * s.kh + i) * s.kw + j) * cg + ci];
+  // w' as [G, K', Cg] with K' = (kh, kw, oc): w'_g[(t, oc), ci] = w[g og + oc, taps - 1 - t, ci], whole
+  // channel runs copied (the flip only reorders the taps).
+  std::vector<T> flipped(s.o * s.k());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.groups * taps * og; ++r) {
+    const int64_t g = r / (taps * og), tap = r / og % taps, oc = r % og;
+    std::memcpy(static_cast<void*>(flipped.data() + r * cg), w + ((g * og + oc) * taps + taps - 1 - tap) * cg,
+                cg * sizeof(T));
+  }
   Conv2dForwardParams f;
   f.s = t;
   f.x = p.dy;
-  f.w = flipped.data();
+  f.w = nullptr;
   f.y = p.dx;
-  forward_gemm<T>(f);
+  forward_gemm<T>(f, flipped.data());
   return true;
 }
 
@@ -475,31 +516,23 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
     // Each thread sums a contiguous range of blocks into its own float32 dw (thread 0 into acc),
     // with one-thread GEMMs; the partial sums are then added in thread order. Bitwise the same
     // from run to run for a given thread count.
-    const int64_t mb = thread_block_rows(s, M), items = (M + mb - 1) / mb * s.groups, dw_elems = s.o * K;
-    std::vector<float> partial(std::max(0, omp_get_max_threads() - 1) * dw_elems, 0.0f);
-#pragma omp parallel
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      float* mine = t == 0 ? acc : partial.data() + (t - 1) * dw_elems;
-      std::vector<T> panel(mb * K);
+    const int64_t dw_elems = s.o * K, nt = omp_get_max_threads();
+    std::vector<float> partial(std::max<int64_t>(0, nt - 1) * dw_elems, 0.0f);
+    gp.beta = 1.0f;
+    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
+                               [&](int t, int64_t m0, int64_t rows, int64_t g, const T* panel) {
       GemmParams tp = gp;
-      tp.beta = 1.0f;
-      for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
-        const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-        pack_nhwc(s, x, g, m0, rows, panel.data());
-        tp.k = rows;
-        tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-        tp.b = {panel.data(), 0, K, 1};
-        tp.c = mine + g * og * K;
-        gemm(tp);
-      }
-#pragma omp barrier
-#pragma omp for schedule(static)
-      for (int64_t e = 0; e < dw_elems; ++e) {
-        float v = acc[e];
-        for (int u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
-        acc[e] = v;
-      }
+      tp.k = rows;
+      tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+      tp.b = {panel, 0, K, 1};
+      tp.c = (t == 0 ? acc : partial.data() + (t - 1) * dw_elems) + g * og * K;
+      gemm(tp);
+    });
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < dw_elems; ++e) {
+      float v = acc[e];
+      for (int64_t u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
+      acc[e] = v;
     }
   } else {  // a pointwise conv reads x in place: no panel
     const bool pw = s.pointwise();

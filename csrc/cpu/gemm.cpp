@@ -26,6 +26,7 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "fastops/gemm.h"
 #include "fastops/gemm_packed.h"
@@ -734,6 +735,20 @@ std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, 
     const int64_t grp = w / pl.n_panels, pi = w % pl.n_panels;
     GemmParams gg = g;
     gg.b.ptr = static_cast<const AB*>(b.ptr) + grp * group_stride;
+#if FASTOPS_HAVE_X86_PATHS
+    if (std::is_same_v<AB, float> && !e.pairs && e.nr == 32 && b.stride_row == 1 && b.stride_col != 1) {
+      // float32 B contiguous along k (a weight [n, k], as conv's): 16 x 16 register transposes
+      const int64_t j0 = pi * 32;
+      const int len = static_cast<int>(std::min<int64_t>(32, n - j0));
+      const uint32_t* rows[32];
+      for (int r = 0; r < len; ++r)
+        rows[r] = reinterpret_cast<const uint32_t*>(static_cast<const AB*>(gg.b.ptr) + (j0 + r) * b.stride_col);
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + grp * ge * 4) + pi * pl.b_panel;
+      if (len < 32) std::fill(d, d + pl.b_panel, 0u);
+      transpose_pairs(rows, len, 32, k, d);
+      continue;
+    }
+#endif
     Plan pg = pl;
     pg.p = &gg;
     e.pack_b(pg, 0, pi, dst + grp * ge * 4);
@@ -741,9 +756,13 @@ std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, 
   return mem;
 }
 
+template <typename AB>
+void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64_t pi, void* dst);
+
 template <typename AB, typename C>
 void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t n, int64_t groups,
-                     int64_t group_elems, int64_t j0, int64_t j1, int64_t c_group_stride) {
+                     int64_t group_elems, int64_t j0, int64_t j1, int64_t c_group_stride,
+                     const GatheredA* ga = nullptr) {
   const Entries e = entries<AB, C>(p0.ab_dtype);
   GemmParams p = p0;
   p.batch = 1;
@@ -755,7 +774,13 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   const int64_t jr0 = j0 / pl.nr, jr1 = std::min(pl.n_panels, ceil_div(j1, pl.nr));
   for (int64_t ui = 0; ui < pl.m_units; ++ui) {
     const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
-    for (int64_t i = first; i < last; ++i) e.pack_a(pl, 0, i, abuf, first);
+    for (int64_t i = first; i < last; ++i) {
+      if (ga) {
+        pack_a_gathered<AB>(pl, e.pairs, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
+      } else {
+        e.pack_a(pl, 0, i, abuf, first);
+      }
+    }
     for (int64_t grp = 0; grp < groups; ++grp) {
       GemmParams pg = p;
       pg.c = static_cast<C*>(p.c) + grp * c_group_stride;
@@ -770,11 +795,12 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
 
 template <typename AB>
 void packed_multiply_ab(const GemmParams& p, const char* bbuf, int64_t k, int64_t n, int64_t groups,
-                        int64_t group_elems, int64_t j0, int64_t j1, int64_t cgs) {
+                        int64_t group_elems, int64_t j0, int64_t j1, int64_t cgs, const GatheredA* ga = nullptr) {
   switch (p.c_dtype) {
-    case DType::kFloat16: return packed_multiply<AB, Half>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
-    case DType::kBFloat16: return packed_multiply<AB, BFloat16>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
-    default: return packed_multiply<AB, float>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs);
+    case DType::kFloat16: return packed_multiply<AB, Half>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs, ga);
+    case DType::kBFloat16:
+      return packed_multiply<AB, BFloat16>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs, ga);
+    default: return packed_multiply<AB, float>(p, bbuf, k, n, groups, group_elems, j0, j1, cgs, ga);
   }
 }
 
@@ -801,6 +827,76 @@ void PackedB::multiply(const GemmParams& p, int64_t j0, int64_t j1, int64_t c_gr
       return packed_multiply_ab<BFloat16>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, c_group_stride);
     default:
       return packed_multiply_ab<float>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, c_group_stride);
+  }
+}
+
+
+// ---- A gathered from row segments (PackedB::multiply_gathered; an additive block) --------------
+
+namespace {
+
+// Packs A panel `pi` (rows pi mr ..) straight from the row segments into the layout pack_panel
+// gives: [kq][mr] of float32 (or of bfloat16 pairs for the AVX512-BF16 kernel). 32-bit words of
+// whole segments (float32 on the AVX-512 kernel, bfloat16 pairs with an even segment length) go
+// through the 16 x 16 register transpose, the rest element by element.
+template <typename AB>
+void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64_t pi, void* dst) {
+  const int width = pl.mr;
+  const int64_t i0 = pi * width, seg = ga.seg_len, k = pl.p->k;
+  const int len = static_cast<int>(std::min<int64_t>(width, pl.p->m - i0));
+#if FASTOPS_HAVE_X86_PATHS
+  const bool words = width == Tile<16>::MR && len <= 32 &&
+                     ((bf16_pairs && std::is_same_v<AB, BFloat16> && seg % 2 == 0) ||
+                      (!bf16_pairs && std::is_same_v<AB, float>));
+  if (words) {
+    uint32_t* d = static_cast<uint32_t*>(dst);
+    const int64_t wq = bf16_pairs ? seg / 2 : seg;  // 32-bit words per segment
+    std::vector<uint32_t> zeros;
+    for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
+      const uint32_t* wr[32];
+      for (int r = 0; r < len; ++r) {
+        wr[r] = static_cast<const uint32_t*>(ga.row(ga.ctx, i0 + r, sgi));
+        if (wr[r] == nullptr) {  // padding: a row of zeros
+          if (zeros.empty()) zeros.assign(std::max<int64_t>(wq, 16), 0u);
+          wr[r] = zeros.data();
+        }
+      }
+      transpose_pairs(wr, len, width, wq, d + sgi * wq * width);
+    }
+    return;
+  }
+#endif
+  // element by element: X(i, kk) of segment kk / seg, zero for padding rows and past k
+  auto x = [&](int r, int64_t kk) -> uint32_t {
+    const void* row = r < len ? ga.row(ga.ctx, i0 + r, kk / seg) : nullptr;
+    return row ? ld_bits<AB>(row, kk % seg) : 0u;
+  };
+  if (bf16_pairs) {
+    uint32_t* d = static_cast<uint32_t*>(dst);
+    for (int64_t q = 0; q < pl.kq; ++q)
+      for (int r = 0; r < width; ++r) d[q * width + r] = x(r, 2 * q) | (2 * q + 1 < k ? x(r, 2 * q + 1) << 16 : 0u);
+  } else {
+    float* d = static_cast<float*>(dst);
+    for (int r = 0; r < width; ++r) {
+      for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
+        const void* row = r < len ? ga.row(ga.ctx, i0 + r, sgi) : nullptr;
+        for (int64_t q = 0; q < seg; ++q) d[(sgi * seg + q) * width + r] = row ? ld<AB>(row, q) : 0.0f;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void PackedB::multiply_gathered(const GemmParams& p, const GatheredA& a, int64_t j0, int64_t j1) const {
+  if (p.m <= 0 || j1 <= j0 || !data_) return;
+  switch (dtype_) {
+    case DType::kFloat16:
+      return packed_multiply_ab<Half>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, 0, &a);
+    case DType::kBFloat16:
+      return packed_multiply_ab<BFloat16>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, 0, &a);
+    default:
+      return packed_multiply_ab<float>(p, data_.get(), k_, n_, groups_, group_elems_, j0, j1, 0, &a);
   }
 }
 

@@ -209,16 +209,25 @@ def backward_ref(grad, x, weight, stride, padding, dilation, groups, mask):
     return dx, dw, db
 
 
+# torch gives a convolution without input channels an output without channels, [N, 0, HO, WO]
+# (not [N, O, HO, WO] filled with the bias): such calls go to torch, which defines that shape.
+_NO_INPUT_CHANNELS = "no input channels (C = 0): torch's output is [N, 0, HO, WO], left to torch"
+
+
 def _supports(x, weight, bias, stride, padding, dilation, groups, act):
     if x.dim() != 4:
         return f"input must be 4-D here, got {x.dim()}-D"
     if act not in (0, 1, 4):
         return f"activation code {act}"
+    if x.shape[1] == 0:
+        return _NO_INPUT_CHANNELS
     return None
 
 
 def _supports_backward(grad, x, weight, stride, padding, dilation, groups, mask):
-    return None if x.dim() == 4 else f"input must be 4-D here, got {x.dim()}-D"
+    if x.dim() != 4:
+        return f"input must be 4-D here, got {x.dim()}-D"
+    return _NO_INPUT_CHANNELS if x.shape[1] == 0 else None
 
 
 # What the CUDA C++ kernels (csrc/cuda/conv.cu) cover, mirroring conv2d_cuda_unsupported in
@@ -252,10 +261,12 @@ def _supports_cuda_backward(grad, x, weight, stride, padding, dilation, groups, 
 def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
     """Why `auto` sends a CPU call to torch whatever its size, or None.
 
-    Measured (README, 2026-11-24, quiet 2-core Zen 4): the implicit-GEMM path reaches 0.65-1.07x
-    oneDNN forward and 0.63-0.82x forward+backward on ResNet-50 3x3 layers (float32; bfloat16
-    0.63-0.79x). The depthwise kernels are 1.4-3.6x faster than torch. Drop this once `python -m
-    fastops.bench --ops conv` shows the GEMM path ahead.
+    Measured (README, 2026-11-24 06:00, 2-core Zen 4 under load 3-4, min of 15 interleaved runs):
+    on ResNet-50 3x3 layers at batch 8 the implicit-GEMM path (W packed once, im2col rows packed
+    straight into the GEMM panels) reaches 0.86-0.91x oneDNN forward in NHWC (float32 and bfloat16
+    from 128 channels up), 0.66-0.88x in NCHW, and 0.72-0.87x forward+backward. The depthwise kernels
+    are 1.4-3.6x faster than torch. Drop this once `python -m fastops.bench --ops conv` shows the
+    GEMM path ahead on a shape class.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
@@ -300,7 +311,7 @@ def _out_shape(x, weight, stride, padding, dilation):
     ho = out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     wo = out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     torch._check(ho > 0 and wo > 0, lambda: f"{_NAME}: kernel larger than the padded input")
-    return (x.shape[0], weight.shape[0], ho, wo)
+    return (x.shape[0], weight.shape[0] if x.shape[1] != 0 else 0, ho, wo)  # torch: C = 0 gives 0 channels
 
 
 @torch.library.custom_op("fastops::conv2d", mutates_args=())

@@ -18,6 +18,17 @@
 namespace fastops {
 namespace cpu {
 
+// A left operand read in place from row segments, for PackedB::multiply_gathered:
+//   A[i, s * seg_len + q] = row(ctx, i, s)[q]   for s < segments, q < seg_len (k = segments * seg_len),
+// elements of the PackedB's dtype; a null row reads as zeros. An implicit im2col matrix (row = an
+// output pixel, segment = a kernel tap, q = an input channel) is packed straight into the GEMM's A
+// panels this way, 16 x 16 words at a time, without being materialised.
+struct GatheredA {
+  const void* (*row)(const void* ctx, int64_t i, int64_t s) = nullptr;
+  const void* ctx = nullptr;
+  int64_t segments = 0, seg_len = 0;
+};
+
 class PackedB {
  public:
   PackedB() = default;
@@ -35,6 +46,9 @@ class PackedB {
   // only (safe inside a parallel region; A is packed once per call). p.a must have this dtype;
   // p.b, p.k, p.n and p.batch are ignored (k, n and 1 are used); p.activation applies.
   void multiply(const GemmParams& p, int64_t j0, int64_t j1, int64_t c_group_stride = 0) const;
+  // multiply() with A taken from `a` (p.a is ignored; p.m rows, a.segments * a.seg_len == k()),
+  // one group (c_group_stride 0). Bitwise the same as multiply() on the materialised A.
+  void multiply_gathered(const GemmParams& p, const GatheredA& a, int64_t j0, int64_t j1) const;
 
  private:
   std::shared_ptr<char> data_;
