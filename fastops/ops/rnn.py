@@ -208,8 +208,69 @@ def policy_why_torch(x: torch.Tensor, mode: int, backend: str):
             f"{str(x.dtype).replace('torch.', '')} on this CPU (fastops.ops.rnn.CPU_FASTER)")
 
 
+# ---- cuda: the persistent layer forward (csrc/cuda/rnn.cu) -----------------------------------------
+# One cooperative launch per layer direction keeps W_hh in shared memory across all T steps
+# (fastops._C.rnn_persistent_forward) when the device, batch (B <= 8) and hidden size fit
+# (rnn_persistent_plan); else the per-step loop above. explain() says which ran and why. The
+# backward always runs the per-step loop (the forward's y, saved and c_all are the same).
+# FASTOPS_RNN_PERSISTENT=0 (or CUDA_PERSISTENT = False) keeps the per-step loop.
+import dataclasses as _dataclasses  # noqa: E402
+import os as _os  # noqa: E402
+
+CUDA_PERSISTENT = _os.environ.get("FASTOPS_RNN_PERSISTENT", "1") != "0"
+_persistent_plans: dict = {}  # (device index, mode, dtype, B, H) -> (reason or None, explain text)
+
+
+def persistent_plan(x: torch.Tensor, h0: torch.Tensor, lengths, mode: int):
+    """(None, what runs) when the persistent kernel takes this layer, else (why not, what runs)."""
+    why = None
+    if not CUDA_PERSISTENT:
+        why = "off (fastops.ops.rnn.CUDA_PERSISTENT / FASTOPS_RNN_PERSISTENT=0)"
+    elif lengths is not None:
+        why = "variable lengths (PackedSequence)"
+    elif x.shape[0] == 0:
+        why = "no time steps"
+    if why is not None:
+        return why, f"per-step kernels (persistent kernel: {why})"
+    B, H = h0.shape
+    key = (h0.device.index, mode, h0.dtype, B, H)
+    plan = _persistent_plans.get(key)
+    if plan is None:
+        reason, blocks, units, smem = _ext.C.rnn_persistent_plan(mode, h0)
+        plan = _persistent_plans[key] = (
+            (reason, f"per-step kernels (persistent kernel: {reason})") if reason else
+            (None, f"persistent kernel: one cooperative launch of {blocks} blocks, each keeping W_hh of {units} "
+                   f"hidden units ({GATES[mode]} gates) in {smem} B of shared memory"))
+    return plan
+
+
+def _note_cuda_path(x: torch.Tensor, text: str) -> None:
+    """Adds which cuda path ran to the choice explain() shows for rnn_layer."""
+    choice = _dispatch.last_choice("rnn_layer")
+    if choice is not None and choice.kernel.backend == "cuda" and text not in choice.why:
+        _dispatch._record("rnn_layer", _dataclasses.replace(choice, why=f"{choice.why}; {text}"), x)
+
+
+def _forward_cuda(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
+    why, text = persistent_plan(x, h0, lengths, mode)
+    _note_cuda_path(x, text)
+    if why is not None:
+        return _loop_forward("cuda", x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    T, B, I = x.shape
+    H = h0.shape[1]
+    lstm = mode == LSTM
+    gx = (x.reshape(T * B, I).float() @ w_ih.float().t()).reshape(T, B, w_ih.shape[0])
+    y, saved, c_all = _ext.C.rnn_persistent_forward(
+        mode, gx, _opt(b_ih, torch.float32), _opt(b_hh, torch.float32), h0.contiguous(),
+        _opt(c0, torch.float32) if lstm else None, w_hh.contiguous(), reverse)
+    last = 0 if reverse else T - 1
+    h_n = y[last].clone()
+    c_n = c_all[last].to(x.dtype, copy=True) if lstm else x.new_empty(0, H)  # never a view of c_all
+    return y, h_n, c_n, saved, c_all
+
+
 _dispatch.register_op("rnn_layer", FAMILY, {
-    "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
+    "cuda": _forward_cuda, "triton": _forward_loop("triton"), "cpu": _forward_cpu,
     "torch": _forward_loop("torch"),
 })
 _dispatch.register_op("rnn_layer_backward", FAMILY, {

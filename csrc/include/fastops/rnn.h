@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "fastops/dtype.h"
 #include "fastops/math/rnn.h"
@@ -212,6 +213,46 @@ namespace cuda {
 // `stream` is a cudaStream_t. Return 0 on success, else the cudaError_t of the failed launch.
 int rnn_step_forward(const RnnStepParams& p, void* stream);
 int rnn_step_backward(const RnnStepBackwardParams& p, void* stream);
+}  // namespace cuda
+
+// ---- CUDA persistent layer forward: one cooperative launch over all T steps -----------------
+// Each block owns a slice of hidden units j and keeps their W_hh rows (every gate: j, H+j, ...)
+// in shared memory for the whole sequence. Per step it reads h_{t-1} (y of the previous step, or
+// h0) into shared memory, computes h W_hh^T of its units for every batch row, runs the step body
+// rnn_step_forward_unit above, and the grid synchronises (grid.sync()) before the next step.
+// Same outputs as the per-step loop: y (h_n is y's last step), saved, c_all. No lengths.
+constexpr int64_t kRnnPersistentMaxBatch = 8;
+
+struct RnnPersistentParams {
+  RnnMode mode = RnnMode::kTanh;
+  int64_t steps = 0, batch = 0, hidden = 0;
+  DType dtype = DType::kFloat32;
+  bool reverse = false;
+  const float* gx = nullptr;    // fp32 [T, B, G*H]: x W_ih^T of every step (bias not added)
+  const float* b_ih = nullptr;  // fp32 [G*H] or null
+  const float* b_hh = nullptr;
+  const void* h0 = nullptr;     // storage [B, H]
+  const float* c0 = nullptr;    // LSTM: fp32 [B, H]
+  const void* w_hh = nullptr;   // storage [G*H, H]
+  void* y = nullptr;            // storage [T, B, H]
+  float* saved = nullptr;       // fp32 [T, B, S, H]
+  float* c_all = nullptr;       // LSTM: fp32 [T, B, H]
+  float* gh = nullptr;          // fp32 [B, G*H] workspace (h W_hh^T of the current step)
+};
+
+// The launch the persistent kernel makes for a problem on the current device.
+struct RnnPersistentPlan {
+  int blocks = 0, threads = 0;
+  int64_t units = 0;       // hidden units per block (the last block may have fewer)
+  int64_t smem_bytes = 0;  // dynamic shared memory per block: the W_hh slice and h_{t-1}
+};
+
+namespace cuda {
+// Empty when the persistent kernel takes p (mode, dtype, batch, hidden) on the current device,
+// with *plan filled; else the reason it does not (the per-step path runs instead).
+std::string rnn_persistent_plan(const RnnPersistentParams& p, RnnPersistentPlan* plan);
+// 0 on success, else the cudaError_t (cudaErrorInvalidConfiguration when the plan does not fit).
+int rnn_persistent_forward(const RnnPersistentParams& p, void* stream);
 }  // namespace cuda
 
 }  // namespace fastops
