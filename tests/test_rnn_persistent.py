@@ -96,21 +96,27 @@ def test_persistent_vs_per_step_vs_torch(kind, dtype, T, B, I, H, reverse, monke
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", list(MODES))
-def test_persistent_modules_batch_one(kind, monkeypatch):
-    """fastops.nn modules (stacked, bidirectional) on the persistent path against torch.nn."""
+def test_persistent_modules_batch_first(kind, monkeypatch):
+    """fastops.nn modules (stacked, bidirectional, batch_first: a non-contiguous time-major view)
+    on the persistent path against torch.nn, outputs and gradients."""
     monkeypatch.setattr(R, "CUDA_PERSISTENT", True)
     cls = {"lstm": "LSTM", "gru": "GRU"}.get(kind, "RNN")
-    kw = {"nonlinearity": kind} if cls == "RNN" else {}
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, **({"nonlinearity": kind} if cls == "RNN" else {}))
     torch.manual_seed(0)
-    ref = getattr(torch.nn, cls)(9, 17, num_layers=2, bidirectional=True, **kw).cuda().double()
-    mine = getattr(fastops.nn, cls)(9, 17, num_layers=2, bidirectional=True, **kw).cuda()
+    ref = getattr(torch.nn, cls)(9, 17, **kw).cuda().double()
+    mine = getattr(fastops.nn, cls)(9, 17, **kw).cuda()
     mine.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x = _rand(11, 1, 9, seed=1)
+    x = _rand(2, 11, 9, seed=1).requires_grad_()
+    xr = x.detach().double().requires_grad_()
     with fastops.use_backend("cuda"):
         out, _ = mine(x)
     assert "persistent kernel: one cooperative launch" in _dispatch.last_choice("rnn_layer").why
-    out_r, _ = ref(x.double())
+    out_r, _ = ref(xr)
     assert_close(out, out_r, torch.float32, reduction=256)
+    g = _rand(*out.shape, seed=2)
+    out.backward(g)
+    out_r.backward(g.double())
+    assert_close(x.grad, xr.grad, torch.float32, reduction=4 * 11 * 2 * 34)
 
 
 @pytest.mark.cuda
@@ -122,6 +128,9 @@ def test_persistent_falls_back_with_reason(monkeypatch):
     assert "per-step kernels (persistent kernel: batch 9 outside 1..8)" in why, why
     outs_r, _ = _run_torch(args, R.GRU, False)
     assert_close(outs[0], outs_r[0], torch.float32, reduction=64)
+    empty = _inputs(R.GRU, 3, 0, 4, 16, torch.float32)  # zero rows: the per-step path, empty outputs
+    outs, _, _, why = _run_cuda(empty, R.GRU, False, True, monkeypatch)
+    assert "batch 0 outside 1..8" in why and outs[0].shape == (3, 0, 16)
     with pytest.raises(RuntimeError, match="batch 9 outside"):
         _ext.C.rnn_persistent_forward(R.GRU, torch.zeros(3, B, 48, device="cuda"), None, None, args[1], None,
                                       args[4], False)
