@@ -1,7 +1,7 @@
-"""The CUDA persistent RNN layer forward (csrc/cuda/rnn.cu, one cooperative launch per layer
-direction with W_hh in shared memory): against the per-step cuda path and torch.nn.LSTM/GRU/RNN
-(float64) on the same inputs, every mode and dtype, B = 1, odd H, T = 1, both directions, and the
-gradients that follow it; which path ran and why in explain(). The GPU tests are marked cuda
+"""The CUDA persistent RNN layer kernels (csrc/cuda/rnn.cu, one cooperative launch per layer
+direction with W_hh in shared memory, forward and backward through time): against the per-step
+cuda path and torch.nn.LSTM/GRU/RNN (float64) on the same inputs, every mode and dtype, B = 1,
+odd H, T = 1, both directions, outputs and gradients; which path ran and why in explain(). The GPU tests are marked cuda
 (skipped without a GPU); the plan's reasons that need no GPU run everywhere."""
 import pytest
 import torch
@@ -38,6 +38,8 @@ def _run_cuda(args, mode, reverse, persistent, monkeypatch):
     assert _dispatch.last_choice("rnn_layer").kernel.backend == "cuda"
     outs = [y, h_n] + ([c_n] if mode == R.LSTM else [])
     torch.autograd.backward(outs, [_rand(*o.shape, dtype=o.dtype, seed=20 + i) for i, o in enumerate(outs)])
+    assert _dispatch.last_choice("rnn_layer_backward").kernel.backend == "cuda"
+    why = (why, _dispatch.last_choice("rnn_layer_backward").why)
     return outs, (saved, c_all), [None if a is None else a.grad for a in leaves], why
 
 
@@ -76,10 +78,12 @@ def test_persistent_vs_per_step_vs_torch(kind, dtype, T, B, I, H, reverse, monke
     mode = MODES[kind]
     args = _inputs(mode, T, B, I, H, dtype)
     outs_p, raw_p, grads_p, why_p = _run_cuda(args, mode, reverse, True, monkeypatch)
-    assert "persistent kernel: one cooperative launch" in why_p, why_p
+    for why in why_p:  # forward and backward
+        assert "persistent kernel: one cooperative launch" in why, why
     assert "persistent kernel" in fastops.explain()
     outs_s, raw_s, grads_s, why_s = _run_cuda(args, mode, reverse, False, monkeypatch)
-    assert "per-step kernels (persistent kernel: off" in why_s, why_s
+    for why in why_s:
+        assert "per-step kernels (persistent kernel: off" in why, why
     outs_r, grads_r = _run_torch(args, mode, reverse)
     for p, s, r in zip(outs_p, outs_s, outs_r):
         assert p.dtype == dtype and p.shape == r.shape
@@ -89,9 +93,10 @@ def test_persistent_vs_per_step_vs_torch(kind, dtype, T, B, I, H, reverse, monke
         assert p.dtype == torch.float32
         assert_close(p, s.double(), dtype, reduction=4 * (I + H))
     red = 4 * T * B * max(I, H)
-    for p, r in zip(grads_p, grads_r):
+    for p, s, r in zip(grads_p, grads_s, grads_r):
         if r is not None:
             assert_close(p, r, dtype, reduction=red)
+            assert_close(p, s.double(), dtype, reduction=red)
 
 
 @pytest.mark.cuda
@@ -124,13 +129,14 @@ def test_persistent_falls_back_with_reason(monkeypatch):
     monkeypatch.setattr(R, "CUDA_PERSISTENT", True)
     B = 9  # one row over the persistent kernel's limit
     args = _inputs(R.GRU, 3, B, 4, 16, torch.float32)
-    outs, _, _, why = _run_cuda(args, R.GRU, False, True, monkeypatch)
-    assert "per-step kernels (persistent kernel: batch 9 outside 1..8)" in why, why
+    outs, _, _, whys = _run_cuda(args, R.GRU, False, True, monkeypatch)
+    for why in whys:
+        assert "per-step kernels (persistent kernel: batch 9 outside 1..8)" in why, why
     outs_r, _ = _run_torch(args, R.GRU, False)
     assert_close(outs[0], outs_r[0], torch.float32, reduction=64)
     empty = _inputs(R.GRU, 3, 0, 4, 16, torch.float32)  # zero rows: the per-step path, empty outputs
-    outs, _, _, why = _run_cuda(empty, R.GRU, False, True, monkeypatch)
-    assert "batch 0 outside 1..8" in why and outs[0].shape == (3, 0, 16)
+    outs, _, _, whys = _run_cuda(empty, R.GRU, False, True, monkeypatch)
+    assert "batch 0 outside 1..8" in whys[0] and outs[0].shape == (3, 0, 16)
     with pytest.raises(RuntimeError, match="batch 9 outside"):
         _ext.C.rnn_persistent_forward(R.GRU, torch.zeros(3, B, 48, device="cuda"), None, None, args[1], None,
                                       args[4], False)
@@ -148,6 +154,12 @@ def test_persistent_opcheck_compile_deterministic(kind, monkeypatch):
     again = R.rnn_layer_op(*args, None, mode, False, "cuda")
     for a, b in zip(eager, again):
         assert torch.equal(a, b)  # no atomics: bitwise the same run to run
+    y, h_n, c_n, saved, c_all = eager
+    bwd = [R.rnn_layer_backward_op(torch.ones_like(y), torch.ones_like(h_n), c_n if mode == R.LSTM else None,
+                                   *args, None, y, saved, c_all, mode, False, "cuda") for _ in range(2)]
+    assert "persistent kernel: one cooperative launch" in _dispatch.last_choice("rnn_layer_backward").why
+    for a, b in zip(*bwd):
+        assert torch.equal(a, b)
     f = torch.compile(lambda *a: R.rnn_layer_op(*a, None, mode, False, "auto")[0], fullgraph=True)
     with fastops.use_backend("cuda"):
         y = f(*args)
@@ -159,8 +171,9 @@ def test_persistent_opcheck_compile_deterministic(kind, monkeypatch):
 def test_persistent_plan_too_large():
     """A W_hh slice beyond the device's shared memory is refused with the sizes in the reason."""
     h0 = torch.zeros(8, 65536, device="cuda")
-    reason, blocks, _, _ = _ext.C.rnn_persistent_plan(R.LSTM, h0)
-    assert "shared memory" in reason and blocks == 0, reason
+    for backward in (False, True):
+        reason, blocks, _, _ = _ext.C.rnn_persistent_plan(R.LSTM, h0, backward)
+        assert "shared memory" in reason and blocks == 0, reason
 
 
 # ---- no GPU needed ------------------------------------------------------------------------------
@@ -184,5 +197,13 @@ def test_binding_on_cpu_tensors():
     with pytest.raises(RuntimeError, match="gx must have shape"):
         _ext.C.rnn_persistent_forward(R.TANH, torch.zeros(3, 2, 4), None, None, torch.zeros(2, 5), None,
                                       torch.zeros(5, 5), False)
+    with pytest.raises(RuntimeError, match="runs on cuda tensors"):
+        _ext.C.rnn_persistent_backward(R.TANH, None, torch.zeros(2, 5), None, torch.zeros(3, 2, 1, 5),
+                                       torch.zeros(0, 2, 5), None, torch.zeros(3, 2, 5), torch.zeros(5, 5),
+                                       torch.zeros(3, 2, 5), None, False)
+    with pytest.raises(RuntimeError, match="a GRU layer needs dgh"):
+        _ext.C.rnn_persistent_backward(R.GRU, None, torch.zeros(2, 5), None, torch.zeros(3, 2, 4, 5),
+                                       torch.zeros(0, 2, 5), None, torch.zeros(3, 2, 5), torch.zeros(15, 5),
+                                       torch.zeros(3, 2, 15), None, False)
     with pytest.raises(TypeError, match="dtype must be float32, float16 or bfloat16"):
         _ext.C.rnn_persistent_plan(R.TANH, torch.zeros(2, 5, dtype=torch.float64))

@@ -238,6 +238,29 @@ struct RnnPersistentParams {
   float* saved = nullptr;       // fp32 [T, B, S, H]
   float* c_all = nullptr;       // LSTM: fp32 [T, B, H]
   float* gh = nullptr;          // fp32 [B, G*H] workspace (h W_hh^T of the current step)
+  bool backward = false;        // for rnn_persistent_plan: plan the backward kernel instead
+};
+
+// The backward through time of one layer direction in one cooperative launch: block k keeps the
+// W_hh columns of its units (all G*H rows) in shared memory; per step (t = the forward's last
+// step first) it adds dgh of the step before W_hh to dh of its units, runs the per-step body
+// rnn_step_backward_unit, and the grid synchronises. On exit dh = d h0 and dc = d c0; dgi (and
+// dgh for GRU) hold every step's gate gradients for the weight GEMMs. No lengths.
+struct RnnPersistentBackwardParams {
+  RnnMode mode = RnnMode::kTanh;
+  int64_t steps = 0, batch = 0, hidden = 0;
+  DType dtype = DType::kFloat32;
+  bool reverse = false;
+  const void* dy = nullptr;       // storage [T, B, H] or null
+  float* dh = nullptr;            // fp32 [B, H] in/out: d h_n in, d h0 out
+  float* dc = nullptr;            // LSTM: fp32 [B, H] in/out: d c_n in, d c0 out
+  const float* saved = nullptr;   // fp32 [T, B, S, H]
+  const float* c_all = nullptr;   // LSTM: fp32 [T, B, H]
+  const float* c0 = nullptr;      // LSTM: fp32 [B, H]
+  const float* h_prev = nullptr;  // fp32 [T, B, H]: h entering each step
+  const void* w_hh = nullptr;     // storage [G*H, H]
+  float* dgi = nullptr;           // fp32 [T, B, G*H]
+  float* dgh = nullptr;           // GRU: fp32 [T, B, G*H] (else the gradient of h W_hh^T is dgi)
 };
 
 // The launch the persistent kernel makes for a problem on the current device.
@@ -253,6 +276,7 @@ namespace cuda {
 std::string rnn_persistent_plan(const RnnPersistentParams& p, RnnPersistentPlan* plan);
 // 0 on success, else the cudaError_t (cudaErrorInvalidConfiguration when the plan does not fit).
 int rnn_persistent_forward(const RnnPersistentParams& p, void* stream);
+int rnn_persistent_backward(const RnnPersistentBackwardParams& p, void* stream);
 }  // namespace cuda
 
 }  // namespace fastops
