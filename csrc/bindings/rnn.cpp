@@ -1,6 +1,7 @@
 // RNN bindings: fastops._C.rnn_layer_forward / rnn_layer_backward (CPU: the whole time loop in
 // C++) and rnn_step_forward / rnn_step_backward (one fused pointwise step, CPU or CUDA; the GPU
-// layers run their loop in Python with the GEMMs from torch).
+// layers run their loop in Python with the GEMMs from torch); rnn_persistent_plan /
+// rnn_persistent_forward (CUDA: a whole layer direction in one cooperative launch).
 #include "bindings/common.h"
 #include "fastops/rnn.h"
 
@@ -290,6 +291,145 @@ void step_backward(int64_t mode, const c10::optional<at::Tensor>& dy_t, const at
   TORCH_CHECK(false, "fastops: dh must be on ", device_hint(), ", got ", dh.device());
 }
 
+
+// ---- the CUDA persistent layer forward (csrc/cuda/rnn.cu) ------------------------------------
+
+RnnPersistentParams persistent_params(int64_t mode, const at::Tensor& h0, at::ScalarType dtype, int64_t steps) {
+  RnnPersistentParams p;
+  p.mode = to_mode(mode);
+  TORCH_CHECK(h0.dim() == 2, "fastops: h0 must be [B, H], got ", h0.sizes());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "fastops: dtype must be float32, float16 or bfloat16, got ", dtype);
+  p.dtype = dtype == at::kHalf ? DType::kFloat16 : (dtype == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32);
+  p.steps = steps;
+  p.batch = h0.size(0);
+  p.hidden = h0.size(1);
+  return p;
+}
+
+// (reason, blocks, units per block, shared bytes per block): reason is empty when the persistent
+// forward (or backward) kernel takes a layer of this mode with h0's dtype and shape [B, H] on
+// h0's device.
+std::tuple<std::string, int64_t, int64_t, int64_t> persistent_plan(int64_t mode, const at::Tensor& h0, bool backward) {
+  RnnPersistentParams p = persistent_params(mode, h0, h0.scalar_type(), 1);
+  p.backward = backward;
+#ifdef FASTOPS_WITH_CUDA
+  if (h0.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(h0.device());
+    RnnPersistentPlan plan;
+    std::string why = cuda::rnn_persistent_plan(p, &plan);
+    return {why, plan.blocks, plan.units, plan.smem_bytes};
+  }
+#endif
+  return {std::string("h0 on ") + h0.device().str() + ", not a cuda device of this build", 0, 0, 0};
+}
+
+// (y [T, B, H] storage, saved [T, B, S, H] fp32, c_all [T, B, H] fp32 (LSTM, else [0, B, H])) of
+// one layer direction; gx = x W_ih^T (fp32 [T, B, G*H]); c0 fp32 (LSTM); h_n is y's last step.
+std::vector<at::Tensor> persistent_forward(int64_t mode, const at::Tensor& gx, const c10::optional<at::Tensor>& b_ih,
+                                           const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                           const c10::optional<at::Tensor>& c0, const at::Tensor& w_hh, bool reverse) {
+  TORCH_CHECK(gx.dim() == 3, "fastops: gx must be [T, B, G*H], got ", gx.sizes());
+  RnnPersistentParams p = persistent_params(mode, h0, h0.scalar_type(), gx.size(0));
+  const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
+  const bool lstm = p.mode == RnnMode::kLstm;
+  check_contiguous(h0, "h0");
+  check_f32(gx, "gx", h0, {p.steps, p.batch, GH});
+  check_storage(w_hh, "w_hh", h0, {GH, p.hidden});
+  p.b_ih = opt_f32(b_ih, "b_ih", h0, {GH});
+  p.b_hh = opt_f32(b_hh, "b_hh", h0, {GH});
+  if (lstm) {
+    TORCH_CHECK(c0.has_value(), "fastops: an LSTM layer needs c0");
+    p.c0 = opt_f32(c0, "c0", h0, {p.batch, p.hidden});
+  }
+  const auto f32 = h0.options().dtype(at::kFloat);
+  at::Tensor y = at::empty({p.steps, p.batch, p.hidden}, h0.options());
+  at::Tensor saved = at::empty({p.steps, p.batch, math::rnn_saved(p.mode), p.hidden}, f32);
+  at::Tensor c_all = at::empty({lstm ? p.steps : 0, p.batch, p.hidden}, f32);
+  at::Tensor gh = at::empty({p.batch, GH}, f32);
+  p.reverse = reverse;
+  p.gx = gx.data_ptr<float>();
+  p.h0 = h0.data_ptr();
+  p.w_hh = w_hh.data_ptr();
+  p.y = y.data_ptr();
+  p.saved = saved.data_ptr<float>();
+  p.c_all = c_all.data_ptr<float>();
+  p.gh = gh.data_ptr<float>();
+#ifdef FASTOPS_WITH_CUDA
+  if (h0.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(h0.device());
+    RnnPersistentPlan plan;
+    const std::string why = cuda::rnn_persistent_plan(p, &plan);
+    TORCH_CHECK(why.empty(), "fastops: rnn_persistent_forward does not take this layer: ", why);
+    check_cuda(cuda::rnn_persistent_forward(p, at::cuda::getCurrentCUDAStream().stream()), "rnn_persistent_forward");
+    return {y, saved, c_all};
+  }
+#endif
+  TORCH_CHECK(false, "fastops: rnn_persistent_forward runs on cuda tensors, got h0 on ", h0.device());
+}
+
+// Backward through time of one layer direction in one cooperative launch: dh (fp32 [B, H], d h_n
+// in, d h0 out) and dc (LSTM) in place; dgi (and dgh, GRU) fp32 [T, B, G*H] written. h_prev: fp32
+// [T, B, H], the h entering each step; c0 fp32 (LSTM).
+void persistent_backward(int64_t mode, const c10::optional<at::Tensor>& dy, const at::Tensor& dh,
+                         const c10::optional<at::Tensor>& dc, const at::Tensor& saved, const at::Tensor& c_all,
+                         const c10::optional<at::Tensor>& c0, const at::Tensor& h_prev, const at::Tensor& w_hh,
+                         const at::Tensor& dgi, const c10::optional<at::Tensor>& dgh, bool reverse) {
+  TORCH_CHECK(h_prev.dim() == 3, "fastops: h_prev must be [T, B, H], got ", h_prev.sizes());
+  RnnPersistentBackwardParams p;
+  p.mode = to_mode(mode);
+  p.dtype = to_dtype(w_hh, "w_hh");
+  p.steps = h_prev.size(0);
+  p.batch = h_prev.size(1);
+  p.hidden = h_prev.size(2);
+  p.reverse = reverse;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, GH = math::rnn_gates(p.mode) * H;
+  const bool lstm = p.mode == RnnMode::kLstm, gru = p.mode == RnnMode::kGru;
+  check_f32(h_prev, "h_prev", h_prev, {T, B, H});
+  check_f32(dh, "dh", h_prev, {B, H});
+  check_f32(saved, "saved", h_prev, {T, B, math::rnn_saved(p.mode), H});
+  check_f32(dgi, "dgi", h_prev, {T, B, GH});
+  check_contiguous(w_hh, "w_hh");
+  TORCH_CHECK(w_hh.device() == h_prev.device(), "fastops: w_hh must be on ", h_prev.device(), ", got ", w_hh.device());
+  check_shape(w_hh, "w_hh", {GH, H});
+  if (dy.has_value()) {
+    check_storage(*dy, "dy", w_hh, {T, B, H});
+    p.dy = dy->data_ptr();
+  }
+  if (lstm) {
+    TORCH_CHECK(dc.has_value() && c0.has_value(), "fastops: an LSTM layer needs dc and c0");
+    check_f32(*dc, "dc", h_prev, {B, H});
+    check_f32(*c0, "c0", h_prev, {B, H});
+    check_f32(c_all, "c_all", h_prev, {T, B, H});
+    p.dc = dc->data_ptr<float>();
+    p.c0 = c0->data_ptr<float>();
+    p.c_all = c_all.data_ptr<float>();
+  }
+  if (gru) {
+    TORCH_CHECK(dgh.has_value(), "fastops: a GRU layer needs dgh");
+    check_f32(*dgh, "dgh", h_prev, {T, B, GH});
+    p.dgh = dgh->data_ptr<float>();
+  }
+  p.dh = dh.data_ptr<float>();
+  p.saved = saved.data_ptr<float>();
+  p.h_prev = h_prev.data_ptr<float>();
+  p.w_hh = w_hh.data_ptr();
+  p.dgi = dgi.data_ptr<float>();
+#ifdef FASTOPS_WITH_CUDA
+  if (h_prev.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(h_prev.device());
+    RnnPersistentParams shape = persistent_params(mode, dh, w_hh.scalar_type(), T);
+    shape.backward = true;
+    RnnPersistentPlan plan;
+    const std::string why = cuda::rnn_persistent_plan(shape, &plan);
+    TORCH_CHECK(why.empty(), "fastops: rnn_persistent_backward does not take this layer: ", why);
+    check_cuda(cuda::rnn_persistent_backward(p, at::cuda::getCurrentCUDAStream().stream()), "rnn_persistent_backward");
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "fastops: rnn_persistent_backward runs on cuda tensors, got h_prev on ", h_prev.device());
+}
+
 }  // namespace
 
 void bind_rnn(pybind11::module_& m) {
@@ -307,6 +447,16 @@ void bind_rnn(pybind11::module_& m) {
   m.def("rnn_step_backward", &step_backward, "one fused RNN backward step in place (cpu or cuda)", py::arg("mode"),
         py::arg("dy_t"), py::arg("dh"), py::arg("dc"), py::arg("saved_t"), py::arg("c_t"), py::arg("c_prev"),
         py::arg("h_prev"), py::arg("dgi"), py::arg("dgh"), py::arg("dtype"));
+  m.def("rnn_persistent_plan", &persistent_plan,
+        "(reason, blocks, units, shared bytes) of the CUDA persistent layer forward; reason empty when it applies",
+        py::arg("mode"), py::arg("h0"), py::arg("backward") = false);
+  m.def("rnn_persistent_forward", &persistent_forward,
+        "one layer direction in one cooperative CUDA launch: (y, saved, c_all)", py::arg("mode"), py::arg("gx"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("reverse"));
+  m.def("rnn_persistent_backward", &persistent_backward,
+        "backward through time of one layer direction in one cooperative CUDA launch (dh, dc in place; dgi, dgh)",
+        py::arg("mode"), py::arg("dy"), py::arg("dh"), py::arg("dc"), py::arg("saved"), py::arg("c_all"),
+        py::arg("c0"), py::arg("h_prev"), py::arg("w_hh"), py::arg("dgi"), py::arg("dgh"), py::arg("reverse"));
 }
 
 }  // namespace fastops

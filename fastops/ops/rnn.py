@@ -134,7 +134,9 @@ def _loop_backward(backend, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, l
     dgi = torch.empty(T, B, GH, dtype=acc, device=x.device)
     dgh = torch.empty_like(dgi) if gru else dgi
     order = list(_time_order(T, reverse))
-    for s in range(T - 1, -1, -1):
+    done = backend == "cuda" and _persistent_backward(x, h0, mode, dy, dh, dc, saved, c_all, c0a, hprev, w_hh, dgi,
+                                                      dgh, lengths, reverse)
+    for s in range(T - 1, -1, -1) if not done else ():  # the per-step loop
         t = order[s]
         c_prev = None
         if lstm:
@@ -208,8 +210,83 @@ def policy_why_torch(x: torch.Tensor, mode: int, backend: str):
             f"{str(x.dtype).replace('torch.', '')} on this CPU (fastops.ops.rnn.CPU_FASTER)")
 
 
+# ---- cuda: the persistent layer forward (csrc/cuda/rnn.cu) -----------------------------------------
+# One cooperative launch per layer direction keeps W_hh in shared memory across all T steps
+# (fastops._C.rnn_persistent_forward) when the device, batch (B <= 8) and hidden size fit
+# (rnn_persistent_plan); else the per-step loop above. explain() says which ran and why. The
+# backward's time loop likewise (rnn_persistent_backward; the weight GEMMs stay in torch). Either
+# direction reads and writes what the per-step loop does (y, saved, c_all; dgi, dgh).
+# FASTOPS_RNN_PERSISTENT=0 (or CUDA_PERSISTENT = False) keeps the per-step loop.
+import dataclasses as _dataclasses  # noqa: E402
+import os as _os  # noqa: E402
+
+CUDA_PERSISTENT = _os.environ.get("FASTOPS_RNN_PERSISTENT", "1") != "0"
+_persistent_plans: dict = {}  # (device index, mode, dtype, B, H, backward) -> (reason or None, explain text)
+
+
+def persistent_plan(x: torch.Tensor, h0: torch.Tensor, lengths, mode: int, backward: bool = False):
+    """(None, what runs) when the persistent forward (or backward) kernel takes this layer, else
+    (why not, what runs)."""
+    why = None
+    if not CUDA_PERSISTENT:
+        why = "off (fastops.ops.rnn.CUDA_PERSISTENT / FASTOPS_RNN_PERSISTENT=0)"
+    elif lengths is not None:
+        why = "variable lengths (PackedSequence)"
+    elif x.shape[0] == 0:
+        why = "no time steps"
+    if why is not None:
+        return why, f"per-step kernels (persistent kernel: {why})"
+    B, H = h0.shape
+    key = (h0.device.index, mode, h0.dtype, B, H, backward)
+    plan = _persistent_plans.get(key)
+    if plan is None:
+        reason, blocks, units, smem = _ext.C.rnn_persistent_plan(mode, h0, backward)
+        plan = _persistent_plans[key] = (
+            (reason, f"per-step kernels (persistent kernel: {reason})") if reason else
+            (None, f"persistent kernel: one cooperative launch of {blocks} blocks, each keeping W_hh of {units} "
+                   f"hidden units ({GATES[mode]} gates) in {smem} B of shared memory"))
+    return plan
+
+
+def _note_cuda_path(x: torch.Tensor, text: str, op: str = "rnn_layer") -> None:
+    """Adds which cuda path ran to the choice explain() shows for `op`."""
+    choice = _dispatch.last_choice(op)
+    if choice is not None and choice.kernel.backend == "cuda" and text not in choice.why:
+        _dispatch._record(op, _dataclasses.replace(choice, why=f"{choice.why}; {text}"), x)
+
+
+def _persistent_backward(x, h0, mode, dy, dh, dc, saved, c_all, c0a, hprev, w_hh, dgi, dgh, lengths, reverse) -> bool:
+    """The backward's time loop as one persistent launch (dh, dc, dgi, dgh as the per-step loop
+    leaves them); False when it does not apply (the caller runs the per-step loop)."""
+    why, text = persistent_plan(x, h0, lengths, mode, backward=True)
+    _note_cuda_path(x, text, "rnn_layer_backward")
+    if why is not None:
+        return False
+    _ext.C.rnn_persistent_backward(mode, dy, dh, dc, saved.contiguous(), c_all.contiguous(), _opt(c0a), hprev,
+                                   w_hh.contiguous(), dgi, dgh if mode == GRU else None, reverse)
+    return True
+
+
+def _forward_cuda(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
+    why, text = persistent_plan(x, h0, lengths, mode)
+    _note_cuda_path(x, text)
+    if why is not None:
+        return _loop_forward("cuda", x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse)
+    T, B, I = x.shape
+    H = h0.shape[1]
+    lstm = mode == LSTM
+    gx = (x.reshape(T * B, I).float() @ w_ih.float().t()).reshape(T, B, w_ih.shape[0])
+    y, saved, c_all = _ext.C.rnn_persistent_forward(
+        mode, gx, _opt(b_ih, torch.float32), _opt(b_hh, torch.float32), h0.contiguous(),
+        _opt(c0, torch.float32) if lstm else None, w_hh.contiguous(), reverse)
+    last = 0 if reverse else T - 1
+    h_n = y[last].clone()
+    c_n = c_all[last].to(x.dtype, copy=True) if lstm else x.new_empty(0, H)  # never a view of c_all
+    return y, h_n, c_n, saved, c_all
+
+
 _dispatch.register_op("rnn_layer", FAMILY, {
-    "cuda": _forward_loop("cuda"), "triton": _forward_loop("triton"), "cpu": _forward_cpu,
+    "cuda": _forward_cuda, "triton": _forward_loop("triton"), "cpu": _forward_cpu,
     "torch": _forward_loop("torch"),
 })
 _dispatch.register_op("rnn_layer_backward", FAMILY, {

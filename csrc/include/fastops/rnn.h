@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "fastops/dtype.h"
 #include "fastops/math/rnn.h"
@@ -212,6 +213,70 @@ namespace cuda {
 // `stream` is a cudaStream_t. Return 0 on success, else the cudaError_t of the failed launch.
 int rnn_step_forward(const RnnStepParams& p, void* stream);
 int rnn_step_backward(const RnnStepBackwardParams& p, void* stream);
+}  // namespace cuda
+
+// ---- CUDA persistent layer forward: one cooperative launch over all T steps -----------------
+// Each block owns a slice of hidden units j and keeps their W_hh rows (every gate: j, H+j, ...)
+// in shared memory for the whole sequence. Per step it reads h_{t-1} (y of the previous step, or
+// h0) into shared memory, computes h W_hh^T of its units for every batch row, runs the step body
+// rnn_step_forward_unit above, and the grid synchronises (grid.sync()) before the next step.
+// Same outputs as the per-step loop: y (h_n is y's last step), saved, c_all. No lengths.
+constexpr int64_t kRnnPersistentMaxBatch = 8;
+
+struct RnnPersistentParams {
+  RnnMode mode = RnnMode::kTanh;
+  int64_t steps = 0, batch = 0, hidden = 0;
+  DType dtype = DType::kFloat32;
+  bool reverse = false;
+  const float* gx = nullptr;    // fp32 [T, B, G*H]: x W_ih^T of every step (bias not added)
+  const float* b_ih = nullptr;  // fp32 [G*H] or null
+  const float* b_hh = nullptr;
+  const void* h0 = nullptr;     // storage [B, H]
+  const float* c0 = nullptr;    // LSTM: fp32 [B, H]
+  const void* w_hh = nullptr;   // storage [G*H, H]
+  void* y = nullptr;            // storage [T, B, H]
+  float* saved = nullptr;       // fp32 [T, B, S, H]
+  float* c_all = nullptr;       // LSTM: fp32 [T, B, H]
+  float* gh = nullptr;          // fp32 [B, G*H] workspace (h W_hh^T of the current step)
+  bool backward = false;        // for rnn_persistent_plan: plan the backward kernel instead
+};
+
+// The backward through time of one layer direction in one cooperative launch: block k keeps the
+// W_hh columns of its units (all G*H rows) in shared memory; per step (t = the forward's last
+// step first) it adds dgh of the step before W_hh to dh of its units, runs the per-step body
+// rnn_step_backward_unit, and the grid synchronises. On exit dh = d h0 and dc = d c0; dgi (and
+// dgh for GRU) hold every step's gate gradients for the weight GEMMs. No lengths.
+struct RnnPersistentBackwardParams {
+  RnnMode mode = RnnMode::kTanh;
+  int64_t steps = 0, batch = 0, hidden = 0;
+  DType dtype = DType::kFloat32;
+  bool reverse = false;
+  const void* dy = nullptr;       // storage [T, B, H] or null
+  float* dh = nullptr;            // fp32 [B, H] in/out: d h_n in, d h0 out
+  float* dc = nullptr;            // LSTM: fp32 [B, H] in/out: d c_n in, d c0 out
+  const float* saved = nullptr;   // fp32 [T, B, S, H]
+  const float* c_all = nullptr;   // LSTM: fp32 [T, B, H]
+  const float* c0 = nullptr;      // LSTM: fp32 [B, H]
+  const float* h_prev = nullptr;  // fp32 [T, B, H]: h entering each step
+  const void* w_hh = nullptr;     // storage [G*H, H]
+  float* dgi = nullptr;           // fp32 [T, B, G*H]
+  float* dgh = nullptr;           // GRU: fp32 [T, B, G*H] (else the gradient of h W_hh^T is dgi)
+};
+
+// The launch the persistent kernel makes for a problem on the current device.
+struct RnnPersistentPlan {
+  int blocks = 0, threads = 0;
+  int64_t units = 0;       // hidden units per block (the last block may have fewer)
+  int64_t smem_bytes = 0;  // dynamic shared memory per block: the W_hh slice and h_{t-1}
+};
+
+namespace cuda {
+// Empty when the persistent kernel takes p (mode, dtype, batch, hidden) on the current device,
+// with *plan filled; else the reason it does not (the per-step path runs instead).
+std::string rnn_persistent_plan(const RnnPersistentParams& p, RnnPersistentPlan* plan);
+// 0 on success, else the cudaError_t (cudaErrorInvalidConfiguration when the plan does not fit).
+int rnn_persistent_forward(const RnnPersistentParams& p, void* stream);
+int rnn_persistent_backward(const RnnPersistentBackwardParams& p, void* stream);
 }  // namespace cuda
 
 }  // namespace fastops
