@@ -3,8 +3,10 @@
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace fastops {
 namespace cuda {
@@ -19,18 +21,22 @@ inline int sm_count() {
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Above 48 KiB of dynamic shared memory a kernel must opt in, once per device: call this before
-// every launch of `kernel` (one instantiation per template, so one flag set per kernel).
+// Above 48 KiB of dynamic shared memory a kernel must opt in, per kernel and device: call this
+// before every launch. Kernels of one signature share the template instantiation, so the record
+// is keyed by the kernel's address (and device), and raised when a launch asks for more.
 template <class Kernel>
 cudaError_t opt_in_smem(Kernel kernel, int bytes) {
-  static std::atomic<uint64_t> opted_in{0};
+  if (bytes <= 48 * 1024) return cudaSuccess;
   int device = 0;
   if (const cudaError_t err = cudaGetDevice(&device)) return err;
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit == 0 || !(opted_in.load(std::memory_order_relaxed) & bit)) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> allowed;  // (kernel, device) -> bytes
+  const std::lock_guard<std::mutex> lock(mutex);
+  int& limit = allowed[{reinterpret_cast<const void*>(kernel), device}];
+  if (bytes > limit) {
     if (const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))
       return err;
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
+    limit = bytes;
   }
   return cudaSuccess;
 }
