@@ -428,9 +428,13 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   // h entering step t: y of the previous step when that step was active for the row, else h0
   // (a reverse layer starts each row at its last step from h0). float32 (hprev) for the GRU
   // step and the float32 GEMMs; as stored (hprev_n, bf16) for the bf16 GEMMs.
+  // LSTM / tanh / relu: dgh is dgi, so dW_ih and dW_hh are one product dgi^T [x | hprev]: the
+  // rows of hprev then sit right of a copy of x's (row stride I + H), and dgi^T is packed once.
+  const bool cat = !gru;
+  const int64_t ldh = cat ? I + H : H, hoff = cat ? I : 0;
   const bool need_f32 = !narrow_ops || gru;
-  std::vector<float> hprev(need_f32 ? static_cast<size_t>(T * B * H) : 0);
-  std::vector<BFloat16> hprev_n(narrow_ops ? static_cast<size_t>(T * B * H) : 0);
+  std::vector<float> hprev(need_f32 ? static_cast<size_t>(T * B * ldh) : 0);
+  std::vector<BFloat16> hprev_n(narrow_ops ? static_cast<size_t>(T * B * ldh) : 0);
   {
     const F32View h0(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.h0 : nullptr, need_f32 ? B * H : 0);
     const F32View yv(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.y : nullptr, need_f32 ? T * B * H : 0);
@@ -439,12 +443,17 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
       const int64_t tp = p.reverse ? t + 1 : t - 1;
       for (int64_t b = 0; b < B; ++b) {
         const bool from_y = tp >= 0 && tp < T && active(p.lengths, b, tp);
-        const int64_t src = from_y ? (tp * B + b) * H : b * H;
-        if (need_f32)
-          std::memcpy(hprev.data() + (t * B + b) * H, (from_y ? yv.ptr : h0.ptr) + src, sizeof(float) * H);
-        if (narrow_ops)
-          std::memcpy(hprev_n.data() + (t * B + b) * H, static_cast<const BFloat16*>(from_y ? p.y : p.h0) + src,
+        const int64_t src = from_y ? (tp * B + b) * H : b * H, row = (t * B + b) * ldh;
+        if (need_f32) {
+          std::memcpy(hprev.data() + row + hoff, (from_y ? yv.ptr : h0.ptr) + src, sizeof(float) * H);
+          if (cat) widen_any(p.dtype, static_cast<const char*>(p.x) + (t * B + b) * I * es, hprev.data() + row, I);
+        }
+        if (narrow_ops) {
+          std::memcpy(hprev_n.data() + row + hoff, static_cast<const BFloat16*>(from_y ? p.y : p.h0) + src,
                       sizeof(BFloat16) * H);
+          if (cat) std::memcpy(hprev_n.data() + row, static_cast<const BFloat16*>(p.x) + (t * B + b) * I,
+                               sizeof(BFloat16) * I);
+        }
       }
     }
   }
@@ -509,27 +518,39 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     }
   }
   const int64_t TB = T * B;
-  if (narrow_ops) {  // the same three products on bf16 operands
-    mm(TB, I, GH, ab, dgi_n.data(), GH, 1, p.w_ih, I, 1, q.dx, I, 0.0f);
-    mm(GH, I, TB, ab, dgi_n.data(), 1, GH, p.x, I, 1, q.dw_ih, I, 0.0f);
-    mm(GH, H, TB, ab, dgh_nptr, 1, GH, hprev_n.data(), H, 1, q.dw_hh, H, 0.0f);
-  } else {
-    {
-      const F32View wih(p.dtype, p.w_ih, GH * I);
-      mm(TB, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih.ptr, I, 1, q.dx, I, 0.0f);  // dx = dgi W_ih
+  {
+    const F32View wih(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.w_ih,
+                      narrow_ops ? 0 : GH * I);
+    // dx = dgi W_ih
+    mm(TB, I, GH, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), GH, 1,
+       narrow_ops ? p.w_ih : wih.ptr, I, 1, q.dx, I, 0.0f);
+  }
+  // the weight gradients: sums over all T*B rows, read in place
+  const void* hp = narrow_ops ? static_cast<const void*>(hprev_n.data()) : hprev.data();
+  if (cat) {  // [dW_ih | dW_hh] = dgi^T [x | hprev]
+    std::vector<float> dw(static_cast<size_t>(GH * ldh));
+    mm(GH, ldh, TB, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), 1, GH, hp, ldh, 1,
+       dw.data(), ldh, 0.0f);
+#pragma omp parallel for schedule(static) if (GH * ldh >= (1 << 16))
+    for (int64_t r = 0; r < GH; ++r) {
+      std::memcpy(q.dw_ih + r * I, dw.data() + r * ldh, sizeof(float) * I);
+      std::memcpy(q.dw_hh + r * H, dw.data() + r * ldh + I, sizeof(float) * H);
     }
-    {
-      // dW_ih = dgi^T x, dW_hh = dgh^T hprev: sums over all T*B rows, read in place
-      const F32View xv(p.dtype, p.x, TB * I);
-      mm(GH, I, TB, DType::kFloat32, dgi.data(), 1, GH, xv.ptr, I, 1, q.dw_ih, I, 0.0f);
-    }
-    mm(GH, H, TB, DType::kFloat32, dgh, 1, GH, hprev.data(), H, 1, q.dw_hh, H, 0.0f);
+  } else {  // GRU: dW_ih = dgi^T x, dW_hh = dgh^T hprev
+    const F32View xv(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.x, narrow_ops ? 0 : TB * I);
+    mm(GH, I, TB, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), 1, GH,
+       narrow_ops ? p.x : xv.ptr, I, 1, q.dw_ih, I, 0.0f);
+    mm(GH, H, TB, ab, narrow_ops ? static_cast<const void*>(dgh_nptr) : dgh, 1, GH, hp, H, 1, q.dw_hh, H, 0.0f);
   }
   float* db[2] = {q.db_ih, q.db_hh};
   const float* src[2] = {dgi.data(), dgh};
   constexpr int64_t kCols = 256;
   for (int w = 0; w < 2; ++w) {
     if (!db[w]) continue;
+    if (w == 1 && !gru && db[0]) {  // the same sums: dgh is dgi
+      std::memcpy(db[1], db[0], sizeof(float) * GH);
+      continue;
+    }
     float* out = db[w];
     const float* g = src[w];
     // column sums, each over rows in order: thread-count independent
