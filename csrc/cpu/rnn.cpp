@@ -8,8 +8,9 @@
 // h ping-pongs between two buffers, so one barrier a step orders everything.
 // Backward runs the steps in reverse the same way: the fused pointwise pass on the thread's units,
 // a barrier, then dh[:, own units] += dgh W_hh[:, own units]; every step's gate gradients are
-// kept, and dx, dW_ih, dW_hh are three large GEMMs at the end and the bias gradients ordered
-// column sums, so results do not depend on the thread count.
+// kept, and dx, dW_ih, dW_hh are large GEMMs at the end (LSTM / tanh / relu: dW_ih and dW_hh as
+// one, dgi^T [x | h_prev]) and the bias gradients ordered column sums, so results do not depend
+// on the thread count.
 // fp16: the weights are widened to float32 once per backward call, so every product of the
 // backward is float32. bf16: the backward's GEMMs read bfloat16 operands (the weights, x and the
 // previous h as stored; the gate gradients rounded to bfloat16 once, as torch's bf16 RNN does)
