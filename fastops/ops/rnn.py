@@ -182,23 +182,26 @@ def _backward_loop(backend):
 # The auto policy of the cpu backend, per mode, dtype, batch and whether a backward follows: the
 # cpu layer runs where it was measured faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN /
 # native), forward alone for inference (no autograd graph recorded), forward+backward for
-# training, at T=64, H=256 over B = 1..32 (`python -m fastops.bench --ops rnn,rnn_gru,rnn_tanh,
-# rnn_relu` and batch sweeps under the bench lock) on the development machine: 2-core AMD Zen 4
-# (AVX-512, AVX512-BF16, no AMX) shared with other builds (load 3-9: 2-thread figures move by
-# 30 % and more, 1-thread ones by 10-20 %), 2026-11-24. fastops / torch time ratios (medians):
-#   LSTM fp32 fwd: 0.76-0.88 at B=1, 0.8-0.9 at B=4..32                  -> torch
-#   LSTM fp32 fwd+bwd: 1.37-1.40 at B=1, 1.19 at B=4, 0.9 at B=8, 0.81-0.87 at B=32 -> cpu up to B=4
-#   LSTM bf16 fwd: 0.96-1.02 at B=1, 0.76-0.89 at B=4..32                -> torch
-#   LSTM bf16 fwd+bwd (bf16 backward GEMMs): 1.8-2.2 at B=1, 1.22 at B=4, 1.10 at B=8,
-#     0.90 at B=16, 0.84 at B=32                                         -> cpu up to B=8
-#   GRU, tanh, relu fp32 / bf16 at B=32 (earlier session): fwd 1.07-2.30, fwd+bwd 1.02-1.71 -> cpu
+# training, at T=64, H=256, B = 1..32 (batch sweeps under the bench lock, as `python -m
+# fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the development machine: 2-core AMD Zen 4
+# (AVX-512, AVX512-BF16, no AMX), 2 threads, medians of 7 alternating runs at load 1-2 (other
+# helpers' builds), 2026-11-24. fastops / torch time ratios, fwd / fwd+bwd:
+#   LSTM fp32  B=1 0.81/0.86  B=4 0.87/0.95  B=8 0.86/0.92  B=32 0.82/0.84  -> torch
+#   LSTM bf16  B=1 1.19/1.73  B=4 0.92/1.20  B=8 0.79/1.07  B=16 0.73/0.94  B=32 0.72/0.84
+#              (fwd alone 0.9-1.0 at B=1 in other runs)  -> cpu for training up to B=8
+#   GRU  fp32  B=1 2.44/3.00  B=8 1.71/1.64  B=32 1.34/1.27  -> cpu
+#   GRU  bf16  B=1 5.81/9.28  B=8 1.70/2.00  B=32 0.85/1.27  -> cpu; inference up to B=8
+#   tanh fp32  B=1 1.42/3.40  B=8 1.75/2.06  B=32 0.97/1.05  -> cpu; inference up to B=8
+#   tanh bf16  B=1 5.93/6.92  B=8 2.28/2.86  B=32 1.13/1.36  -> cpu
+#   relu fp32  B=1 1.44/3.64  B=8 1.45/2.01  B=32 0.91/1.07  -> cpu; inference up to B=8
+#   relu bf16  B=1 6.80/8.20  B=8 3.65/3.85  B=32 1.56/1.67  -> cpu
 # float16 was not measured (torch). README "RNN" has the figures.
 # (inference, training): the largest batch the cpu layer runs at; None: any batch, 0: never.
 CPU_MAX_BATCH = {
-    (LSTM, torch.float32): (0, 4), (LSTM, torch.bfloat16): (0, 8),
-    (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (None, None),
-    (TANH, torch.float32): (None, None), (TANH, torch.bfloat16): (None, None),
-    (RELU, torch.float32): (None, None), (RELU, torch.bfloat16): (None, None),
+    (LSTM, torch.float32): (0, 0), (LSTM, torch.bfloat16): (0, 8),
+    (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (8, None),
+    (TANH, torch.float32): (8, None), (TANH, torch.bfloat16): (None, None),
+    (RELU, torch.float32): (8, None), (RELU, torch.bfloat16): (None, None),
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
 
