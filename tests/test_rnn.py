@@ -506,17 +506,30 @@ def test_enable_module_cells_unbatched_and_fallbacks():
 
 
 def test_enable_follows_the_auto_policy():
-    """Under auto, enable() runs fastops exactly where the per-mode policy says the cpu kernel is
-    faster, and says why torch ran elsewhere."""
+    """Under auto, enable() runs fastops exactly where the policy (mode, dtype, batch, inference or
+    training) says the cpu kernel is faster, and says why torch ran elsewhere."""
     _dispatch.set_crossovers_enabled(True)  # the policy is auto's, like a crossover
     for mode, cls, kw in ((R.LSTM, torch.nn.LSTM, {}), (R.GRU, torch.nn.GRU, {}),
                           (R.TANH, torch.nn.RNN, {}), (R.RELU, torch.nn.RNN, {"nonlinearity": "relu"})):
         m = cls(8, 16, **kw)
-        x = make((4, 3, 8), torch.float32, seed=1)
-        _dispatch.clear_history()
-        with fastops.enable(include="rnn"):
-            m(x)
-        want = "cpu" if R.CPU_FASTER[(mode, torch.float32)] else "torch"
-        assert _ran() == want, fastops.explain()
-        if want == "torch":
-            assert "auto policy per mode" in fastops.explain()
+        for B in (1, 3, 40):
+            x = make((4, B, 8), torch.float32, seed=1)
+            for training in (False, True):
+                _dispatch.clear_history()
+                with fastops.enable(include="rnn"), torch.set_grad_enabled(training):
+                    m(x)
+                want = "cpu" if R.cpu_preferred(mode, torch.float32, B, training) else "torch"
+                assert _ran() == want, (B, training, fastops.explain())
+                if want == "torch":
+                    why = fastops.explain()
+                    assert "auto policy per mode, dtype and batch" in why and f"at batch {B}" in why
+                    assert ("training" if training else "inference") in why
+
+
+def test_auto_policy_is_batch_aware():
+    """The policy depends on the batch and on whether a backward follows (e.g. bf16 LSTM: the cpu
+    layer wins its fwd+bwd at small batch only; float32 tanh: its forward at small batch only)."""
+    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 1, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 32, True)
+    assert R.cpu_preferred(R.TANH, torch.float32, 1, False) != R.cpu_preferred(R.TANH, torch.float32, 32, False)
+    assert R.cpu_preferred(R.TANH, torch.float32, 32, True) != R.cpu_preferred(R.TANH, torch.float32, 32, False)
+    assert not R.cpu_preferred(R.LSTM, torch.float16, 1, True)  # not measured: torch

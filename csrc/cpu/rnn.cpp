@@ -8,10 +8,15 @@
 // h ping-pongs between two buffers, so one barrier a step orders everything.
 // Backward runs the steps in reverse the same way: the fused pointwise pass on the thread's units,
 // a barrier, then dh[:, own units] += dgh W_hh[:, own units]; every step's gate gradients are
-// kept, and dx, dW_ih, dW_hh are three large GEMMs at the end and the bias gradients ordered
-// column sums, so results do not depend on the thread count.
-// fp16/bf16: the weights are widened to float32 once per backward call, so every product and sum
-// of the backward is float32 (the forward's GEMMs read bf16/fp16 and accumulate in float32).
+// kept, and dx, dW_ih, dW_hh are large GEMMs at the end (LSTM / tanh / relu: dW_ih and dW_hh as
+// one, dgi^T [x | h_prev]) and the bias gradients ordered column sums, so results do not depend
+// on the thread count.
+// fp16: the weights are widened to float32 once per backward call, so every product of the
+// backward is float32. bf16: the backward's GEMMs read bfloat16 operands (the weights, x and the
+// previous h as stored; the gate gradients rounded to bfloat16 once, as torch's bf16 RNN does)
+// and accumulate in float32 (AVX512-BF16 `vdpbf16ps` where the CPU has it); the running dh / dc,
+// the bias sums and every gate gradient in the pointwise pass stay float32. The forward's GEMMs
+// read bf16/fp16 and accumulate in float32.
 #include <omp.h>
 
 #include <algorithm>
@@ -416,18 +421,41 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   }
   std::vector<float> dgi(static_cast<size_t>(T * B * GH)), dgh_own(gru ? dgi.size() : 0);
   float* dgh = gru ? dgh_own.data() : dgi.data();
-  // h entering step t, float32: y of the previous step when that step was active for the row,
-  // else h0 (a reverse layer starts each row at its last step from h0).
-  std::vector<float> hprev(static_cast<size_t>(T * B * H));
-  const F32View h0(p.dtype, p.h0, B * H);
-  const F32View yv(p.dtype, p.y, T * B * H);
+  // bf16: the GEMM operands are bfloat16 (dgi_n, dgh_n: the gate gradients rounded once).
+  const bool narrow_ops = p.dtype == DType::kBFloat16;
+  const DType ab = narrow_ops ? DType::kBFloat16 : DType::kFloat32;
+  std::vector<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dgh_n(narrow_ops && gru ? dgi.size() : 0);
+  BFloat16* dgh_nptr = gru ? dgh_n.data() : dgi_n.data();
+  // h entering step t: y of the previous step when that step was active for the row, else h0
+  // (a reverse layer starts each row at its last step from h0). float32 (hprev) for the GRU
+  // step and the float32 GEMMs; as stored (hprev_n, bf16) for the bf16 GEMMs.
+  // LSTM / tanh / relu: dgh is dgi, so dW_ih and dW_hh are one product dgi^T [x | hprev]: the
+  // rows of hprev then sit right of a copy of x's (row stride I + H), and dgi^T is packed once.
+  const bool cat = !gru;
+  const int64_t ldh = cat ? I + H : H, hoff = cat ? I : 0;
+  const bool need_f32 = !narrow_ops || gru;
+  std::vector<float> hprev(need_f32 ? static_cast<size_t>(T * B * ldh) : 0);
+  std::vector<BFloat16> hprev_n(narrow_ops ? static_cast<size_t>(T * B * ldh) : 0);
+  {
+    const F32View h0(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.h0 : nullptr, need_f32 ? B * H : 0);
+    const F32View yv(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.y : nullptr, need_f32 ? T * B * H : 0);
 #pragma omp parallel for schedule(static) if (T * B * H >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t tp = p.reverse ? t + 1 : t - 1;
-    for (int64_t b = 0; b < B; ++b) {
-      const bool from_y = tp >= 0 && tp < T && active(p.lengths, b, tp);
-      std::memcpy(hprev.data() + (t * B + b) * H, (from_y ? yv.ptr + (tp * B + b) * H : h0.ptr + b * H),
-                  sizeof(float) * H);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t tp = p.reverse ? t + 1 : t - 1;
+      for (int64_t b = 0; b < B; ++b) {
+        const bool from_y = tp >= 0 && tp < T && active(p.lengths, b, tp);
+        const int64_t src = from_y ? (tp * B + b) * H : b * H, row = (t * B + b) * ldh;
+        if (need_f32) {
+          std::memcpy(hprev.data() + row + hoff, (from_y ? yv.ptr : h0.ptr) + src, sizeof(float) * H);
+          if (cat) widen_any(p.dtype, static_cast<const char*>(p.x) + (t * B + b) * I * es, hprev.data() + row, I);
+        }
+        if (narrow_ops) {
+          std::memcpy(hprev_n.data() + row + hoff, static_cast<const BFloat16*>(from_y ? p.y : p.h0) + src,
+                      sizeof(BFloat16) * H);
+          if (cat) std::memcpy(hprev_n.data() + row, static_cast<const BFloat16*>(p.x) + (t * B + b) * I,
+                               sizeof(BFloat16) * I);
+        }
+      }
     }
   }
   std::vector<float> c0;
@@ -435,9 +463,10 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     c0.resize(static_cast<size_t>(B * H));
     widen_any(p.dtype, p.c0, c0.data(), B * H);
   }
-  // Every product of the backward is float32: the weights are widened once (a view for float32).
-  const F32View whh(p.dtype, p.w_hh, GH * H);
-  const PackedB whh_packed(GemmOperand{whh.ptr, 0, H, 1}, GH, H, DType::kFloat32);  // W_hh [GH, H]
+  // float32 / fp16: every product is float32, the weights widened once (a view for float32);
+  // bf16: W_hh as stored.
+  const F32View whh(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.w_hh, narrow_ops ? 0 : GH * H);
+  const PackedB whh_packed(GemmOperand{narrow_ops ? p.w_hh : whh.ptr, 0, H, 1}, GH, H, ab);  // W_hh [GH, H]
   const BackwardBlock block = backward_block_fn(p.mode, p.dtype);
   const Team team = make_team(whh_packed.panel_cols(), H, B * GH * H);
   const char* dy = static_cast<const char*>(q.dy);
@@ -466,13 +495,20 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
         sp.lengths = p.lengths;
         sp.t = t;
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
+        if (narrow_ops) {  // this thread's units of every gate, rounded once for the GEMMs
+          for (int64_t r = t * B * G; r < (t + 1) * B * G; ++r) {
+            narrow<BFloat16>(dgi.data() + r * H + j0, dgi_n.data() + r * H + j0, j1 - j0);
+            if (gru) narrow<BFloat16>(dgh + r * H + j0, dgh_n.data() + r * H + j0, j1 - j0);
+          }
+        }
       }
       // every thread's gate gradients of this step are in dgh before any thread reads them
 #pragma omp barrier
       if (j0 < j1) {
         GemmParams g;  // dh[:, j0:j1] += dgh[B, GH] W_hh[GH, j0:j1]
         g.m = B;
-        g.a = GemmOperand{dgh + t * B * GH, 0, GH, 1};
+        g.a = narrow_ops ? GemmOperand{dgh_nptr + t * B * GH, 0, GH, 1} : GemmOperand{dgh + t * B * GH, 0, GH, 1};
+        g.ab_dtype = ab;
         g.c = q.dh0;
         g.c_stride_row = H;
         g.beta = 1.0f;
@@ -484,20 +520,38 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   }
   const int64_t TB = T * B;
   {
-    const F32View wih(p.dtype, p.w_ih, GH * I);
-    mm(TB, I, GH, DType::kFloat32, dgi.data(), GH, 1, wih.ptr, I, 1, q.dx, I, 0.0f);  // dx = dgi W_ih
+    const F32View wih(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.w_ih,
+                      narrow_ops ? 0 : GH * I);
+    // dx = dgi W_ih
+    mm(TB, I, GH, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), GH, 1,
+       narrow_ops ? p.w_ih : wih.ptr, I, 1, q.dx, I, 0.0f);
   }
-  {
-    // dW_ih = dgi^T x, dW_hh = dgh^T hprev: sums over all T*B rows, read in place
-    const F32View xv(p.dtype, p.x, TB * I);
-    mm(GH, I, TB, DType::kFloat32, dgi.data(), 1, GH, xv.ptr, I, 1, q.dw_ih, I, 0.0f);
+  // the weight gradients: sums over all T*B rows, read in place
+  const void* hp = narrow_ops ? static_cast<const void*>(hprev_n.data()) : hprev.data();
+  if (cat) {  // [dW_ih | dW_hh] = dgi^T [x | hprev]
+    std::vector<float> dw(static_cast<size_t>(GH * ldh));
+    mm(GH, ldh, TB, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), 1, GH, hp, ldh, 1,
+       dw.data(), ldh, 0.0f);
+#pragma omp parallel for schedule(static) if (GH * ldh >= (1 << 16))
+    for (int64_t r = 0; r < GH; ++r) {
+      std::memcpy(q.dw_ih + r * I, dw.data() + r * ldh, sizeof(float) * I);
+      std::memcpy(q.dw_hh + r * H, dw.data() + r * ldh + I, sizeof(float) * H);
+    }
+  } else {  // GRU: dW_ih = dgi^T x, dW_hh = dgh^T hprev
+    const F32View xv(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.x, narrow_ops ? 0 : TB * I);
+    mm(GH, I, TB, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), 1, GH,
+       narrow_ops ? p.x : xv.ptr, I, 1, q.dw_ih, I, 0.0f);
+    mm(GH, H, TB, ab, narrow_ops ? static_cast<const void*>(dgh_nptr) : dgh, 1, GH, hp, H, 1, q.dw_hh, H, 0.0f);
   }
-  mm(GH, H, TB, DType::kFloat32, dgh, 1, GH, hprev.data(), H, 1, q.dw_hh, H, 0.0f);
   float* db[2] = {q.db_ih, q.db_hh};
   const float* src[2] = {dgi.data(), dgh};
   constexpr int64_t kCols = 256;
   for (int w = 0; w < 2; ++w) {
     if (!db[w]) continue;
+    if (w == 1 && !gru && db[0]) {  // the same sums: dgh is dgi
+      std::memcpy(db[1], db[0], sizeof(float) * GH);
+      continue;
+    }
     float* out = db[w];
     const float* g = src[w];
     // column sums, each over rows in order: thread-count independent

@@ -21,8 +21,10 @@ FLOPS_PER_MODE = {"fwd": 1.0, "bwd": 2.0, "full": 3.0}
 
 SHAPES = ((64, 32, 256), (64, 1, 256), (64, 8, 512), (128, 32, 256), (64, 64, 1024), (512, 32, 256))
 QUICK_SHAPES = ((64, 32, 256),)
-SWEEP = ((8, 1, 32), (16, 4, 64), (64, 8, 128), (64, 32, 256))
-QUICK_SWEEP = ((8, 1, 32), (64, 32, 256))
+# the crossover sweep runs over the batch at the goal's T and H: the auto policy is per batch
+# (fastops.ops.rnn.CPU_MAX_BATCH), and the sweep shows where fastops[auto] and cpu stand
+SWEEP = ((64, 1, 256), (64, 4, 256), (64, 8, 256), (64, 16, 256), (64, 32, 256))
+QUICK_SWEEP = ((64, 1, 256), (64, 8, 256), (64, 32, 256))
 
 
 _ATEN_NAME = {R.LSTM: "lstm", R.GRU: "gru", R.TANH: "rnn_tanh", R.RELU: "rnn_relu"}

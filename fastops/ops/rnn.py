@@ -181,33 +181,58 @@ def _backward_loop(backend):
     return fn
 
 
-# The auto policy of the cpu backend, per mode and dtype: True where the cpu layer was measured
-# faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN / native), forward and forward+backward,
-# at T=64, B=32, H=256 (`python -m fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the
-# development machine: 2-core AMD Zen 4 (AVX-512, AVX512-BF16, no AMX), shared with other builds
-# (load 7-10: figures move by 10-30 %), 2026-11-24. fastops / torch time ratios (min of 5):
-#   LSTM  fp32 fwd 0.74 full 0.83, bf16 fwd 0.67 full 0.61  -> torch (oneDNN's fused LSTM)
-#   GRU   fp32 fwd 1.49 full 1.56, bf16 fwd 1.42 full 1.10  -> cpu
-#   tanh  fp32 fwd 1.72 full 1.71, bf16 fwd 2.30 full 1.02  -> cpu
-#   relu  fp32 fwd 1.51 full 1.22, bf16 fwd 1.07 full 1.03  -> cpu
+# The auto policy of the cpu backend, per mode, dtype, batch and whether a backward follows: the
+# cpu layer runs where it was measured faster than torch's own (torch.nn.LSTM/GRU/RNN: oneDNN /
+# native), forward alone for inference (no autograd graph recorded), forward+backward for
+# training, at T=64, H=256, B = 1..32 (batch sweeps under the bench lock, as `python -m
+# fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the development machine: 2-core AMD Zen 4
+# (AVX-512, AVX512-BF16, no AMX), 2 threads, medians of 7 alternating runs at load 1-2 (other
+# helpers' builds), 2026-11-24. fastops / torch time ratios, fwd / fwd+bwd:
+#   LSTM fp32  B=1 0.81/0.86  B=4 0.87/0.95  B=8 0.86/0.92  B=32 0.82/0.84  -> torch
+#   LSTM bf16  B=1 1.19/1.73  B=4 0.92/1.20  B=8 0.79/1.07  B=16 0.73/0.94  B=32 0.72/0.84
+#              (fwd alone 0.9-1.0 at B=1 in other runs)  -> cpu for training up to B=8
+#   GRU  fp32  B=1 2.44/3.00  B=8 1.71/1.64  B=32 1.34/1.27  -> cpu
+#   GRU  bf16  B=1 5.81/9.28  B=8 1.70/2.00  B=32 0.85/1.27  -> cpu; inference up to B=8
+#   tanh fp32  B=1 1.42/3.40  B=8 1.75/2.06  B=32 0.97/1.05  -> cpu; inference up to B=8
+#   tanh bf16  B=1 5.93/6.92  B=8 2.28/2.86  B=32 1.13/1.36  -> cpu
+#   relu fp32  B=1 1.44/3.64  B=8 1.45/2.01  B=32 0.91/1.07  -> cpu; inference up to B=8
+#   relu bf16  B=1 6.80/8.20  B=8 3.65/3.85  B=32 1.56/1.67  -> cpu
 # float16 was not measured (torch). README "RNN" has the figures.
-CPU_FASTER = {
-    (LSTM, torch.float32): False, (LSTM, torch.bfloat16): False,
-    (GRU, torch.float32): True, (GRU, torch.bfloat16): True,
-    (TANH, torch.float32): True, (TANH, torch.bfloat16): True,
-    (RELU, torch.float32): True, (RELU, torch.bfloat16): True,
+# (inference, training): the largest batch the cpu layer runs at; None: any batch, 0: never.
+CPU_MAX_BATCH = {
+    (LSTM, torch.float32): (0, 0), (LSTM, torch.bfloat16): (0, 8),
+    (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (8, None),
+    (TANH, torch.float32): (8, None), (TANH, torch.bfloat16): (None, None),
+    (RELU, torch.float32): (8, None), (RELU, torch.bfloat16): (None, None),
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
-def policy_why_torch(x: torch.Tensor, mode: int, backend: str):
-    """The reason auto runs torch instead of `backend` for this mode and dtype, or None. Like a
-    crossover it is auto's alone: off for a named backend, FASTOPS_CROSSOVERS=0 and strict mode."""
+def cpu_preferred(mode: int, dtype: torch.dtype, batch: int, training: bool) -> bool:
+    """True where auto's policy runs the cpu layer (CPU_MAX_BATCH)."""
+    limit = CPU_MAX_BATCH.get((mode, dtype), (0, 0))[1 if training else 0]
+    return limit is None or batch <= limit
+
+
+def _training(tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def policy_why_torch(x: torch.Tensor, mode: int, backend: str, batch: int = None, training: bool = None):
+    """The reason auto runs torch instead of `backend` for this mode, dtype, batch and
+    inference / training, or None. Like a crossover it is auto's alone: off for a named backend,
+    FASTOPS_CROSSOVERS=0 and strict mode."""
+    batch = x.shape[1] if batch is None else batch
+    training = _training((x,)) if training is None else training
     if backend != "cpu" or _dispatch.get_backend() != "auto" or not _dispatch._crossovers_enabled \
-            or _dispatch.strict() or CPU_FASTER.get((mode, x.dtype), False):
+            or _dispatch.strict() or cpu_preferred(mode, x.dtype, batch, training):
         return None
-    return (f"auto policy per mode: torch was measured faster than cpu for {MODE_NAMES.get(mode, mode)} "
-            f"{str(x.dtype).replace('torch.', '')} on this CPU (fastops.ops.rnn.CPU_FASTER)")
+    limit = CPU_MAX_BATCH.get((mode, x.dtype), (0, 0))[1 if training else 0]
+    where = "at no batch" if not limit else f"only up to batch {limit}"
+    return (f"auto policy per mode, dtype and batch: torch was measured faster than cpu for "
+            f"{MODE_NAMES.get(mode, mode)} {str(x.dtype).replace('torch.', '')} "
+            f"{'training (fwd+bwd)' if training else 'inference (fwd)'} at batch {batch} on this CPU "
+            f"(cpu {where}; fastops.ops.rnn.CPU_MAX_BATCH)")
 
 
 # ---- cuda: the persistent layer forward (csrc/cuda/rnn.cu) -----------------------------------------
@@ -411,7 +436,8 @@ def choose(x: torch.Tensor, *args):
     choice = _dispatch.select("rnn_layer", x, *args)
     if choice.kernel.backend == "torch":
         return None
-    why = policy_why_torch(x, args[7], choice.kernel.backend)
+    why = policy_why_torch(x, args[7], choice.kernel.backend, batch=args[0].shape[0],
+                           training=_training((x, *args[:6])))
     if why is not None:
         _dispatch.fallback("rnn_layer", x, why)
         return None
