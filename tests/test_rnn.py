@@ -526,6 +526,28 @@ def test_enable_follows_the_auto_policy():
                     assert ("training" if training else "inference") in why
 
 
+def test_modules_follow_the_auto_policy_through_the_eager_fast_path():
+    """fastops.nn modules under plain auto: where the policy leaves the call to torch it goes
+    straight to torch's forward (same outputs, the reason in explain()), elsewhere the cpu layer."""
+    _dispatch.set_crossovers_enabled(True)
+    for mode, cls in ((R.LSTM, fastops.nn.LSTM), (R.TANH, fastops.nn.RNN)):
+        m = cls(8, 16, batch_first=True)
+        ref = getattr(torch.nn, cls.__name__)(8, 16, batch_first=True)
+        ref.load_state_dict(m.state_dict())
+        for B in (1, 3, 40):
+            x = make((B, 4, 8), torch.float32, seed=B)
+            for training in (False, True):
+                _dispatch.clear_history()
+                with torch.set_grad_enabled(training):
+                    out, _ = m(x)
+                    want_out, _ = ref(x)
+                want = "cpu" if R.cpu_preferred(mode, torch.float32, B, training) else "torch"
+                assert _ran() == want, (mode, B, training, fastops.explain())
+                assert_close(out, want_out, torch.float32, reduction=16)
+                if want == "torch":
+                    assert f"at batch {B}" in fastops.explain()
+
+
 def test_auto_policy_is_batch_aware():
     """The policy depends on the batch and on whether a backward follows (e.g. bf16 LSTM: the cpu
     layer wins its fwd+bwd at small batch only; float32 tanh: its forward at small batch only)."""

@@ -131,6 +131,8 @@ class _FastRNNBase:
         return x, hx, lengths, packed, batched
 
     def forward(self, input, hx=None):
+        if type(input) is torch.Tensor and _rnn.torch_by_policy(self, input, hx):
+            return super().forward(input, hx)
         probe = input.data if isinstance(input, PackedSequence) else input
         why = self._why_torch(probe)
         if why is not None:
