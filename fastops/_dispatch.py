@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import threading
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -436,6 +437,14 @@ def chosen_name(choice: Choice) -> str:
     """The backend argument that makes a custom op run `choice` again: "auto:<name>" when auto
     picked it (so explain() still says so), else the name that was asked for."""
     return f"auto:{choice.kernel.backend}" if choice.by_auto else choice.kernel.backend
+
+
+def annotate(op: str, x: torch.Tensor, text: str) -> None:
+    """Appends `text` (e.g. which path inside the kernel ran) to the last choice explain() shows for
+    `op`, once."""
+    choice = last_choice(op)
+    if choice is not None and text not in choice.why:
+        _record(op, dataclasses.replace(choice, why=f"{choice.why}; {text}"), x)
 
 
 def fallback(op: str, x: torch.Tensor, why: str) -> Choice:

@@ -250,3 +250,17 @@ def test_auto_leaves_shapes_below_the_crossover_to_torch():
             _dispatch.set_small_kernel_upto(op, name, n)
         for key in ("cpu", "cpu:bfloat16"):
             _dispatch.set_crossover(op, key, saved.get(key, 0))
+
+
+def test_annotate_appends_to_the_last_choice_once():
+    op = "softmax_forward"
+    x = make((3, 5), torch.float32)
+    with fastops.use_backend("torch"):
+        F.softmax(x, -1)
+    before = _dispatch.last_choice(op)
+    _dispatch.annotate(op, x, "inner path: test")
+    _dispatch.annotate(op, x, "inner path: test")
+    after = _dispatch.last_choice(op)
+    assert after.why == f"{before.why}; inner path: test" and after.kernel is before.kernel
+    assert after.by_auto == before.by_auto
+    assert fastops.explain().count("inner path: test") == 1

@@ -267,7 +267,6 @@ _dispatch_dtypes = (torch.float32, torch.bfloat16, torch.float16)
 # backward's time loop likewise (rnn_persistent_backward; the weight GEMMs stay in torch). Either
 # direction reads and writes what the per-step loop does (y, saved, c_all; dgi, dgh).
 # FASTOPS_RNN_PERSISTENT=0 (or CUDA_PERSISTENT = False) keeps the per-step loop.
-import dataclasses as _dataclasses  # noqa: E402
 import os as _os  # noqa: E402
 
 CUDA_PERSISTENT = _os.environ.get("FASTOPS_RNN_PERSISTENT", "1") != "0"
@@ -301,8 +300,8 @@ def persistent_plan(x: torch.Tensor, h0: torch.Tensor, lengths, mode: int, backw
 def _note_cuda_path(x: torch.Tensor, text: str, op: str = "rnn_layer") -> None:
     """Adds which cuda path ran to the choice explain() shows for `op`."""
     choice = _dispatch.last_choice(op)
-    if choice is not None and choice.kernel.backend == "cuda" and text not in choice.why:
-        _dispatch._record(op, _dataclasses.replace(choice, why=f"{choice.why}; {text}"), x)
+    if choice is not None and choice.kernel.backend == "cuda":
+        _dispatch.annotate(op, x, text)
 
 
 def _persistent_backward(x, h0, mode, dy, dh, dc, saved, c_all, c0a, hprev, w_hh, dgi, dgh, lengths, reverse) -> bool:
