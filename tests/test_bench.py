@@ -69,3 +69,12 @@ def test_compiles_happen_in_warm_up_never_while_timing():
     sizes = iter(range(1, 1000))  # a new shape, so a recompile, on every call
     with pytest.raises(RuntimeError, match="recompiles on every call"):
         time_call(lambda: f(torch.ones(next(sizes))), "cpu", 2)
+
+
+@pytest.mark.cuda
+def test_rnn_raw_layer_runs_on_cuda_tensors():
+    """The bench's raw-kernel call (the dispatch-overhead line) takes the CUDA path on GPU tensors."""
+    from fastops.bench import rnn as bench_rnn
+    fam = bench_rnn.FAMILY
+    inputs = fam.make_case((4, 2, 8), torch.float32, "cuda").inputs()
+    torch.testing.assert_close(fam.raw_fn(*inputs), fam.torch_fn(*inputs), rtol=1e-4, atol=1e-5)

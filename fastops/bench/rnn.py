@@ -63,8 +63,11 @@ def _fns(mode: int):
         return R.layer_eager(*args, backend)[0]
 
     def raw_fn(*inputs):
-        """The C++ layer without dispatch or autograd."""
+        """The compiled layer without dispatch or autograd: the C++ time loop on CPU tensors, the
+        CUDA path (persistent kernel or per-step kernels) on GPU tensors."""
         x, h0, c0, w_ih, w_hh, b_ih, b_hh = split(inputs)
+        if x.is_cuda:
+            return R._forward_cuda(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, mode, False)[0]
         return _ext.C.rnn_layer_forward(mode, x, h0, c0, w_ih, w_hh, b_ih.float(), b_hh.float(), None, False)[0]
 
     return torch_fn, cell_loop, fastops_fn, raw_fn
