@@ -99,10 +99,14 @@ def _update_cpu_torch_below(op: str, crossover: Optional[dict]) -> None:
     """The eager fast path's threshold: the smallest CPU crossover of the op (0 when the cpu
     backend is unavailable, so that such calls reach select() and report the real reason)."""
     usable = backend_status("cpu")[0]
-    CPU_TORCH_BELOW[op] = min((n for key, n in (crossover or {}).items() if key.split(":")[0] == "cpu"),
-                              default=0) if usable else 0
+    CPU_TORCH_BELOW[op] = min(_cpu_crossovers(crossover).values(), default=0) if usable else 0
     if op in _small_call_paths:
         _push_small_limits(op)
+
+
+def _cpu_crossovers(table: Optional[dict]) -> dict:
+    """The entries of a crossover table for the cpu kernel: "cpu" and "cpu:<dtype>"."""
+    return {k: v for k, v in (table or {}).items() if k.split(":")[0] == "cpu"}
 
 
 def set_crossover(op: str, key: str, elements: float) -> None:
@@ -210,12 +214,18 @@ def set_crossovers_enabled(on: bool) -> None:
     _update_crossovers_on()
 
 
+def plain_auto() -> bool:
+    """True under plain auto settings in this thread: no named or scoped backend, strict mode,
+    FASTOPS_LOG or FASTOPS_CROSSOVERS=0, so crossovers and auto's policies apply."""
+    return _crossovers_on and _scoped_backend.get() is None
+
+
 def small_cpu_call(op: str, x: torch.Tensor) -> bool:
     """True when `auto` would send this call to torch for its size alone: a CPU tensor below the
     cpu kernel's crossover, with plain auto settings. Costs a few attribute reads, so a tiny call
     pays almost nothing on top of torch; it is recorded as such for explain()."""
-    if _crossovers_on and isinstance(x, torch.Tensor) and x.numel() < CPU_TORCH_BELOW.get(op, 0) \
-            and _scoped_backend.get() is None and not x.is_cuda:
+    if isinstance(x, torch.Tensor) and x.numel() < CPU_TORCH_BELOW.get(op, 0) and not x.is_cuda \
+            and plain_auto():
         _small_calls[op] = True
         return True
     return False
@@ -479,7 +489,7 @@ def explain() -> str:
 
 
 def _describe_crossover(op: str) -> str:
-    table = {k: v for k, v in _CROSSOVERS.get(op, {}).items() if k.split(":")[0] == "cpu"}
+    table = _cpu_crossovers(_CROSSOVERS.get(op))
     return "(" + ", ".join(f"{k}: {'never' if v == NEVER else int(v)}" for k, v in sorted(table.items())) + ")"
 
 

@@ -546,6 +546,14 @@ def test_modules_follow_the_auto_policy_through_the_eager_fast_path():
                 assert_close(out, want_out, torch.float32, reduction=16)
                 if want == "torch":
                     assert f"at batch {B}" in fastops.explain()
+    # only the biases train: still training, as the full path judges it (tanh fp32 B=40: cpu)
+    m = fastops.nn.RNN(8, 16)
+    m.weight_ih_l0.requires_grad_(False)
+    m.weight_hh_l0.requires_grad_(False)
+    assert R.cpu_preferred(R.TANH, torch.float32, 40, True) and not R.cpu_preferred(R.TANH, torch.float32, 40, False)
+    _dispatch.clear_history()
+    m(make((4, 40, 8), torch.float32, seed=7))
+    assert _ran() == "cpu", fastops.explain()
 
 
 def test_auto_policy_is_batch_aware():

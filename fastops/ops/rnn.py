@@ -235,29 +235,31 @@ def policy_why_torch(x: torch.Tensor, mode: int, backend: str, batch: int = None
             f"(cpu {where}; fastops.ops.rnn.CPU_MAX_BATCH)")
 
 
+_POLICY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the cpu layer's dtypes
+
+
 def torch_by_policy(module, x, hx) -> bool:
     """Eager fast path of fastops.nn.RNN/LSTM/GRU under plain auto on the CPU: True, with the
     policy's reason recorded for explain(), when CPU_MAX_BATCH leaves the call to torch. Decided
     from mode, dtype, batch and training alone, before any argument handling (which torch's own
     forward repeats), so a call auto hands to torch costs a few microseconds on top of torch."""
-    if not _dispatch._crossovers_on or x.device.type != "cpu" or x.dim() not in (2, 3) \
-            or x.dtype not in _dispatch_dtypes or _dispatch._scoped_backend.get() is not None \
-            or torch.compiler.is_compiling() or getattr(module, "proj_size", 0) > 0:
+    if x.device.type != "cpu" or x.dim() not in (2, 3) or x.dtype not in _POLICY_DTYPES \
+            or not _dispatch.plain_auto() or torch.compiler.is_compiling() or getattr(module, "proj_size", 0) > 0:
         return False
     mode = MODES.get(module.mode)
     if mode is None or not _dispatch.backend_status("cpu")[0]:
         return False
     batch = 1 if x.dim() == 2 else x.shape[0 if module.batch_first else 1]
     hs = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
-    training = _training((x, *hs, module.weight_ih_l0, module.weight_hh_l0))
+    # the first layer's tensors, as choose() judges them
+    training = _training((x, *hs, module.weight_ih_l0, module.weight_hh_l0, getattr(module, "bias_ih_l0", None),
+                          getattr(module, "bias_hh_l0", None)))
     why = policy_why_torch(x, mode, "cpu", batch, training)
     if why is None:
         return False
     _dispatch.fallback("rnn_layer", x, why)
     return True
 
-
-_dispatch_dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ---- cuda: the persistent layer forward (csrc/cuda/rnn.cu) -----------------------------------------
