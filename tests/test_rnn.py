@@ -265,6 +265,47 @@ def test_torch_backend_matches_cpu_with_lengths():
             assert_close(x, y.double(), torch.float32, reduction=32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", [R.TANH, R.RELU, R.LSTM, R.GRU])
+def test_cpu_inference_forward_keeps_nothing_and_matches_training(mode, dtype):
+    """keep_saved=False (the no-grad path) writes no saved / c_all and gives bitwise the training
+    forward's y, h_n, c_n: lengths, reverse, and a shape that runs two threads with a tail of units."""
+    for shape, lengths in (((5, 3, 4, 5), torch.tensor([5, 2, 3])), ((4, 4, 24, 96), None)):
+        T, B, I, H = shape
+        args = _layer_args(mode, T=T, B=B, I=I, H=H, dtype=dtype, lengths=lengths)
+        for reverse in (False, True):
+            full = R._forward_cpu(*args, mode, reverse)
+            inf = R._forward_cpu(*args, mode, reverse, keep_saved=False)
+            assert inf[3].shape[0] == 0 and inf[4].shape[0] == 0
+            assert full[3].shape[0] == T
+            for a, b in zip(full[:3], inf[:3]):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_module_no_grad_and_h_n_only_losses(dtype):
+    """The no-grad forward (nothing saved) and a loss on h_n / c_n alone (y's gradient is None, not
+    zeros) against torch, at a size where the LSTM step runs full 16-lane vectors on two threads."""
+    mine, ref = _pair("LSTM", dtype, input_size=24, hidden_size=96)
+    x = make((4, 4, 24), dtype, seed=1, scale=1.0)
+    with fastops.use_backend("cpu"):
+        with torch.no_grad():
+            out, (h, c) = mine(x)
+        assert _ran() == "cpu", fastops.explain()
+        out_r, (h_r, c_r) = ref(x.double())
+        for a, b in ((out, out_r), (h, h_r), (c, c_r)):
+            assert_close(a, b, dtype, reduction=96 * 4)
+        xm, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+        _, (h, c) = mine(xm)
+        (h.float().sum() + 2 * c.float().sum()).backward()
+    _, (h_r, c_r) = ref(xr)
+    (h_r.sum() + 2 * c_r.sum()).backward()
+    assert_close(xm.grad, xr.grad, dtype, reduction=4 * 4 * 96 * 4)
+    pr = dict(ref.named_parameters())
+    for name, p in mine.named_parameters():
+        assert_close(p.grad, pr[name].grad, dtype, reduction=4 * 4 * 96 * 4)
+
+
 def test_compile_cell_loop():
     w_ih, w_hh = make((20, 3), torch.float32, seed=1, scale=0.4), make((20, 5), torch.float32, seed=2, scale=0.4)
 

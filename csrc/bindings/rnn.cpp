@@ -95,20 +95,21 @@ RnnLayerParams layer_params(int64_t mode, const at::Tensor& x, const at::Tensor&
 std::vector<at::Tensor> layer_forward(int64_t mode, const at::Tensor& x, const at::Tensor& h0,
                                       const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                                      const c10::optional<at::Tensor>& lengths, bool reverse) {
+                                      const c10::optional<at::Tensor>& lengths, bool reverse, bool keep_saved) {
   RnnLayerParams p = layer_params(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
   const bool lstm = p.mode == RnnMode::kLstm;
   const auto f32 = x.options().dtype(at::kFloat);
+  const int64_t kept = keep_saved ? p.steps : 0;  // saved and c_all are [0, ...] for inference
   at::Tensor y = at::empty({p.steps, p.batch, p.hidden}, x.options());
   at::Tensor h_n = at::empty({p.batch, p.hidden}, x.options());
   at::Tensor c_n = at::empty({lstm ? p.batch : 0, p.hidden}, x.options());
-  at::Tensor saved = at::empty({p.steps, p.batch, math::rnn_saved(p.mode), p.hidden}, f32);
-  at::Tensor c_all = at::empty({lstm ? p.steps : 0, p.batch, p.hidden}, f32);
+  at::Tensor saved = at::empty({kept, p.batch, math::rnn_saved(p.mode), p.hidden}, f32);
+  at::Tensor c_all = at::empty({lstm ? kept : 0, p.batch, p.hidden}, f32);
   p.y = y.data_ptr();
   p.h_n = h_n.data_ptr();
   p.c_n = c_n.data_ptr();
-  p.saved = saved.data_ptr<float>();
-  p.c_all = c_all.data_ptr<float>();
+  p.saved = keep_saved ? saved.data_ptr<float>() : nullptr;
+  p.c_all = keep_saved ? c_all.data_ptr<float>() : nullptr;
   {
     py::gil_scoped_release release;
     cpu::rnn_layer_forward(p);
@@ -433,9 +434,11 @@ void persistent_backward(int64_t mode, const c10::optional<at::Tensor>& dy, cons
 }  // namespace
 
 void bind_rnn(pybind11::module_& m) {
-  m.def("rnn_layer_forward", &layer_forward, "one RNN/LSTM/GRU layer direction on cpu: (y, h_n, c_n, saved, c_all)",
+  m.def("rnn_layer_forward", &layer_forward,
+        "one RNN/LSTM/GRU layer direction on cpu: (y, h_n, c_n, saved, c_all); keep_saved=False (inference) "
+        "returns saved and c_all with 0 steps",
         py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
-        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"));
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("keep_saved") = true);
   m.def("rnn_layer_backward", &layer_backward,
         "gradients of one layer direction on cpu: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), float32",
         py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),

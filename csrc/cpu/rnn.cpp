@@ -30,6 +30,7 @@
 #include "fastops/rnn.h"
 #include "fastops/storage.h"
 #include "isa.h"
+#include "vec_math.h"
 
 namespace fastops {
 namespace cpu {
@@ -111,19 +112,59 @@ FASTOPS_FORCE_INLINE void backward_block(const RnnStepBackwardParams& p, int64_t
   }
 }
 
-// One forward and one backward entry per ISA (isa.h): the same loops compiled for each target.
-#define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET)                                                          \
+#if FASTOPS_HAVE_X86_PATHS
+// The LSTM step of an active row on 16 lanes (what the compiler makes of rnn_step_forward_unit
+// spills and runs at a third of this speed): math::lstm_forward_t with vec512::GateOps, the
+// biases added as rnn_biased does. saved may be null (inference: nothing kept for backward).
+template <typename T>
+FASTOPS_VEC512 void lstm_forward_row_vec512(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+  namespace v = vec512;
+  const int64_t H = p.hidden, u0 = b * H;
+  const float* gi = p.gi + b * p.gi_stride;
+  const float* gh = p.gh + b * p.gh_stride;
+  float* saved = p.saved ? p.saved + b * 4 * H : nullptr;
+  T* h_out = static_cast<T*>(p.h_out) + u0;
+  T* y_out = p.y_out ? static_cast<T*>(p.y_out) + u0 : nullptr;
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = v::first_lanes(static_cast<int>(j1 - j));
+    __m512 a[4];
+    for (int g = 0; g < 4; ++g) {
+      const int64_t k = g * H + j;
+      const __m512 x = p.b_ih ? v::load(gi + k, m) + v::load(p.b_ih + k, m) : v::load(gi + k, m);
+      const __m512 y = p.b_hh ? v::load(gh + k, m) + v::load(p.b_hh + k, m) : v::load(gh + k, m);
+      a[g] = x + y;
+    }
+    const auto r = math::lstm_forward_t<v::GateOps>(a[0], a[1], a[2], a[3], v::load(p.c_prev + u0 + j, m));
+    if (saved) {
+      v::store(saved + j, m, r.i);
+      v::store(saved + H + j, m, r.f);
+      v::store(saved + 2 * H + j, m, r.g);
+      v::store(saved + 3 * H + j, m, r.o);
+    }
+    v::store(p.c_out + u0 + j, m, r.c);
+    v::store(h_out + j, m, r.h);
+    if (y_out) v::store(y_out + j, m, r.h);
+  }
+}
+#endif
+
+// One forward and one backward entry per ISA (isa.h): the same loops compiled for each target;
+// the AVX-512 forward runs the LSTM's active rows on lstm_forward_row_vec512.
+#define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET, LSTM_ROW)                                                \
   template <RnnMode M, typename T>                                                                      \
   TARGET void forward_block_##SUFFIX(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {       \
+    if constexpr (M == RnnMode::kLstm && LSTM_ROW) {                                                    \
+      if (active(p.lengths, b, p.t)) return lstm_forward_row_vec512<T>(p, b, j0, j1);                   \
+    }                                                                                                   \
     forward_block<M, T>(p, b, j0, j1);                                                                  \
   }                                                                                                     \
   template <RnnMode M, typename T>                                                                      \
   TARGET void backward_block_##SUFFIX(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) { \
     backward_block<M, T>(p, b, j0, j1);                                                                 \
   }
-FASTOPS_RNN_ISA_ENTRIES(avx512, FASTOPS_TARGET_AVX512)
-FASTOPS_RNN_ISA_ENTRIES(avx2, FASTOPS_TARGET_AVX2)
-FASTOPS_RNN_ISA_ENTRIES(base, FASTOPS_TARGET_BASELINE)
+FASTOPS_RNN_ISA_ENTRIES(avx512, FASTOPS_TARGET_AVX512, FASTOPS_HAVE_X86_PATHS)
+FASTOPS_RNN_ISA_ENTRIES(avx2, FASTOPS_TARGET_AVX2, false)
+FASTOPS_RNN_ISA_ENTRIES(base, FASTOPS_TARGET_BASELINE, false)
 #undef FASTOPS_RNN_ISA_ENTRIES
 
 // Runs block(p, b, j0, j1) over every (row, block of kUnitBlock units), in parallel when large.
@@ -302,6 +343,13 @@ Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   return t;
 }
 
+// Asks for rows r < rows, columns [j0, j1) of a float32 [rows, H] block into L2: the next step's
+// x W_ih^T, read from memory while this step's GEMM computes (the cell stalls on it otherwise).
+void prefetch_units(const float* base, int64_t rows, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = j0; j < j1; j += 16) __builtin_prefetch(base + r * H + j, 0, 2);
+}
+
 int64_t forward_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
 
 }  // namespace
@@ -341,11 +389,14 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);
   // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
   const PackedB whh(GemmOperand{p.w_hh, 0, 1, H}, H, H, p.dtype, G, H * H);
-  std::vector<float> c0;
-  if (lstm) {
-    c0.resize(static_cast<size_t>(B * H));
-    widen_any(p.dtype, p.c0, c0.data(), B * H);
-  }
+  // Inference (p.saved null): the steps write `saved` into one step's scratch that stays in cache,
+  // and c ping-pongs between two buffers instead of filling c_all.
+  const bool keep = p.saved != nullptr;
+  std::vector<float> scratch(keep ? 0 : static_cast<size_t>(B * S * H));
+  std::vector<float> c0(lstm ? static_cast<size_t>((keep ? 1 : 3) * B * H) : 0);
+  if (lstm) widen_any(p.dtype, p.c0, c0.data(), B * H);
+  // c leaving step s (c entering step 0 is c0)
+  auto c_of = [&](int64_t s) { return keep ? p.c_all + forward_time(p, s) * B * H : c0.data() + (1 + s % 2) * B * H; };
   // h ping-pongs between two buffers, so one barrier per step orders every read and write
   std::vector<char> hbuf(static_cast<size_t>(2 * B * H) * es);
   std::memcpy(hbuf.data(), p.h0, static_cast<size_t>(B * H) * es);
@@ -359,6 +410,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
       const int64_t t = forward_time(p, s);
       void* h_prev = hbuf.data() + static_cast<size_t>((s % 2) * B * H) * es;
       void* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
+      if (j0 < j1 && s + 1 < T) prefetch_units(gx.get() + forward_time(p, s + 1) * B * GH, B * G, H, j0, j1);
       if (j0 < j1) {
         GemmParams g;  // gh[:, g*H + j] = h W_hh^T for this thread's units j of every gate
         g.m = B;
@@ -382,10 +434,10 @@ void rnn_layer_forward(const RnnLayerParams& p) {
         sp.h_out = h_out;
         sp.y_out = y + static_cast<size_t>(t * B * H) * es;
         if (lstm) {
-          sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
-          sp.c_out = p.c_all + t * B * H;
+          sp.c_prev = s == 0 ? c0.data() : c_of(s - 1);
+          sp.c_out = c_of(s);
         }
-        sp.saved = p.saved + t * B * S * H;
+        sp.saved = keep ? p.saved + t * B * S * H : scratch.data();
         sp.lengths = p.lengths;
         sp.t = t;
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
@@ -394,7 +446,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
     }
   }
   std::memcpy(p.h_n, hbuf.data() + static_cast<size_t>((T % 2) * B * H) * es, static_cast<size_t>(B * H) * es);
-  if (lstm) narrow_any(p.dtype, p.c_all + forward_time(p, T - 1) * B * H, p.c_n, B * H);
+  if (lstm) narrow_any(p.dtype, c_of(T - 1), p.c_n, B * H);
 }
 
 void rnn_layer_backward(const RnnLayerBackwardParams& q) {

@@ -47,6 +47,26 @@ FASTOPS_VEC512 __m512 recip(__m512 d) {
 
 FASTOPS_VEC512 __m512 sigmoid(__m512 x) { return recip(1.0f + exp_clamped(-x)); }
 
+// math::tanh_f32's formula: the odd polynomial for |x| < 0.625, 1 - 2 / (exp(2|x|) + 1) with x's
+// sign above; NaN propagates.
+FASTOPS_VEC512 __m512 tanh(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 small = math::tanh_small(x, x * x);
+  const __m512 big_abs = 1.0f - 2.0f * recip(exp_clamped(2.0f * ax) + 1.0f);
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512 big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big_abs), sign));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
+}
+
+// The gate nonlinearities of math::lstm_forward_t on 16 lanes. Not always_inline: the generic
+// template calls them, and an always_inline AVX-512 function cannot be inlined there; the AVX-512
+// entry points' `flatten` (isa.h) inlines the whole chain into them.
+#define FASTOPS_VEC512_CALLBACK inline __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+struct GateOps {
+  static FASTOPS_VEC512_CALLBACK __m512 sigmoid(__m512 x) { return vec512::sigmoid(x); }
+  static FASTOPS_VEC512_CALLBACK __m512 tanh(__m512 x) { return vec512::tanh(x); }
+};
+
 FASTOPS_VEC512 __m512 erf(__m512 x) {
   const __m512 xc = _mm512_min_ps(_mm512_set1_ps(math::kErfClamp), _mm512_max_ps(_mm512_set1_ps(-math::kErfClamp), x));
   const math::ErfRational<__m512> e = math::erf_rational(xc);

@@ -80,7 +80,7 @@ struct RnnLayerParams {
   void* y = nullptr;      // storage [T, B, H]
   void* h_n = nullptr;    // storage [B, H]
   void* c_n = nullptr;    // LSTM: storage [B, H]
-  float* saved = nullptr;  // fp32 [T, B, S, H]
+  float* saved = nullptr;  // fp32 [T, B, S, H]; null with c_all: inference, nothing kept for backward
   float* c_all = nullptr;  // LSTM: fp32 [T, B, H], c' of every step
 };
 

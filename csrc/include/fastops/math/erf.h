@@ -44,20 +44,25 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float erf_f32(float x) {
 #endif
 }
 
-// tanh in float32, branch-free (vectorises): odd polynomial for |x| < 0.625 (Cephes tanhf),
+// tanh(x) for |x| < 0.625, z = x * x: odd polynomial (Cephes tanhf). A template so the CPU's
+// 16-lane code (csrc/cpu/vec_math.h) runs the same polynomial.
+template <typename T>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE T tanh_small(T x, T z) {
+  T p = z * -5.70498872745e-3f + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  return p * z * x + x;
+}
+
+// tanh in float32, branch-free (vectorises): tanh_small for |x| < 0.625,
 // 1 - 2 / (exp(2|x|) + 1) above; ~2 ulp, tanh(+-inf) = +-1, NaN propagates. CUDA: tanhf.
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float tanh_f32(float x) {
 #if defined(__CUDA_ARCH__)
   return tanhf(x);
 #else
   const float ax = x < 0.0f ? -x : x;
-  const float z = x * x;
-  float p = -5.70498872745e-3f;
-  p = p * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  const float small = p * z * x + x;
+  const float small = tanh_small(x, x * x);
   const float big_abs = 1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f);
   const float big = x < 0.0f ? -big_abs : big_abs;
   const float y = ax < 0.625f ? small : big;

@@ -35,21 +35,35 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_forward(bool relu, flo
   return relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
 }
 
-struct LstmForward {
-  float i, f, g, o, c, h;
+template <typename V>
+struct LstmForwardT {
+  V i, f, g, o, c, h;
+};
+using LstmForward = LstmForwardT<float>;
+
+// The gate nonlinearities for lstm_forward_t on floats; the CPU's 16-lane forms are in
+// csrc/cpu/vec_math.h (vec512::GateOps), so the cell formulas below exist once.
+struct ScalarGateOps {
+  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float sigmoid(float x) { return math::sigmoid(x); }
+  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float tanh(float x) { return tanh_f32(x); }
 };
 
-// Pre-activations a_* = gi_* + gh_*, previous cell c_prev.
+// Pre-activations a_* = gi_* + gh_*, previous cell c_prev; V is float or a vector of lanes.
+template <typename Ops, typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmForwardT<V> lstm_forward_t(V a_i, V a_f, V a_g, V a_o, V c_prev) {
+  LstmForwardT<V> r;
+  r.i = Ops::sigmoid(a_i);
+  r.f = Ops::sigmoid(a_f);
+  r.g = Ops::tanh(a_g);
+  r.o = Ops::sigmoid(a_o);
+  r.c = r.f * c_prev + r.i * r.g;
+  r.h = r.o * Ops::tanh(r.c);
+  return r;
+}
+
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmForward lstm_forward(float a_i, float a_f, float a_g, float a_o,
                                                                   float c_prev) {
-  LstmForward r;
-  r.i = sigmoid(a_i);
-  r.f = sigmoid(a_f);
-  r.g = tanh_f32(a_g);
-  r.o = sigmoid(a_o);
-  r.c = r.f * c_prev + r.i * r.g;
-  r.h = r.o * tanh_f32(r.c);
-  return r;
+  return lstm_forward_t<ScalarGateOps>(a_i, a_f, a_g, a_o, c_prev);
 }
 
 struct GruForward {
