@@ -146,10 +146,43 @@ FASTOPS_VEC512 void lstm_forward_row_vec512(const RnnStepParams& p, int64_t b, i
     if (y_out) v::store(y_out + j, m, r.h);
   }
 }
+
+// The LSTM backward step of an active row on 16 lanes: math::lstm_backward_t with vec512::GateOps.
+template <typename T>
+FASTOPS_VEC512 void lstm_backward_row_vec512(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
+  namespace v = vec512;
+  const int64_t H = p.hidden, u0 = b * H;
+  const float* saved = p.saved + b * 4 * H;
+  float* dgi = p.dgi + b * 4 * H;
+  const T* dy = p.dy ? static_cast<const T*>(p.dy) + u0 : nullptr;
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = v::first_lanes(static_cast<int>(j1 - j));
+    const __m512 dh = dy ? v::load(p.dh + u0 + j, m) + v::load(dy + j, m) : v::load(p.dh + u0 + j, m);
+    const auto r = math::lstm_backward_t<v::GateOps>(
+        dh, v::load(p.dc + u0 + j, m), v::load(saved + j, m), v::load(saved + H + j, m),
+        v::load(saved + 2 * H + j, m), v::load(saved + 3 * H + j, m), v::load(p.c + u0 + j, m),
+        v::load(p.c_prev + u0 + j, m));
+    v::store(dgi + j, m, r.di);
+    v::store(dgi + H + j, m, r.df);
+    v::store(dgi + 2 * H + j, m, r.dg);
+    v::store(dgi + 3 * H + j, m, r.do_);
+    v::store(p.dc + u0 + j, m, r.dc_prev);
+    v::store(p.dh + u0 + j, m, _mm512_setzero_ps());
+  }
+}
+
+// dst[i] = bfloat16(src[i]), i < n, as from_float rounds.
+FASTOPS_TARGET_AVX512 void narrow_bf16_avx512(const float* src, void* dst, int64_t n) {
+  BFloat16* d = static_cast<BFloat16*>(dst);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = vec512::first_lanes(static_cast<int>(std::min<int64_t>(16, n - i)));
+    vec512::store(d + i, m, vec512::load(src + i, m));
+  }
+}
 #endif
 
 // One forward and one backward entry per ISA (isa.h): the same loops compiled for each target;
-// the AVX-512 forward runs the LSTM's active rows on lstm_forward_row_vec512.
+// the AVX-512 entries run the LSTM's active rows on lstm_{forward,backward}_row_vec512.
 #define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET, LSTM_ROW)                                                \
   template <RnnMode M, typename T>                                                                      \
   TARGET void forward_block_##SUFFIX(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {       \
@@ -160,6 +193,9 @@ FASTOPS_VEC512 void lstm_forward_row_vec512(const RnnStepParams& p, int64_t b, i
   }                                                                                                     \
   template <RnnMode M, typename T>                                                                      \
   TARGET void backward_block_##SUFFIX(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) { \
+    if constexpr (M == RnnMode::kLstm && LSTM_ROW) {                                                    \
+      if (active(p.lengths, b, p.t)) return lstm_backward_row_vec512<T>(p, b, j0, j1);                  \
+    }                                                                                                   \
     backward_block<M, T>(p, b, j0, j1);                                                                 \
   }
 FASTOPS_RNN_ISA_ENTRIES(avx512, FASTOPS_TARGET_AVX512, FASTOPS_HAVE_X86_PATHS)
@@ -234,6 +270,16 @@ template <typename T>
 void narrow(const float* src, void* dst, int64_t n) {
   T* d = static_cast<T*>(dst);
   for (int64_t i = 0; i < n; ++i) d[i] = from_float<T>(src[i]);
+}
+
+// narrow<BFloat16> for the running CPU.
+using NarrowBf16 = void (*)(const float*, void*, int64_t);
+NarrowBf16 narrow_bf16_fn() {
+#if FASTOPS_HAVE_X86_PATHS
+  return select_isa<NarrowBf16>(&narrow<BFloat16>, &narrow<BFloat16>, &narrow_bf16_avx512);
+#else
+  return &narrow<BFloat16>;
+#endif
 }
 
 void narrow_any(DType d, const float* src, void* dst, int64_t n) {
@@ -520,6 +566,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   const F32View whh(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.w_hh, narrow_ops ? 0 : GH * H);
   const PackedB whh_packed(GemmOperand{narrow_ops ? p.w_hh : whh.ptr, 0, H, 1}, GH, H, ab);  // W_hh [GH, H]
   const BackwardBlock block = backward_block_fn(p.mode, p.dtype);
+  const NarrowBf16 to_bf16 = narrow_bf16_fn();
   const Team team = make_team(whh_packed.panel_cols(), H, B * GH * H);
   const char* dy = static_cast<const char*>(q.dy);
 #pragma omp parallel num_threads(team.threads)
@@ -549,8 +596,8 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
         if (narrow_ops) {  // this thread's units of every gate, rounded once for the GEMMs
           for (int64_t r = t * B * G; r < (t + 1) * B * G; ++r) {
-            narrow<BFloat16>(dgi.data() + r * H + j0, dgi_n.data() + r * H + j0, j1 - j0);
-            if (gru) narrow<BFloat16>(dgh + r * H + j0, dgh_n.data() + r * H + j0, j1 - j0);
+            to_bf16(dgi.data() + r * H + j0, dgi_n.data() + r * H + j0, j1 - j0);
+            if (gru) to_bf16(dgh + r * H + j0, dgh_n.data() + r * H + j0, j1 - j0);
           }
         }
       }

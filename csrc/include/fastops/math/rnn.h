@@ -89,22 +89,31 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_backward(bool relu, fl
   return relu ? (h > 0.0f ? dh : 0.0f) : dh * (1.0f - h * h);
 }
 
-struct LstmBackward {
-  float di, df, dg, do_, dc_prev;  // gradients of the four pre-activations; of c_prev
+template <typename V>
+struct LstmBackwardT {
+  V di, df, dg, do_, dc_prev;  // gradients of the four pre-activations; of c_prev
 };
+using LstmBackward = LstmBackwardT<float>;
 
-// dc: gradient reaching c' from the next step; c: c' (this step's cell), c_prev.
-FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmBackward lstm_backward(float dh, float dc, float i, float f, float g,
-                                                                    float o, float c, float c_prev) {
-  const float tc = tanh_f32(c);
-  const float dct = dc + dh * o * (1.0f - tc * tc);
-  LstmBackward r;
+// dc: gradient reaching c' from the next step; c: c' (this step's cell), c_prev. Ops and V as in
+// lstm_forward_t.
+template <typename Ops, typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmBackwardT<V> lstm_backward_t(V dh, V dc, V i, V f, V g, V o, V c,
+                                                                         V c_prev) {
+  const V tc = Ops::tanh(c);
+  const V dct = dc + dh * o * (1.0f - tc * tc);
+  LstmBackwardT<V> r;
   r.di = dct * g * i * (1.0f - i);
   r.df = dct * c_prev * f * (1.0f - f);
   r.dg = dct * i * (1.0f - g * g);
   r.do_ = dh * tc * o * (1.0f - o);
   r.dc_prev = dct * f;
   return r;
+}
+
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmBackward lstm_backward(float dh, float dc, float i, float f, float g,
+                                                                    float o, float c, float c_prev) {
+  return lstm_backward_t<ScalarGateOps>(dh, dc, i, f, g, o, c, c_prev);
 }
 
 struct GruBackward {
