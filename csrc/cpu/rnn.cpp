@@ -113,61 +113,88 @@ FASTOPS_FORCE_INLINE void backward_block(const RnnStepBackwardParams& p, int64_t
 }
 
 #if FASTOPS_HAVE_X86_PATHS
-// The LSTM step of an active row on 16 lanes (what the compiler makes of rnn_step_forward_unit
-// spills and runs at a third of this speed): math::lstm_forward_t with vec512::GateOps, the
-// biases added as rnn_biased does. saved may be null (inference: nothing kept for backward).
-template <typename T>
-FASTOPS_VEC512 void lstm_forward_row_vec512(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
+// The steps of an active row on 16 lanes, for the AVX-512 entries (what the compiler makes of
+// rnn_step_*_unit spills, and ran at a third of this speed): the cell formulas of
+// fastops/math/rnn.h with vec512::GateOps, the biases added as rnn_biased does.
+FASTOPS_VEC512 __m512 biased_vec512(const float* g, const float* bias, int64_t k, __mmask16 m) {
+  return bias ? vec512::load(g + k, m) + vec512::load(bias + k, m) : vec512::load(g + k, m);
+}
+
+// saved may be null (inference: nothing kept for backward).
+template <RnnMode M, typename T>
+FASTOPS_VEC512 void forward_row_vec512(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {
   namespace v = vec512;
+  constexpr int G = math::rnn_gates(M), S = math::rnn_saved(M);
   const int64_t H = p.hidden, u0 = b * H;
   const float* gi = p.gi + b * p.gi_stride;
   const float* gh = p.gh + b * p.gh_stride;
-  float* saved = p.saved ? p.saved + b * 4 * H : nullptr;
+  float* saved = p.saved ? p.saved + b * S * H : nullptr;
+  const T* h_prev = static_cast<const T*>(p.h_prev) + u0;
   T* h_out = static_cast<T*>(p.h_out) + u0;
   T* y_out = p.y_out ? static_cast<T*>(p.y_out) + u0 : nullptr;
   for (int64_t j = j0; j < j1; j += 16) {
     const __mmask16 m = v::first_lanes(static_cast<int>(j1 - j));
-    __m512 a[4];
-    for (int g = 0; g < 4; ++g) {
-      const int64_t k = g * H + j;
-      const __m512 x = p.b_ih ? v::load(gi + k, m) + v::load(p.b_ih + k, m) : v::load(gi + k, m);
-      const __m512 y = p.b_hh ? v::load(gh + k, m) + v::load(p.b_hh + k, m) : v::load(gh + k, m);
-      a[g] = x + y;
+    __m512 xi[G], xh[G], keep[S], h;
+    for (int g = 0; g < G; ++g) {
+      xi[g] = biased_vec512(gi, p.b_ih, g * H + j, m);
+      xh[g] = biased_vec512(gh, p.b_hh, g * H + j, m);
     }
-    const auto r = math::lstm_forward_t<v::GateOps>(a[0], a[1], a[2], a[3], v::load(p.c_prev + u0 + j, m));
-    if (saved) {
-      v::store(saved + j, m, r.i);
-      v::store(saved + H + j, m, r.f);
-      v::store(saved + 2 * H + j, m, r.g);
-      v::store(saved + 3 * H + j, m, r.o);
+    if constexpr (M == RnnMode::kLstm) {
+      const auto r = math::lstm_forward_t<v::GateOps>(xi[0] + xh[0], xi[1] + xh[1], xi[2] + xh[2], xi[3] + xh[3],
+                                                      v::load(p.c_prev + u0 + j, m));
+      keep[0] = r.i, keep[1] = r.f, keep[2] = r.g, keep[3] = r.o;
+      v::store(p.c_out + u0 + j, m, r.c);
+      h = r.h;
+    } else if constexpr (M == RnnMode::kGru) {
+      const auto r = math::gru_forward_t<v::GateOps>(xi[0], xi[1], xi[2], xh[0], xh[1], xh[2], v::load(h_prev + j, m));
+      keep[0] = r.r, keep[1] = r.z, keep[2] = r.n, keep[3] = xh[2];
+      h = r.h;
+    } else {
+      h = keep[0] = math::rnn_simple_forward_t<v::GateOps>(M == RnnMode::kRelu, xi[0] + xh[0]);
     }
-    v::store(p.c_out + u0 + j, m, r.c);
-    v::store(h_out + j, m, r.h);
-    if (y_out) v::store(y_out + j, m, r.h);
+    if (saved)
+      for (int k = 0; k < S; ++k) v::store(saved + k * H + j, m, keep[k]);
+    v::store(h_out + j, m, h);
+    if (y_out) v::store(y_out + j, m, h);
   }
 }
 
-// The LSTM backward step of an active row on 16 lanes: math::lstm_backward_t with vec512::GateOps.
-template <typename T>
-FASTOPS_VEC512 void lstm_backward_row_vec512(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
+template <RnnMode M, typename T>
+FASTOPS_VEC512 void backward_row_vec512(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) {
   namespace v = vec512;
+  constexpr int G = math::rnn_gates(M), S = math::rnn_saved(M);
   const int64_t H = p.hidden, u0 = b * H;
-  const float* saved = p.saved + b * 4 * H;
-  float* dgi = p.dgi + b * 4 * H;
+  const float* saved = p.saved + b * S * H;
+  float* dgi = p.dgi + b * G * H;
   const T* dy = p.dy ? static_cast<const T*>(p.dy) + u0 : nullptr;
   for (int64_t j = j0; j < j1; j += 16) {
     const __mmask16 m = v::first_lanes(static_cast<int>(j1 - j));
     const __m512 dh = dy ? v::load(p.dh + u0 + j, m) + v::load(dy + j, m) : v::load(p.dh + u0 + j, m);
-    const auto r = math::lstm_backward_t<v::GateOps>(
-        dh, v::load(p.dc + u0 + j, m), v::load(saved + j, m), v::load(saved + H + j, m),
-        v::load(saved + 2 * H + j, m), v::load(saved + 3 * H + j, m), v::load(p.c + u0 + j, m),
-        v::load(p.c_prev + u0 + j, m));
-    v::store(dgi + j, m, r.di);
-    v::store(dgi + H + j, m, r.df);
-    v::store(dgi + 2 * H + j, m, r.dg);
-    v::store(dgi + 3 * H + j, m, r.do_);
-    v::store(p.dc + u0 + j, m, r.dc_prev);
-    v::store(p.dh + u0 + j, m, _mm512_setzero_ps());
+    __m512 sv[S];
+    for (int k = 0; k < S; ++k) sv[k] = v::load(saved + k * H + j, m);
+    __m512 dh_prev = _mm512_setzero_ps();
+    if constexpr (M == RnnMode::kLstm) {
+      const auto r = math::lstm_backward_t<v::GateOps>(dh, v::load(p.dc + u0 + j, m), sv[0], sv[1], sv[2], sv[3],
+                                                       v::load(p.c + u0 + j, m), v::load(p.c_prev + u0 + j, m));
+      v::store(dgi + j, m, r.di);
+      v::store(dgi + H + j, m, r.df);
+      v::store(dgi + 2 * H + j, m, r.dg);
+      v::store(dgi + 3 * H + j, m, r.do_);
+      v::store(p.dc + u0 + j, m, r.dc_prev);
+    } else if constexpr (M == RnnMode::kGru) {
+      const auto r = math::gru_backward_t(dh, sv[0], sv[1], sv[2], sv[3], v::load(p.h_prev + u0 + j, m));
+      float* dgh = p.dgh + b * G * H;
+      v::store(dgi + j, m, r.dr);
+      v::store(dgi + H + j, m, r.dz);
+      v::store(dgi + 2 * H + j, m, r.dn);
+      v::store(dgh + j, m, r.dr);
+      v::store(dgh + H + j, m, r.dz);
+      v::store(dgh + 2 * H + j, m, r.dgh_n);
+      dh_prev = r.dh_prev;
+    } else {
+      v::store(dgi + j, m, math::rnn_simple_backward_t<v::GateOps>(M == RnnMode::kRelu, dh, sv[0]));
+    }
+    v::store(p.dh + u0 + j, m, dh_prev);
   }
 }
 
@@ -182,19 +209,19 @@ FASTOPS_TARGET_AVX512 void narrow_bf16_avx512(const float* src, void* dst, int64
 #endif
 
 // One forward and one backward entry per ISA (isa.h): the same loops compiled for each target;
-// the AVX-512 entries run the LSTM's active rows on lstm_{forward,backward}_row_vec512.
-#define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET, LSTM_ROW)                                                \
+// the AVX-512 entries run active rows on {forward,backward}_row_vec512.
+#define FASTOPS_RNN_ISA_ENTRIES(SUFFIX, TARGET, VEC_ROWS)                                                \
   template <RnnMode M, typename T>                                                                      \
   TARGET void forward_block_##SUFFIX(const RnnStepParams& p, int64_t b, int64_t j0, int64_t j1) {       \
-    if constexpr (M == RnnMode::kLstm && LSTM_ROW) {                                                    \
-      if (active(p.lengths, b, p.t)) return lstm_forward_row_vec512<T>(p, b, j0, j1);                   \
+    if constexpr (VEC_ROWS) {                                                                           \
+      if (active(p.lengths, b, p.t)) return forward_row_vec512<M, T>(p, b, j0, j1);                     \
     }                                                                                                   \
     forward_block<M, T>(p, b, j0, j1);                                                                  \
   }                                                                                                     \
   template <RnnMode M, typename T>                                                                      \
   TARGET void backward_block_##SUFFIX(const RnnStepBackwardParams& p, int64_t b, int64_t j0, int64_t j1) { \
-    if constexpr (M == RnnMode::kLstm && LSTM_ROW) {                                                    \
-      if (active(p.lengths, b, p.t)) return lstm_backward_row_vec512<T>(p, b, j0, j1);                  \
+    if constexpr (VEC_ROWS) {                                                                           \
+      if (active(p.lengths, b, p.t)) return backward_row_vec512<M, T>(p, b, j0, j1);                    \
     }                                                                                                   \
     backward_block<M, T>(p, b, j0, j1);                                                                 \
   }

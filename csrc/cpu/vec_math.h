@@ -58,13 +58,16 @@ FASTOPS_VEC512 __m512 tanh(__m512 x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
 }
 
-// The gate nonlinearities of math::lstm_forward_t on 16 lanes. Not always_inline: the generic
-// template calls them, and an always_inline AVX-512 function cannot be inlined there; the AVX-512
+// The nonlinearities of the cell formulas in fastops/math/rnn.h (math::ScalarGateOps) on 16
+// lanes. Not always_inline: the generic template calls them, and an always_inline AVX-512 function cannot be inlined there; the AVX-512
 // entry points' `flatten` (isa.h) inlines the whole chain into them.
 #define FASTOPS_VEC512_CALLBACK inline __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 struct GateOps {
   static FASTOPS_VEC512_CALLBACK __m512 sigmoid(__m512 x) { return vec512::sigmoid(x); }
   static FASTOPS_VEC512_CALLBACK __m512 tanh(__m512 x) { return vec512::tanh(x); }
+  static FASTOPS_VEC512_CALLBACK __m512 pos(__m512 h, __m512 v) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  }
 };
 
 FASTOPS_VEC512 __m512 erf(__m512 x) {

@@ -30,9 +30,23 @@ FASTOPS_HOST_DEVICE constexpr int rnn_saved(RnnMode m) {
 
 // ---- forward -----------------------------------------------------------------------------
 
+// Every cell formula below is a template over the lane type V (float, or a CPU vector of 16
+// floats) and Ops, which supplies the nonlinearities for V: ScalarGateOps here, vec512::GateOps in
+// csrc/cpu/vec_math.h. So the formulas exist once for the scalar loops, the CUDA kernels and the
+// CPU's vector loops. Ops::pos(h, v) is h > 0 ? v : 0 (relu and its derivative).
+struct ScalarGateOps {
+  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float sigmoid(float x) { return math::sigmoid(x); }
+  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float tanh(float x) { return tanh_f32(x); }
+  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float pos(float h, float v) { return h > 0.0f ? v : 0.0f; }
+};
+
 // tanh / relu cell: a = gi + gh. Returns h'.
+template <typename Ops, typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE V rnn_simple_forward_t(bool relu, V a) {
+  return relu ? Ops::pos(a, a) : Ops::tanh(a);
+}
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_forward(bool relu, float a) {
-  return relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
+  return rnn_simple_forward_t<ScalarGateOps>(relu, a);
 }
 
 template <typename V>
@@ -40,13 +54,6 @@ struct LstmForwardT {
   V i, f, g, o, c, h;
 };
 using LstmForward = LstmForwardT<float>;
-
-// The gate nonlinearities for lstm_forward_t on floats; the CPU's 16-lane forms are in
-// csrc/cpu/vec_math.h (vec512::GateOps), so the cell formulas below exist once.
-struct ScalarGateOps {
-  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float sigmoid(float x) { return math::sigmoid(x); }
-  static FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float tanh(float x) { return tanh_f32(x); }
-};
 
 // Pre-activations a_* = gi_* + gh_*, previous cell c_prev; V is float or a vector of lanes.
 template <typename Ops, typename V>
@@ -66,27 +73,38 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmForward lstm_forward(float a_i, flo
   return lstm_forward_t<ScalarGateOps>(a_i, a_f, a_g, a_o, c_prev);
 }
 
-struct GruForward {
-  float r, z, n, h;
+template <typename V>
+struct GruForwardT {
+  V r, z, n, h;
 };
+using GruForward = GruForwardT<float>;
 
 // gi_*, gh_* per gate (biases included), h_prev.
-FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruForward gru_forward(float gi_r, float gi_z, float gi_n, float gh_r,
-                                                                float gh_z, float gh_n, float h_prev) {
-  GruForward o;
-  o.r = sigmoid(gi_r + gh_r);
-  o.z = sigmoid(gi_z + gh_z);
-  o.n = tanh_f32(gi_n + o.r * gh_n);
+template <typename Ops, typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruForwardT<V> gru_forward_t(V gi_r, V gi_z, V gi_n, V gh_r, V gh_z, V gh_n,
+                                                                     V h_prev) {
+  GruForwardT<V> o;
+  o.r = Ops::sigmoid(gi_r + gh_r);
+  o.z = Ops::sigmoid(gi_z + gh_z);
+  o.n = Ops::tanh(gi_n + o.r * gh_n);
   o.h = (1.0f - o.z) * o.n + o.z * h_prev;
   return o;
+}
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruForward gru_forward(float gi_r, float gi_z, float gi_n, float gh_r,
+                                                                float gh_z, float gh_n, float h_prev) {
+  return gru_forward_t<ScalarGateOps>(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, h_prev);
 }
 
 // ---- backward ----------------------------------------------------------------------------
 // dh: gradient reaching h' (output gradient plus the recurrent one), float32.
 
 // tanh / relu: d(pre-activation) from dh and the saved h'.
+template <typename Ops, typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE V rnn_simple_backward_t(bool relu, V dh, V h) {
+  return relu ? Ops::pos(h, dh) : dh * (1.0f - h * h);
+}
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float rnn_simple_backward(bool relu, float dh, float h) {
-  return relu ? (h > 0.0f ? dh : 0.0f) : dh * (1.0f - h * h);
+  return rnn_simple_backward_t<ScalarGateOps>(relu, dh, h);
 }
 
 template <typename V>
@@ -116,22 +134,28 @@ FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE LstmBackward lstm_backward(float dh, fl
   return lstm_backward_t<ScalarGateOps>(dh, dc, i, f, g, o, c, c_prev);
 }
 
-struct GruBackward {
-  float dr, dz, dn;  // gradients of the pre-activations gi_r + gh_r, gi_z + gh_z, gi_n (= d gi_*)
-  float dgh_n;       // gradient of gh_n (= dn * r)
-  float dh_prev;     // the direct part z * dh (the recurrent part comes from d gh W_hh)
+template <typename V>
+struct GruBackwardT {
+  V dr, dz, dn;  // gradients of the pre-activations gi_r + gh_r, gi_z + gh_z, gi_n (= d gi_*)
+  V dgh_n;       // gradient of gh_n (= dn * r)
+  V dh_prev;     // the direct part z * dh (the recurrent part comes from d gh W_hh)
 };
+using GruBackward = GruBackwardT<float>;
 
-FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruBackward gru_backward(float dh, float r, float z, float n, float gh_n,
-                                                                  float h_prev) {
-  GruBackward o;
-  const float dn_pre = dh * (1.0f - z) * (1.0f - n * n);
+template <typename V>
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruBackwardT<V> gru_backward_t(V dh, V r, V z, V n, V gh_n, V h_prev) {
+  GruBackwardT<V> o;
+  const V dn_pre = dh * (1.0f - z) * (1.0f - n * n);
   o.dn = dn_pre;
   o.dgh_n = dn_pre * r;
   o.dr = dn_pre * gh_n * r * (1.0f - r);
   o.dz = dh * (h_prev - n) * z * (1.0f - z);
   o.dh_prev = dh * z;
   return o;
+}
+FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE GruBackward gru_backward(float dh, float r, float z, float n, float gh_n,
+                                                                  float h_prev) {
+  return gru_backward_t(dh, r, z, n, gh_n, h_prev);
 }
 
 }  // namespace math
