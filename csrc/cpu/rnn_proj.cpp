@@ -63,7 +63,8 @@ void input_and_state_rows(const RnnProjLayerParams& pp, float* f32, void* raw) {
     const int64_t tp = p.reverse ? t + 1 : t - 1;
     for (int64_t b = 0; b < B; ++b) {
       const bool from_y = tp >= 0 && tp < T && active(p.lengths, b, tp);
-      const char* state = from_y ? y + static_cast<size_t>((tp * B + b) * P) * es : h0 + static_cast<size_t>(b * P) * es;
+      const char* state =
+          from_y ? y + static_cast<size_t>((tp * B + b) * P) * es : h0 + static_cast<size_t>(b * P) * es;
       const char* xr = x + static_cast<size_t>((t * B + b) * I) * es;
       const int64_t row = (t * B + b) * ld;
       if (f32) {
@@ -198,7 +199,8 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   // bf16: the GEMM operands are bfloat16 (dgi_n, dr_n: rounded once); else float32.
   const bool narrow_ops = p.dtype == DType::kBFloat16;
   const DType ab = narrow_ops ? DType::kBFloat16 : DType::kFloat32;
-  std::vector<float> dgi(static_cast<size_t>(TB * GH)), dr_all(static_cast<size_t>(TB * P)), dhf(static_cast<size_t>(B * H));
+  std::vector<float> dgi(static_cast<size_t>(TB * GH)), dr_all(static_cast<size_t>(TB * P));
+  std::vector<float> dhf(static_cast<size_t>(B * H));
   std::vector<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dr_n(narrow_ops ? dr_all.size() : 0);
   std::vector<float> c0(static_cast<size_t>(B * H));
   widen_any(p.dtype, p.c0, c0.data(), B * H);
@@ -269,7 +271,8 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
       if (q0 < q1) {  // (c) dr[:, q0:q1] += dgi_t W_hh[:, q0:q1]
         GemmParams g;
         g.m = B;
-        g.a = narrow_ops ? GemmOperand{dgi_n.data() + t * B * GH, 0, GH, 1} : GemmOperand{dgi.data() + t * B * GH, 0, GH, 1};
+        g.a = narrow_ops ? GemmOperand{dgi_n.data() + t * B * GH, 0, GH, 1}
+                         : GemmOperand{dgi.data() + t * B * GH, 0, GH, 1};
         g.ab_dtype = ab;
         g.c = dr;
         g.c_stride_row = P;
@@ -298,7 +301,8 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
     }
   }
   {  // dW_hr = dr^T h_full (inactive rows: dr_t = 0, h_full = 0)
-    const F32View hf32(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : pp.h_full, narrow_ops ? 0 : TB * H);
+    const F32View hf32(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : pp.h_full,
+                       narrow_ops ? 0 : TB * H);
     mm(P, H, TB, ab, narrow_ops ? static_cast<const void*>(dr_n.data()) : dr_all.data(), 1, P,
        narrow_ops ? pp.h_full : hf32.ptr, H, 1, q.dw_hr, H, 0.0f);
   }

@@ -206,9 +206,15 @@ CPU_MAX_BATCH = {
     (RELU, torch.float32): (8, None), (RELU, torch.bfloat16): (None, None),
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
-# LSTM with proj_size > 0 (fastops/ops/rnn_proj.py): same keys (mode LSTM) and meaning, measured
-# against torch.nn.LSTM(proj_size=P), which has no oneDNN path on the CPU (see rnn_proj.py).
-CPU_MAX_BATCH_PROJ = dict(CPU_MAX_BATCH)
+# LSTM with proj_size > 0 (fastops/ops/rnn_proj.py), same meaning, against torch.nn.LSTM(proj_size)
+# (torch has no oneDNN path for projections: its native per-step kernel runs): T=64, H=256, P=128,
+# B = 1..64, medians of 9-11 alternating runs in one process under the bench lock, same machine,
+# load 2-3, 2026-11-24. fastops / torch time ratios, fwd / fwd+bwd:
+#   fp32  B=1 0.31-0.48/0.25-0.28  B=8 0.54/0.51  B=16 0.68-0.76/0.69  B=32 0.74-0.80/0.80-0.84
+#         B=64 0.81-0.83/0.92-0.93
+#   bf16  B=1 0.15/0.13-0.14  B=8 0.35/0.31  B=16 0.50/0.49  B=32 0.62-0.79/0.67-0.82  B=64 0.74-0.75/0.82-0.86
+#   fp16  B=1 0.32/0.11  B=8 0.21/0.05  B=32 0.25/0.05  -> cpu at every batch, every dtype
+CPU_MAX_BATCH_PROJ = {(LSTM, dt): (None, None) for dt in (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def _limits(proj: bool) -> dict:
