@@ -534,27 +534,26 @@ std::vector<at::Tensor> proj_layer_backward(
     q.dc_n = dc_n->data_ptr();
   }
   const auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor dx = at::empty({T, B, p.input}, f32);
-  at::Tensor dh0 = at::empty({B, P}, f32);
-  at::Tensor dc0 = at::empty({B, H}, f32);
-  at::Tensor dw_ih = at::empty({GH, p.input}, f32);
-  at::Tensor dw_hh = at::empty({GH, P}, f32);
-  at::Tensor dw_hr = at::empty({P, H}, f32);
-  at::Tensor db_ih = at::empty({p.b_ih ? GH : 0}, f32);
-  at::Tensor db_hh = at::empty({p.b_hh ? GH : 0}, f32);
-  q.dx = dx.data_ptr<float>();
-  q.dh0 = dh0.data_ptr<float>();
-  q.dc0 = dc0.data_ptr<float>();
-  q.dw_ih = dw_ih.data_ptr<float>();
-  q.dw_hh = dw_hh.data_ptr<float>();
-  q.dw_hr = dw_hr.data_ptr<float>();
-  q.db_ih = p.b_ih ? db_ih.data_ptr<float>() : nullptr;
-  q.db_hh = p.b_hh ? db_hh.data_ptr<float>() : nullptr;
+  std::vector<at::Tensor> grads;  // dx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh
+  auto grad = [&](at::IntArrayRef shape) {
+    grads.push_back(at::empty(shape, f32));
+    return grads.back().data_ptr<float>();
+  };
+  q.dx = grad({T, B, p.input});
+  q.dh0 = grad({B, P});
+  q.dc0 = grad({B, H});
+  q.dw_ih = grad({GH, p.input});
+  q.dw_hh = grad({GH, P});
+  q.dw_hr = grad({P, H});
+  q.db_ih = grad({p.b_ih ? GH : 0});
+  q.db_hh = grad({p.b_hh ? GH : 0});
+  if (!p.b_ih) q.db_ih = nullptr;
+  if (!p.b_hh) q.db_hh = nullptr;
   {
     py::gil_scoped_release release;
     cpu::rnn_proj_layer_backward(q);
   }
-  return {dx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh};
+  return grads;
 }
 
 }  // namespace
