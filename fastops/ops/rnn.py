@@ -19,6 +19,8 @@ h W_hn^T + b_hn; tanh/relu h'), c_all every step's cell state.
 Backends: cpu runs the whole time loop in C++ (fastops._C.rnn_layer_*); triton and cuda run the
 loop here, GEMMs in torch (float32) and one fused step kernel per step; torch runs the same
 loop with torch ops (the reference, and the float64 path).
+LSTM with proj_size > 0 has its own ops, fastops::rnn_proj_layer(_backward), in
+fastops/ops/rnn_proj.py; run_stack and the aten::lstm override here call them.
 """
 from __future__ import annotations
 
