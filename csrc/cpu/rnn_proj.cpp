@@ -48,10 +48,10 @@ Team columns_team(const Team& like, int64_t panel, int64_t n) {
   return t;
 }
 
-// Rows [x_{t,b} | r entering step t] for every (t, b), width I + P: r_{t-1} is y of the previous
-// step when that step was active for the row, else h0 (a reverse layer starts each row at its
-// last step from h0). As float32 into f32 (widened), or as stored (bf16) into raw.
-void input_and_state_rows(const RnnProjLayerParams& pp, float* f32, void* raw) {
+// Rows [x_{t,b} | r entering step t] for every (t, b), width I + P, as stored, into raw: r_{t-1}
+// is y of the previous step when that step was active for the row, else h0 (a reverse layer
+// starts each row at its last step from h0).
+void input_and_state_rows(const RnnProjLayerParams& pp, void* raw) {
   const RnnLayerParams& p = pp.layer;
   const int64_t T = p.steps, B = p.batch, I = p.input, P = pp.proj, ld = I + P;
   const size_t es = storage_bytes(p.dtype);
@@ -66,16 +66,29 @@ void input_and_state_rows(const RnnProjLayerParams& pp, float* f32, void* raw) {
       const char* state =
           from_y ? y + static_cast<size_t>((tp * B + b) * P) * es : h0 + static_cast<size_t>(b * P) * es;
       const char* xr = x + static_cast<size_t>((t * B + b) * I) * es;
-      const int64_t row = (t * B + b) * ld;
-      if (f32) {
-        widen_any(p.dtype, xr, f32 + row, I);
-        widen_any(p.dtype, state, f32 + row + I, P);
-      } else {
-        char* r = static_cast<char*>(raw) + static_cast<size_t>(row) * es;
-        std::memcpy(r, xr, static_cast<size_t>(I) * es);
-        std::memcpy(r + static_cast<size_t>(I) * es, state, static_cast<size_t>(P) * es);
-      }
+      char* r = static_cast<char*>(raw) + static_cast<size_t>((t * B + b) * ld) * es;
+      std::memcpy(r, xr, static_cast<size_t>(I) * es);
+      std::memcpy(r + static_cast<size_t>(I) * es, state, static_cast<size_t>(P) * es);
     }
+  }
+}
+
+// Step (a) of the backward on columns [q0, q1) of one row: dr_t = dr + dy_t (dy as stored, or
+// null), then dr = 0 (step (c) adds the recurrent part).
+template <typename T>
+void take_dr(const void* dy, float* dr, float* dr_t, int64_t q0, int64_t q1) {
+  const T* d = static_cast<const T*>(dy);
+  for (int64_t k = q0; k < q1; ++k) {
+    dr_t[k] = dr[k] + (d ? to_float(d[k]) : 0.0f);
+    dr[k] = 0.0f;
+  }
+}
+using TakeDr = void (*)(const void*, float*, float*, int64_t, int64_t);
+TakeDr take_dr_fn(DType d) {
+  switch (d) {
+    case DType::kFloat16: return &take_dr<Half>;
+    case DType::kBFloat16: return &take_dr<BFloat16>;
+    default: return &take_dr<float>;
   }
 }
 
@@ -212,27 +225,20 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   const Team units = make_team(whr.panel_cols(), H, B * P * H + B * GH * P);
   const Team cols = columns_team(units, whh.panel_cols(), P);
   const char* dy = static_cast<const char*>(q.dy);
+  const TakeDr take = take_dr_fn(p.dtype);
   float* dr = q.dh0;
 #pragma omp parallel num_threads(units.threads)
   {
     const int64_t j0 = units.begin(), j1 = units.end(), q0 = cols.begin(), q1 = cols.end();
-    std::vector<float> dy_row(static_cast<size_t>(q1 > q0 ? q1 - q0 : 0));
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = step_time(p, s);
       float* dr_t = dr_all.data() + t * B * P;
       if (q0 < q1) {  // (a) dr_t = dr + dy_t on the thread's columns; dr restarts from the recurrent part
         for (int64_t b = 0; b < B; ++b) {
-          float* out = dr_t + b * P;
-          float* run = dr + b * P;
-          if (!active(p.lengths, b, t)) {  // y_t = 0 there and r carries: dr passes through
-            std::fill(out + q0, out + q1, 0.0f);
-            continue;
-          }
-          if (dy) widen_any(p.dtype, dy + static_cast<size_t>((t * B + b) * P + q0) * es, dy_row.data(), q1 - q0);
-          for (int64_t k = q0; k < q1; ++k) {
-            out[k] = run[k] + (dy ? dy_row[k - q0] : 0.0f);
-            run[k] = 0.0f;
-          }
+          if (active(p.lengths, b, t))
+            take(dy ? dy + static_cast<size_t>((t * B + b) * P) * es : nullptr, dr + b * P, dr_t + b * P, q0, q1);
+          else  // y_t = 0 there and r carries: dr passes through
+            std::fill(dr_t + b * P + q0, dr_t + b * P + q1, 0.0f);
         }
         if (narrow_ops)
           for (int64_t b = 0; b < B; ++b)
@@ -289,10 +295,11 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   }
   {  // [dW_ih | dW_hh] = dgi^T [x | r_prev]
     const int64_t ld = I + P;
-    std::vector<float> cat32(narrow_ops ? 0 : static_cast<size_t>(TB * ld));
-    std::vector<BFloat16> cat16(narrow_ops ? static_cast<size_t>(TB * ld) : 0);
-    input_and_state_rows(pp, narrow_ops ? nullptr : cat32.data(), cat16.data());
-    const void* cat = narrow_ops ? static_cast<const void*>(cat16.data()) : cat32.data();
+    std::vector<char> raw(static_cast<size_t>(TB * ld) * es);
+    input_and_state_rows(pp, raw.data());
+    const F32View cat32(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : raw.data(),
+                        narrow_ops ? 0 : TB * ld);  // float32: the rows themselves
+    const void* cat = narrow_ops ? static_cast<const void*>(raw.data()) : cat32.ptr;
     std::vector<float> dw(static_cast<size_t>(GH * ld));
     mm(GH, ld, TB, ab, dgi_ab, 1, GH, cat, ld, 1, dw.data(), ld, 0.0f);
     for (int64_t row = 0; row < GH; ++row) {
