@@ -153,6 +153,23 @@ def test_zero_batch(backend):
     assert all(p.grad is not None and not p.grad.any() for p in mine.parameters())
 
 
+def test_dropout_between_layers():
+    """Training with dropout between layers (torch's dropout on the projected outputs): eval (no
+    dropout) matches torch, train differs from eval and still runs the cpu layer with gradients."""
+    mine, ref = _pair(torch.float32, input_size=4, hidden_size=6, proj_size=2, num_layers=2, dropout=0.5)
+    x = make((3, 2, 4), torch.float32, seed=1, scale=1.0)
+    with fastops.use_backend("cpu"):
+        mine.eval()
+        b, _ = mine(x)
+        assert_close(b, ref.eval()(x.double())[0], torch.float32, reduction=64)
+        mine.train()
+        xi = x.clone().requires_grad_()
+        a, _ = mine(xi)
+        assert _ran() == "cpu"
+        a.sum().backward()
+    assert not torch.equal(a, b) and xi.grad is not None and mine.weight_hr_l1.grad is not None
+
+
 # ---- the op: opcheck, gradcheck, C++ loop vs torch loop, determinism ------------------------------
 
 def _op_args(T=3, B=2, I=4, H=5, P=3, dtype=torch.float32, lengths=None, bias=True):
