@@ -211,7 +211,9 @@ def test_cpu_matches_torch_loop(dtype):
     tol = {torch.float32: 1.3e-6, torch.float16: 1e-3, torch.bfloat16: 1.6e-2}[dtype]
     for kw in ({"lengths": torch.tensor([5, 2, 3])}, {"bias": False}, {"T": 3, "B": 4, "I": 7, "H": 70, "P": 33},
                # enough work a step for the two-thread team: thread-owned units and columns
-               {"T": 4, "B": 6, "I": 40, "H": 140, "P": 70, "lengths": torch.tensor([4, 1, 0, 3, 4, 2])}):
+               {"T": 4, "B": 6, "I": 40, "H": 140, "P": 70, "lengths": torch.tensor([4, 1, 0, 3, 4, 2])},
+               # two threads, one column of r: one thread owns no columns
+               {"T": 3, "B": 64, "I": 8, "H": 600, "P": 1}):
         T, B = kw.get("T", 5), kw.get("B", 3)
         args = _op_args(dtype=dtype, **{"T": T, "B": B, **kw})
         for reverse in (False, True):
