@@ -375,13 +375,14 @@ def test_zero_batch(backend):
     assert all(p.grad is not None and not p.grad.any() for p in mine.parameters())
 
 
-def test_proj_size_falls_back_visibly():
+def test_proj_size_runs_the_projected_layer():
+    """LSTM proj_size > 0 runs fastops::rnn_proj_layer (tests/test_rnn_proj.py covers it)."""
     mine, ref = _pair("LSTM", torch.float32, input_size=4, hidden_size=6, proj_size=3)
     x = make((3, 2, 4), torch.float32, seed=1)
     out, (h, c) = mine(x)
     out_r, (h_r, c_r) = ref(x.double())
     assert_close(out, out_r, torch.float32, reduction=64)
-    assert "proj_size" in fastops.explain()
+    assert _ran("rnn_proj_layer") == "cpu", fastops.explain()
 
 
 def test_float64_runs_torch():

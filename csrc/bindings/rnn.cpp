@@ -431,6 +431,132 @@ void persistent_backward(int64_t mode, const c10::optional<at::Tensor>& dy, cons
   TORCH_CHECK(false, "fastops: rnn_persistent_backward runs on cuda tensors, got h_prev on ", h_prev.device());
 }
 
+// ---- LSTM with a projection, proj_size > 0 (csrc/cpu/rnn_proj.cpp) -----------------------------
+
+// Fills and checks the forward parameters: x [T, B, I], h0 [B, P], c0 [B, H], w_ih [4H, I],
+// w_hh [4H, P], w_hr [P, H] (H and P from w_hr), float32 biases [4H].
+RnnProjLayerParams proj_layer_params(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse) {
+  RnnProjLayerParams pp;
+  RnnLayerParams& p = pp.layer;
+  p.mode = RnnMode::kLstm;
+  TORCH_CHECK(x.is_cpu(), "fastops: rnn_proj_layer runs on cpu tensors, got x on ", x.device());
+  TORCH_CHECK(x.dim() == 3, "fastops: x must be [T, B, I], got ", x.sizes());
+  check_contiguous(x, "x");
+  p.dtype = to_dtype(x, "x");
+  p.steps = x.size(0);
+  p.batch = x.size(1);
+  p.input = x.size(2);
+  TORCH_CHECK(w_hr.dim() == 2, "fastops: w_hr must be [P, H], got ", w_hr.sizes());
+  pp.proj = w_hr.size(0);
+  p.hidden = w_hr.size(1);
+  TORCH_CHECK(pp.proj > 0 && pp.proj < p.hidden, "fastops: w_hr must be [P, H] with 0 < P < H, got ", w_hr.sizes());
+  const int64_t GH = 4 * p.hidden;
+  check_storage(w_hr, "w_hr", x, {pp.proj, p.hidden});
+  check_storage(h0, "h0", x, {p.batch, pp.proj});
+  check_storage(c0, "c0", x, {p.batch, p.hidden});
+  check_storage(w_ih, "w_ih", x, {GH, p.input});
+  check_storage(w_hh, "w_hh", x, {GH, pp.proj});
+  p.reverse = reverse;
+  p.x = x.data_ptr();
+  p.h0 = h0.data_ptr();
+  p.c0 = c0.data_ptr();
+  p.w_ih = w_ih.data_ptr();
+  p.w_hh = w_hh.data_ptr();
+  pp.w_hr = w_hr.data_ptr();
+  p.b_ih = opt_f32(b_ih, "b_ih", x, {GH});
+  p.b_hh = opt_f32(b_hh, "b_hh", x, {GH});
+  p.lengths = opt_lengths(lengths, p.batch);
+  return pp;
+}
+
+// (y [T, B, P], h_n [B, P], c_n [B, H], saved fp32 [T, B, 4, H], c_all fp32 [T, B, H],
+// h_full [T, B, H]).
+std::vector<at::Tensor> proj_layer_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                                           const c10::optional<at::Tensor>& b_ih,
+                                           const c10::optional<at::Tensor>& b_hh,
+                                           const c10::optional<at::Tensor>& lengths, bool reverse) {
+  RnnProjLayerParams pp = proj_layer_params(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse);
+  RnnLayerParams& p = pp.layer;
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor y = at::empty({p.steps, p.batch, pp.proj}, x.options());
+  at::Tensor h_n = at::empty({p.batch, pp.proj}, x.options());
+  at::Tensor c_n = at::empty({p.batch, p.hidden}, x.options());
+  at::Tensor saved = at::empty({p.steps, p.batch, math::rnn_saved(p.mode), p.hidden}, f32);
+  at::Tensor c_all = at::empty({p.steps, p.batch, p.hidden}, f32);
+  at::Tensor h_full = at::empty({p.steps, p.batch, p.hidden}, x.options());
+  p.y = y.data_ptr();
+  p.h_n = h_n.data_ptr();
+  p.c_n = c_n.data_ptr();
+  p.saved = saved.data_ptr<float>();
+  p.c_all = c_all.data_ptr<float>();
+  pp.h_full = h_full.data_ptr();
+  {
+    py::gil_scoped_release release;
+    cpu::rnn_proj_layer_forward(pp);
+  }
+  return {y, h_n, c_n, saved, c_all, h_full};
+}
+
+// (dx, dh0 [B, P], dc0 [B, H], dw_ih, dw_hh [4H, P], dw_hr [P, H], db_ih, db_hh), float32; db_*
+// empty without biases.
+std::vector<at::Tensor> proj_layer_backward(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& w_hr, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& y, const at::Tensor& saved,
+    const at::Tensor& c_all, const at::Tensor& h_full, const c10::optional<at::Tensor>& dy,
+    const c10::optional<at::Tensor>& dh_n, const c10::optional<at::Tensor>& dc_n) {
+  RnnProjLayerBackwardParams q;
+  q.fwd = proj_layer_params(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse);
+  RnnProjLayerParams& pp = q.fwd;
+  RnnLayerParams& p = pp.layer;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, P = pp.proj, GH = 4 * H;
+  check_storage(y, "y", x, {T, B, P});
+  check_f32(saved, "saved", x, {T, B, math::rnn_saved(p.mode), H});
+  check_f32(c_all, "c_all", x, {T, B, H});
+  check_storage(h_full, "h_full", x, {T, B, H});
+  p.y = y.data_ptr();
+  p.saved = saved.data_ptr<float>();
+  p.c_all = c_all.data_ptr<float>();
+  pp.h_full = h_full.data_ptr();
+  if (dy.has_value()) {
+    check_storage(*dy, "grad_y", x, {T, B, P});
+    q.dy = dy->data_ptr();
+  }
+  if (dh_n.has_value()) {
+    check_storage(*dh_n, "grad_h_n", x, {B, P});
+    q.dh_n = dh_n->data_ptr();
+  }
+  if (dc_n.has_value()) {
+    check_storage(*dc_n, "grad_c_n", x, {B, H});
+    q.dc_n = dc_n->data_ptr();
+  }
+  const auto f32 = x.options().dtype(at::kFloat);
+  std::vector<at::Tensor> grads;  // dx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh
+  auto grad = [&](at::IntArrayRef shape) {
+    grads.push_back(at::empty(shape, f32));
+    return grads.back().data_ptr<float>();
+  };
+  q.dx = grad({T, B, p.input});
+  q.dh0 = grad({B, P});
+  q.dc0 = grad({B, H});
+  q.dw_ih = grad({GH, p.input});
+  q.dw_hh = grad({GH, P});
+  q.dw_hr = grad({P, H});
+  q.db_ih = grad({p.b_ih ? GH : 0});
+  q.db_hh = grad({p.b_hh ? GH : 0});
+  if (!p.b_ih) q.db_ih = nullptr;
+  if (!p.b_hh) q.db_hh = nullptr;
+  {
+    py::gil_scoped_release release;
+    cpu::rnn_proj_layer_backward(q);
+  }
+  return grads;
+}
+
 }  // namespace
 
 void bind_rnn(pybind11::module_& m) {
@@ -456,6 +582,16 @@ void bind_rnn(pybind11::module_& m) {
   m.def("rnn_persistent_forward", &persistent_forward,
         "one layer direction in one cooperative CUDA launch: (y, saved, c_all)", py::arg("mode"), py::arg("gx"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("reverse"));
+  m.def("rnn_proj_layer_forward", &proj_layer_forward,
+        "one LSTM layer direction with a projection (proj_size > 0) on cpu: (y, h_n, c_n, saved, c_all, h_full)",
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"));
+  m.def("rnn_proj_layer_backward", &proj_layer_backward,
+        "gradients of a projected LSTM layer direction on cpu: (dx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh), "
+        "float32",
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("saved"),
+        py::arg("c_all"), py::arg("h_full"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
   m.def("rnn_persistent_backward", &persistent_backward,
         "backward through time of one layer direction in one cooperative CUDA launch (dh, dc in place; dgi, dgh)",
         py::arg("mode"), py::arg("dy"), py::arg("dh"), py::arg("dc"), py::arg("saved"), py::arg("c_all"),

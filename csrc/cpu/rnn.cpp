@@ -30,10 +30,12 @@
 #include "fastops/rnn.h"
 #include "fastops/storage.h"
 #include "isa.h"
+#include "rnn_internal.h"
 #include "vec_math.h"
 
 namespace fastops {
 namespace cpu {
+using namespace rnn_detail;  // active(), the layer helpers (rnn_internal.h)
 namespace {
 
 constexpr int64_t kUnitBlock = 64;          // units per OpenMP work item
@@ -45,10 +47,6 @@ struct Cvt {
   template <typename T>
   static FASTOPS_FORCE_INLINE T store(float v) { return from_float<T>(v); }
 };
-
-FASTOPS_FORCE_INLINE bool active(const int64_t* lengths, int64_t b, int64_t t) {
-  return lengths == nullptr || t < lengths[b];
-}
 
 // ---- one step, a block of units of one row ------------------------------------------------
 
@@ -274,14 +272,22 @@ void step_backward_mode(const RnnStepBackwardParams& p) {
   }
 }
 
-// ---- helpers for the layers ---------------------------------------------------------------
+}  // namespace
+
+// ---- helpers for the layers (declared in rnn_internal.h, shared with rnn_proj.cpp) -------------
+namespace rnn_detail {
 
 size_t storage_bytes(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 
 template <typename T>
 void widen(const void* src, float* dst, int64_t n) {
   const T* s = static_cast<const T*>(src);
-#pragma omp parallel for simd schedule(static) if (n >= (1 << 16))
+  if (n < (1 << 16) || omp_in_parallel()) {  // no OpenMP region at all: callers run it per row
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_float(s[i]);
+    return;
+  }
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) dst[i] = to_float(s[i]);
 }
 
@@ -317,21 +323,6 @@ void narrow_any(DType d, const float* src, void* dst, int64_t n) {
   }
 }
 
-// A float32 view of a storage buffer: the buffer itself for float32, else a widened copy.
-struct F32View {
-  std::vector<float> copy;
-  const float* ptr = nullptr;
-  F32View(DType d, const void* src, int64_t n) {
-    if (d == DType::kFloat32) {
-      ptr = static_cast<const float*>(src);
-    } else {
-      copy.resize(n);
-      widen_any(d, src, copy.data(), n);
-      ptr = copy.data();
-    }
-  }
-};
-
 // C[m, n] (row stride ldc) = beta * C + A[m, k] B[k, n], all addressed through element strides.
 void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row, int64_t a_col, const void* b,
         int64_t b_row, int64_t b_col, float* c, int64_t ldc, float beta) {
@@ -351,9 +342,6 @@ void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row,
 }
 
 // The block functions of one mode and dtype, for the running CPU.
-using ForwardBlock = void (*)(const RnnStepParams&, int64_t, int64_t, int64_t);
-using BackwardBlock = void (*)(const RnnStepBackwardParams&, int64_t, int64_t, int64_t);
-
 template <RnnMode M, typename T>
 ForwardBlock forward_block_isa() {
   return select_isa(&forward_block_base<M, T>, &forward_block_avx2<M, T>, &forward_block_avx512<M, T>);
@@ -396,16 +384,6 @@ BackwardBlock backward_block_fn(RnnMode m, DType d) {
   }
 }
 
-// The threads of a layer's time loop: one OpenMP region for all steps, thread i owning the
-// hidden units [begin, end) (whole GEMM panels) of every gate for the whole loop, so that its
-// part of W_hh stays in its cache and a step needs one barrier.
-constexpr int64_t kTeamMinWork = int64_t(1) << 17;  // multiply-adds per step below which one thread runs
-struct Team {
-  int threads = 1;
-  int64_t panel = 1, panels = 0, hidden = 0;
-  int64_t begin() const { return std::min(hidden, panels * omp_get_thread_num() / threads * panel); }
-  int64_t end() const { return std::min(hidden, panels * (omp_get_thread_num() + 1) / threads * panel); }
-};
 Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   Team t;
   t.panel = panel;
@@ -416,6 +394,9 @@ Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   return t;
 }
 
+}  // namespace rnn_detail
+
+namespace {
 // Asks for rows r < rows, columns [j0, j1) of a float32 [rows, H] block into L2: the next step's
 // x W_ih^T, read from memory while this step's GEMM computes (the cell stalls on it otherwise).
 void prefetch_units(const float* base, int64_t rows, int64_t H, int64_t j0, int64_t j1) {
@@ -424,7 +405,6 @@ void prefetch_units(const float* base, int64_t rows, int64_t H, int64_t j0, int6
 }
 
 int64_t forward_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
-
 }  // namespace
 
 void rnn_step_forward(const RnnStepParams& p) {

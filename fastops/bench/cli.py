@@ -29,7 +29,8 @@ from fastops.bench import adam, attention, conv, harness, machine, matmul, outpu
 FAMILIES = {f.name: f for f in (softmax.FAMILY, adam.FAMILY, attention.FAMILY, attention.CAUSAL_FAMILY,
                                  matmul.FAMILY, matmul.LINEAR_FAMILY,
                                  conv.FAMILY, conv.DEPTHWISE_FAMILY, conv.FUSED_FAMILY,
-                                 rnn.FAMILY, rnn.GRU_FAMILY, rnn.TANH_FAMILY, rnn.RELU_FAMILY)}
+                                 rnn.FAMILY, rnn.GRU_FAMILY, rnn.TANH_FAMILY, rnn.RELU_FAMILY,
+                                 rnn.PROJ_FAMILY)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_DTYPES = {"cuda": "float32,float16,bfloat16", "cpu": "float32,bfloat16"}
 REPEAT, QUICK_REPEAT = 25, 5

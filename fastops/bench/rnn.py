@@ -16,6 +16,7 @@ import torch
 from fastops import _ext
 from fastops.bench.harness import Case, Family
 from fastops.ops import rnn as R
+from fastops.ops import rnn_proj as RP
 
 FLOPS_PER_MODE = {"fwd": 1.0, "bwd": 2.0, "full": 3.0}
 
@@ -105,3 +106,52 @@ FAMILY = _family("rnn", R.LSTM)
 GRU_FAMILY = _family("rnn_gru", R.GRU)
 TANH_FAMILY = _family("rnn_tanh", R.TANH)
 RELU_FAMILY = _family("rnn_relu", R.RELU)
+
+
+# ---- LSTM with proj_size > 0 (`rnn_proj`, fastops/ops/rnn_proj.py) ---------------------------------
+# shape = (T, B, H) with I = H and P = H // 2; inputs x, h0 [B, P], c0 [B, H], w_ih, w_hh [4H, P],
+# w_hr [P, H], biases. torch: torch.nn.LSTM(proj_size=P)'s kernel (`torch._VF.lstm` with weight_hr:
+# no oneDNN path on the CPU). No cell-loop variant (torch has no projected cell).
+PROJ_SHAPES = ((64, 32, 256), (64, 8, 256), (64, 1, 256))
+PROJ_QUICK_SHAPES = ((64, 32, 256),)
+
+
+def _proj_fns():
+    def torch_fn(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh):
+        return torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), [w_ih, w_hh, b_ih, b_hh, w_hr], True, 1, 0.0,
+                              False, False, False)[0]
+
+    def fastops_fn(*inputs):
+        args = (*inputs, None)
+        backend = RP.choose(*args)
+        if backend is None:
+            return torch_fn(*inputs)
+        return RP.layer_eager(*args, False, backend)[0]
+
+    def raw_fn(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh):
+        """The C++ time loop on CPU tensors (the per-step loop on GPU tensors), no dispatch or autograd."""
+        if x.is_cuda:
+            return RP._loop_forward("cuda", x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, None, False)[0]
+        return _ext.C.rnn_proj_layer_forward(x, h0, c0, w_ih, w_hh, w_hr, b_ih.float(), b_hh.float(), None, False)[0]
+    return torch_fn, fastops_fn, raw_fn
+
+
+def _make_proj_case(shape: tuple, dtype: torch.dtype, device: str) -> Case:
+    T, B, H = shape
+    P = max(1, H // 2)
+    fwd = 2.0 * T * B * (4 * H * (H + P) + P * H)
+    g = torch.Generator().manual_seed(0)
+
+    def inputs():
+        def rnd(*s, k=1.0):
+            return (torch.randn(s, generator=g) * k).to(device=device, dtype=dtype)
+        return (rnd(T, B, H), rnd(B, P, k=0.5), rnd(B, H, k=0.5), rnd(4 * H, H, k=H ** -0.5),
+                rnd(4 * H, P, k=P ** -0.5), rnd(P, H, k=H ** -0.5), rnd(4 * H, k=0.1), rnd(4 * H, k=0.1))
+    return Case(op="lstm_proj", shape=tuple(shape), dtype=dtype, inputs=inputs,
+                flops={m: k * fwd for m, k in FLOPS_PER_MODE.items()})
+
+
+_proj_torch, _proj_fastops, _proj_raw = _proj_fns()
+PROJ_FAMILY = Family(name="rnn_proj", kernel_op="rnn_proj_layer", torch_fn=_proj_torch, fastops_fn=_proj_fastops,
+                     raw_fn=_proj_raw, make_case=_make_proj_case, shapes=PROJ_SHAPES, quick_shapes=PROJ_QUICK_SHAPES,
+                     sweep=QUICK_SWEEP, quick_sweep=QUICK_SWEEP, tiny_shape=(2, 1, 8), compile=False)

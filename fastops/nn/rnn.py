@@ -5,8 +5,9 @@ only `forward`, so fastops.patch() can swap the class in place. The layers run o
 op per (layer, direction): the input projection of all steps as one GEMM, then the recurrence with
 fused steps (fastops/ops/rnn.py). Inputs as torch: (T, B, I), (B, T, I) with batch_first,
 unbatched (T, I), or a PackedSequence; hx (layers * directions, B, H), (h0, c0) for LSTM.
-Dropout between layers uses torch's dropout (its RNG stream, not cuDNN's). LSTM proj_size > 0
-and inputs of other dtypes run torch's own forward, with the reason in fastops.explain().
+Dropout between layers uses torch's dropout (its RNG stream, not cuDNN's). LSTM proj_size > 0 runs
+the projected layer op (fastops/ops/rnn_proj.py). Inputs of other dtypes run torch's own forward,
+with the reason in fastops.explain().
 """
 from __future__ import annotations
 
@@ -78,8 +79,6 @@ class _FastRNNBase:
     """forward() shared by RNN, LSTM and GRU (mixed into the torch classes)."""
 
     def _why_torch(self, x: torch.Tensor):
-        if getattr(self, "proj_size", 0) > 0:
-            return "LSTM proj_size > 0 (the projection runs on torch)"
         if self.mode not in _rnn.MODES:
             return f"mode {self.mode!r}"
         return None
@@ -124,7 +123,11 @@ class _FastRNNBase:
         B = x.shape[1]
         if hx is None:
             zeros = torch.zeros(self.num_layers * D, B, self.hidden_size, dtype=x.dtype, device=x.device)
-            hx = (zeros, zeros) if lstm else zeros
+            hx = zeros
+            if lstm:  # h0 [L*D, B, proj_size] when proj_size > 0
+                P = getattr(self, "proj_size", 0)
+                hx = (torch.zeros(self.num_layers * D, B, P, dtype=x.dtype, device=x.device) if P > 0 else zeros,
+                      zeros)
         if packed is None:
             self.check_forward_args(x.transpose(0, 1) if self.batch_first else x, hx, None)
         hx = tuple(hx) if lstm else (hx,)
@@ -143,14 +146,19 @@ class _FastRNNBase:
         lstm = mode == _rnn.LSTM
         D = 2 if self.bidirectional else 1
         x = x.contiguous()
-        first = (x, hx[0][0], hx[1][0] if lstm else None, self.weight_ih_l0, self.weight_hh_l0,
-                 getattr(self, "bias_ih_l0", None), getattr(self, "bias_hh_l0", None), lengths, mode, False)
-        backend = _rnn.choose(*first)
+        proj = getattr(self, "proj_size", 0) > 0
+        b_ih, b_hh = getattr(self, "bias_ih_l0", None), getattr(self, "bias_hh_l0", None)
+        if proj:
+            backend = _rnn._proj.choose(x, hx[0][0], hx[1][0], self.weight_ih_l0, self.weight_hh_l0,
+                                        self.weight_hr_l0, b_ih, b_hh, lengths)
+        else:
+            backend = _rnn.choose(x, hx[0][0], hx[1][0] if lstm else None, self.weight_ih_l0, self.weight_hh_l0,
+                                  b_ih, b_hh, lengths, mode, False)
         if backend is None:
             return super().forward(input, None if hx is None else self._torch_hx(hx, input, batched))
         weights = [getattr(self, name) for name in self._flat_weights_names]
         out, h_n, c_n = _rnn.run_stack(x, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                                       self.bidirectional, mode, lengths, backend)
+                                       self.bidirectional, mode, lengths, backend, proj)
         hidden = (h_n, c_n) if lstm else h_n
         if packed is not None:
             lengths_sorted = lengths if packed.sorted_indices is None else lengths[packed.sorted_indices]
@@ -177,7 +185,7 @@ class RNN(_FastRNNBase, torch.nn.RNN):
 
 
 class LSTM(_FastRNNBase, torch.nn.LSTM):
-    """torch.nn.LSTM on the fastops layer op (proj_size > 0 runs on torch)."""
+    """torch.nn.LSTM on the fastops layer op (proj_size > 0: the projected layer op)."""
 
 
 class GRU(_FastRNNBase, torch.nn.GRU):

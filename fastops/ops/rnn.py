@@ -19,6 +19,8 @@ h W_hn^T + b_hn; tanh/relu h'), c_all every step's cell state.
 Backends: cpu runs the whole time loop in C++ (fastops._C.rnn_layer_*); triton and cuda run the
 loop here, GEMMs in torch (float32) and one fused step kernel per step; torch runs the same
 loop with torch ops (the reference, and the float64 path).
+LSTM with proj_size > 0 has its own ops, fastops::rnn_proj_layer(_backward), in
+fastops/ops/rnn_proj.py; run_stack and the aten::lstm override here call them.
 """
 from __future__ import annotations
 
@@ -207,11 +209,25 @@ CPU_MAX_BATCH = {
     (RELU, torch.float32): (8, None), (RELU, torch.bfloat16): (None, None),
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
+# LSTM with proj_size > 0 (fastops/ops/rnn_proj.py), same meaning, against torch.nn.LSTM(proj_size)
+# (torch has no oneDNN path for projections: its native per-step kernel runs): T=64, H=256, P=128,
+# B = 1..64, medians of 9-11 alternating runs in one process under the bench lock, same machine,
+# load 2-3, 2026-11-24. fastops / torch time ratios, fwd / fwd+bwd:
+#   fp32  B=1 0.31-0.48/0.25-0.28  B=8 0.54/0.51  B=16 0.68-0.76/0.69  B=32 0.74-0.80/0.80-0.84
+#         B=64 0.81-0.83/0.92-0.93
+#   bf16  B=1 0.15/0.13-0.14  B=8 0.35/0.31  B=16 0.50/0.49  B=32 0.62-0.79/0.67-0.82  B=64 0.74-0.75/0.82-0.86
+#   fp16  B=1 0.32/0.11  B=8 0.21/0.05  B=32 0.25/0.05  -> cpu at every batch, every dtype
+CPU_MAX_BATCH_PROJ = {(LSTM, dt): (None, None) for dt in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-def cpu_preferred(mode: int, dtype: torch.dtype, batch: int, training: bool) -> bool:
-    """True where auto's policy runs the cpu layer (CPU_MAX_BATCH)."""
-    limit = CPU_MAX_BATCH.get((mode, dtype), (0, 0))[1 if training else 0]
+def _limits(proj: bool) -> dict:
+    return CPU_MAX_BATCH_PROJ if proj else CPU_MAX_BATCH
+
+
+def cpu_preferred(mode: int, dtype: torch.dtype, batch: int, training: bool, proj: bool = False) -> bool:
+    """True where auto's policy runs the cpu layer (CPU_MAX_BATCH, or CPU_MAX_BATCH_PROJ for an
+    LSTM with proj_size > 0)."""
+    limit = _limits(proj).get((mode, dtype), (0, 0))[1 if training else 0]
     return limit is None or batch <= limit
 
 
@@ -219,21 +235,22 @@ def _training(tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def policy_why_torch(x: torch.Tensor, mode: int, backend: str, batch: int = None, training: bool = None):
+def policy_why_torch(x: torch.Tensor, mode: int, backend: str, batch: int = None, training: bool = None,
+                     proj: bool = False):
     """The reason auto runs torch instead of `backend` for this mode, dtype, batch and
     inference / training, or None. Like a crossover it is auto's alone: off for a named backend,
     FASTOPS_CROSSOVERS=0 and strict mode."""
     batch = x.shape[1] if batch is None else batch
     training = _training((x,)) if training is None else training
     if backend != "cpu" or _dispatch.get_backend() != "auto" or not _dispatch._crossovers_enabled \
-            or _dispatch.strict() or cpu_preferred(mode, x.dtype, batch, training):
+            or _dispatch.strict() or cpu_preferred(mode, x.dtype, batch, training, proj):
         return None
-    limit = CPU_MAX_BATCH.get((mode, x.dtype), (0, 0))[1 if training else 0]
+    limit = _limits(proj).get((mode, x.dtype), (0, 0))[1 if training else 0]
     where = "at no batch" if not limit else f"only up to batch {limit}"
     return (f"auto policy per mode, dtype and batch: torch was measured faster than cpu for "
-            f"{MODE_NAMES.get(mode, mode)} {str(x.dtype).replace('torch.', '')} "
+            f"{MODE_NAMES.get(mode, mode)}{' proj_size > 0' if proj else ''} {str(x.dtype).replace('torch.', '')} "
             f"{'training (fwd+bwd)' if training else 'inference (fwd)'} at batch {batch} on this CPU "
-            f"(cpu {where}; fastops.ops.rnn.CPU_MAX_BATCH)")
+            f"(cpu {where}; fastops.ops.rnn.CPU_MAX_BATCH{'_PROJ' if proj else ''})")
 
 
 _POLICY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the cpu layer's dtypes
@@ -245,7 +262,7 @@ def torch_by_policy(module, x, hx) -> bool:
     from mode, dtype, batch and training alone, before any argument handling (which torch's own
     forward repeats), so a call auto hands to torch costs a few microseconds on top of torch."""
     if x.device.type != "cpu" or x.dim() not in (2, 3) or x.dtype not in _POLICY_DTYPES \
-            or not _dispatch.plain_auto() or torch.compiler.is_compiling() or getattr(module, "proj_size", 0) > 0:
+            or not _dispatch.plain_auto() or torch.compiler.is_compiling():
         return False
     mode = MODES.get(module.mode)
     if mode is None or not _dispatch.backend_status("cpu")[0]:
@@ -255,10 +272,11 @@ def torch_by_policy(module, x, hx) -> bool:
     # the first layer's tensors, as choose() judges them
     training = _training((x, *hs, module.weight_ih_l0, module.weight_hh_l0, getattr(module, "bias_ih_l0", None),
                           getattr(module, "bias_hh_l0", None)))
-    why = policy_why_torch(x, mode, "cpu", batch, training)
+    proj = getattr(module, "proj_size", 0) > 0
+    why = policy_why_torch(x, mode, "cpu", batch, training, proj)
     if why is None:
         return False
-    _dispatch.fallback("rnn_layer", x, why)
+    _dispatch.fallback("rnn_proj_layer" if proj else "rnn_layer", x, why)
     return True
 
 
@@ -541,16 +559,18 @@ def cell(mode: int, input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
 # ---- stacked layers (num_layers, bidirectional, dropout): torch.nn.* and aten::lstm & co. ----------
 
 def run_stack(x, hx, weights, has_biases: bool, num_layers: int, dropout: float, train: bool,
-              bidirectional: bool, mode: int, lengths, backend: str):
+              bidirectional: bool, mode: int, lengths, backend: str, proj: bool = False):
     """(out [T, B, D*H], h_n [L*D, B, H], c_n or None) of a stacked RNN on the layer op.
 
     x: [T, B, I] time-major; hx: (h0,) or (h0, c0), each [L*D, B, H]; weights: per (layer,
     direction) in torch's order, (w_ih, w_hh) or (w_ih, w_hh, b_ih, b_hh), as a flat list.
+    proj (LSTM proj_size = P > 0, fastops/ops/rnn_proj.py): w_hr [P, H] follows each group, h0,
+    h_n are [L*D, B, P] and out [T, B, D*P].
     Dropout between layers is torch's (train only), as torch.nn's layers apply it.
     """
     lstm = mode == LSTM
     D = 2 if bidirectional else 1
-    per = 4 if has_biases else 2
+    per = (4 if has_biases else 2) + (1 if proj else 0)
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
@@ -559,8 +579,12 @@ def run_stack(x, hx, weights, has_biases: bool, num_layers: int, dropout: float,
             idx = layer * D + d
             w = weights[idx * per:(idx + 1) * per]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-            y, h, c = layer_eager(layer_input, hx[0][idx], hx[1][idx] if lstm else None, w[0], w[1], b_ih, b_hh,
-                                  lengths, mode, bool(d), backend)
+            if proj:
+                y, h, c = _proj.layer_eager(layer_input, hx[0][idx], hx[1][idx], w[0], w[1], w[-1], b_ih, b_hh,
+                                            lengths, bool(d), backend)
+            else:
+                y, h, c = layer_eager(layer_input, hx[0][idx], hx[1][idx] if lstm else None, w[0], w[1], b_ih,
+                                      b_hh, lengths, mode, bool(d), backend)
             outs.append(y)
             h_n.append(h)
             if lstm:
@@ -587,8 +611,9 @@ def _aten_layer(mode: int):
         per = 4 if has_biases else 2
         x = input.transpose(0, 1) if batch_first else input
         why = None
-        if len(params) != num_layers * D * per:
-            why = "LSTM proj_size > 0 (the projection runs on torch)" if lstm else "unexpected parameter list"
+        proj = lstm and len(params) == num_layers * D * (per + 1)  # weight_hr after each group
+        if len(params) != num_layers * D * per and not proj:
+            why = "unexpected parameter list"
         elif input.dim() != 3 or any(h.dim() != 3 or h.shape[0] != num_layers * D for h in hs) or x.shape[0] == 0:
             why = "input or hidden state of a shape torch's own kernel reports on"
         elif any(t.dtype != input.dtype for t in (*hs, *params)):
@@ -597,17 +622,25 @@ def _aten_layer(mode: int):
             _dispatch.fallback("rnn_layer", input, f"aten::{_ATEN_LAYER[mode]}: {why}")
             return original(*args)
         x = x.contiguous()
-        first = (x, hs[0][0], hs[1][0] if lstm else None, params[0], params[1],
-                 params[2] if has_biases else None, params[3] if has_biases else None, None, mode, False)
-        backend = choose(*first)
+        if proj:
+            first = (x, hs[0][0], hs[1][0], params[0], params[1], params[per], params[2] if has_biases else None,
+                     params[3] if has_biases else None, None)
+            backend = _proj.choose(*first)
+        else:
+            first = (x, hs[0][0], hs[1][0] if lstm else None, params[0], params[1],
+                     params[2] if has_biases else None, params[3] if has_biases else None, None, mode, False)
+            backend = choose(*first)
         if backend is None:
             return original(*args)
         try:
-            check_layer(*first[:8], mode)
+            if proj:
+                _proj.check_proj_layer(*first)
+            else:
+                check_layer(*first[:8], mode)
         except (RuntimeError, TypeError, ValueError):
             return original(*args)  # torch's kernel raises its own error for a bad call
         out, h_n, c_n = run_stack(x, hs, list(params), has_biases, num_layers, dropout, train, bidirectional, mode,
-                                  None, backend)
+                                  None, backend, proj)
         if batch_first:
             out = out.transpose(0, 1)
         return (out, h_n, c_n) if lstm else (out, h_n)
@@ -651,3 +684,6 @@ def _aten_packed(name: str):
 
 for _name in _ATEN_LAYER.values():
     _dropin.register_override(FAMILY, f"aten::{_name}.data", _aten_packed(_name), keys=("CompositeImplicitAutograd",))
+
+
+from fastops.ops import rnn_proj as _proj  # noqa: E402  (LSTM proj_size > 0; it imports this module)

@@ -209,6 +209,40 @@ void rnn_layer_forward(const RnnLayerParams& p);
 void rnn_layer_backward(const RnnLayerBackwardParams& p);
 }  // namespace cpu
 
+// ---- LSTM with a projection (torch.nn.LSTM proj_size = P > 0): csrc/cpu/rnn_proj.cpp ----------
+// Per step the LSTM cell (the step body above) gives h_full = o * tanh(c') [B, H]; the state and
+// output are its projection r = h_full W_hr^T [B, P]. So h0, y and h_n are [.., B, P], W_hh is
+// [4H, P] (multiplies r), c is [.., B, H]. Inactive rows (lengths) carry r and c, y = 0 and
+// h_full = 0. Each step has two barriers: the cell on the thread's hidden units, then the
+// projection on the thread's columns of r.
+struct RnnProjLayerParams {
+  RnnLayerParams layer;  // mode kLstm; hidden H; h0 [B, P], w_hh [4H, P], y [T, B, P], h_n [B, P]
+  int64_t proj = 0;      // P, 0 < P < H
+  const void* w_hr = nullptr;  // storage [P, H]
+  void* h_full = nullptr;      // storage [T, B, H]: o * tanh(c') of every step (saved for backward)
+};
+
+// Gradients of a projected layer, float32. dW_hr = sum_t dr_t^T h_full_t is one GEMM at the end.
+struct RnnProjLayerBackwardParams {
+  RnnProjLayerParams fwd;      // the forward's inputs and saved outputs (y, saved, c_all, h_full)
+  const void* dy = nullptr;    // storage [T, B, P] or null
+  const void* dh_n = nullptr;  // storage [B, P] or null
+  const void* dc_n = nullptr;  // storage [B, H] or null
+  float* dx = nullptr;         // fp32 [T, B, I]
+  float* dh0 = nullptr;        // fp32 [B, P]
+  float* dc0 = nullptr;        // fp32 [B, H]
+  float* dw_ih = nullptr;      // fp32 [4H, I]
+  float* dw_hh = nullptr;      // fp32 [4H, P]
+  float* dw_hr = nullptr;      // fp32 [P, H]
+  float* db_ih = nullptr;      // fp32 [4H] or null
+  float* db_hh = nullptr;
+};
+
+namespace cpu {
+void rnn_proj_layer_forward(const RnnProjLayerParams& p);
+void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& p);
+}  // namespace cpu
+
 namespace cuda {
 // `stream` is a cudaStream_t. Return 0 on success, else the cudaError_t of the failed launch.
 int rnn_step_forward(const RnnStepParams& p, void* stream);

@@ -1,0 +1,69 @@
+// Helpers of the CPU RNN layers shared by csrc/cpu/rnn.cpp (plain layers, which defines them) and
+// csrc/cpu/rnn_proj.cpp (the LSTM layer with a projection, proj_size > 0). Internal: not part of
+// the kernel interface in fastops/rnn.h.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "fastops/dtype.h"
+#include "fastops/macros.h"
+#include "fastops/rnn.h"
+
+namespace fastops {
+namespace cpu {
+namespace rnn_detail {
+
+// Row b is active at step t (variable lengths, fastops/rnn.h).
+FASTOPS_FORCE_INLINE bool active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+size_t storage_bytes(DType d);
+void widen_any(DType d, const void* src, float* dst, int64_t n);   // storage -> float32
+void narrow_any(DType d, const float* src, void* dst, int64_t n);  // float32 -> storage
+
+// A float32 view of a storage buffer: the buffer itself for float32, else a widened copy.
+struct F32View {
+  std::vector<float> copy;
+  const float* ptr = nullptr;
+  F32View(DType d, const void* src, int64_t n) {
+    if (d == DType::kFloat32) {
+      ptr = static_cast<const float*>(src);
+    } else {
+      copy.resize(n);
+      widen_any(d, src, copy.data(), n);
+      ptr = copy.data();
+    }
+  }
+};
+
+// C[m, n] (row stride ldc) = beta * C + A[m, k] B[k, n], all addressed through element strides.
+void mm(int64_t m, int64_t n, int64_t k, DType ab, const void* a, int64_t a_row, int64_t a_col, const void* b,
+        int64_t b_row, int64_t b_col, float* c, int64_t ldc, float beta);
+
+// The fused step over units [j0, j1) of row b, of one mode and dtype, for the running CPU.
+using ForwardBlock = void (*)(const RnnStepParams&, int64_t, int64_t, int64_t);
+using BackwardBlock = void (*)(const RnnStepBackwardParams&, int64_t, int64_t, int64_t);
+ForwardBlock forward_block_fn(RnnMode m, DType d);
+BackwardBlock backward_block_fn(RnnMode m, DType d);
+
+// The threads of a layer's time loop: one OpenMP region for all steps, thread i owning the
+// hidden units [begin, end) (whole GEMM panels) of every gate for the whole loop, so that its
+// part of W_hh stays in its cache and a step needs one barrier.
+constexpr int64_t kTeamMinWork = int64_t(1) << 17;  // multiply-adds per step below which one thread runs
+struct Team {
+  int threads = 1;
+  int64_t panel = 1, panels = 0, hidden = 0;
+  int64_t begin() const { return std::min(hidden, panels * omp_get_thread_num() / threads * panel); }
+  int64_t end() const { return std::min(hidden, panels * (omp_get_thread_num() + 1) / threads * panel); }
+};
+Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step);
+
+}  // namespace rnn_detail
+}  // namespace cpu
+}  // namespace fastops
