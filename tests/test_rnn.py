@@ -605,3 +605,12 @@ def test_auto_policy_is_batch_aware():
     assert R.cpu_preferred(R.TANH, torch.float32, 1, False) != R.cpu_preferred(R.TANH, torch.float32, 32, False)
     assert R.cpu_preferred(R.TANH, torch.float32, 32, True) != R.cpu_preferred(R.TANH, torch.float32, 32, False)
     assert not R.cpu_preferred(R.LSTM, torch.float16, 1, True)  # not measured: torch
+
+
+def test_gate_products_on_cpu_are_float32_upcasts():
+    """gates_f32 off the GPU: the float32 product of the upcast operands, for every dtype."""
+    for dtype in DTYPES:
+        a, w = make((7, 13), dtype, seed=1), make((9, 13), dtype, seed=2)
+        got = R.gates_f32(a, w)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, a.float() @ w.float().t())

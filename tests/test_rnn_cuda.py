@@ -65,3 +65,16 @@ def test_layers_and_packed(cls_name, backend):
         o = out.data if hasattr(out, "batch_sizes") else out
         r = out_ref.data if hasattr(out_ref, "batch_sizes") else out_ref
         assert_close(o, r, torch.float32, reduction=256)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gate_products_read_operands_as_stored(dtype):
+    """gates_f32 (the input projection and per-step h W_hh^T of the GPU layers) multiplies fp16 /
+    bf16 operands as stored into float32 (aten::mm.dtype, tensor cores), not through float32 copies:
+    float32 out, and the upcast product's value up to summation order."""
+    from fastops.ops import rnn as R
+    a, w = _rand(67, 129, dtype=dtype, seed=1), _rand(260, 129, dtype=dtype, seed=2)
+    got = R.gates_f32(a, w)
+    want = a.double() @ w.double().t()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)

@@ -73,6 +73,19 @@ def _step_fns(backend: str):
     return _ref.step_forward_ref, _ref.step_backward_ref
 
 
+def gates_f32(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ w [N, K]^T in float32. CUDA fp16/bf16: the operands as stored with float32
+    accumulation and output (aten::mm.dtype: tensor cores, exact products, as an upcast GEMM up to
+    summation order); elsewhere, or where that overload is missing, an upcast float32 GEMM."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and w.dtype == a.dtype:
+        try:
+            return torch.mm(a, w.t(), out_dtype=torch.float32)
+        except (NotImplementedError, RuntimeError, TypeError):
+            pass
+    acc = acc_dtype(a.dtype)
+    return a.to(acc) @ w.to(acc).t()
+
+
 def _loop_forward(backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
     step_fwd, _ = _step_fns(backend)
     if backend == "cuda" and lengths is not None:
@@ -80,8 +93,7 @@ def _loop_forward(backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, rev
     T, B, I = x.shape
     H = h0.shape[1]
     acc = acc_dtype(x.dtype)
-    gx = (x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()).reshape(T, B, w_ih.shape[0])
-    whh_t = w_hh.to(acc).t()
+    gx = gates_f32(x.reshape(T * B, I), w_ih).reshape(T, B, w_ih.shape[0])
     bi, bh = _opt(b_ih, acc), _opt(b_hh, acc)
     lens = None if lengths is None else lengths.to(x.device)
     h = h0.clone(memory_format=torch.contiguous_format)
@@ -91,7 +103,7 @@ def _loop_forward(backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, rev
     c = c0.to(acc).clone() if lstm else None
     c_all = torch.empty(T if lstm else 0, B, H, dtype=acc, device=x.device)
     for t in _time_order(T, reverse):
-        gh = h.to(acc) @ whh_t
+        gh = gates_f32(h, w_hh)
         step_fwd(mode, gx[t], gh, bi, bh, h, c, y[t], saved[t], lens, t)
         if lstm:
             c_all[t].copy_(c)
@@ -345,7 +357,7 @@ def _forward_cuda(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, mode, reverse):
     T, B, I = x.shape
     H = h0.shape[1]
     lstm = mode == LSTM
-    gx = (x.reshape(T * B, I).float() @ w_ih.float().t()).reshape(T, B, w_ih.shape[0])
+    gx = gates_f32(x.reshape(T * B, I), w_ih).reshape(T, B, w_ih.shape[0])
     y, saved, c_all = _ext.C.rnn_persistent_forward(
         mode, gx, _opt(b_ih, torch.float32), _opt(b_hh, torch.float32), h0.contiguous(),
         _opt(c0, torch.float32) if lstm else None, w_hh.contiguous(), reverse)

@@ -46,8 +46,7 @@ def _loop_forward(backend, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, rev
     T, B, I = x.shape
     P, H = w_hr.shape
     acc = _rnn.acc_dtype(x.dtype)
-    gx = (x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()).reshape(T, B, 4 * H)
-    whh_t, whr_t = w_hh.to(acc).t(), w_hr.to(acc).t()
+    gx = _rnn.gates_f32(x.reshape(T * B, I), w_ih).reshape(T, B, 4 * H)
     bi, bh = _rnn._opt(b_ih, acc), _rnn._opt(b_hh, acc)
     lens = None if lengths is None else lengths.to(x.device)
     r = h0.clone(memory_format=torch.contiguous_format)
@@ -58,10 +57,10 @@ def _loop_forward(backend, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, rev
     saved = torch.empty(T, B, 4, H, dtype=acc, device=x.device)
     c_all = torch.empty(T, B, H, dtype=acc, device=x.device)
     for t in _rnn._time_order(T, reverse):
-        gh = r.to(acc) @ whh_t
+        gh = _rnn.gates_f32(r, w_hh)
         step_fwd(LSTM, gx[t], gh, bi, bh, h_full[t], c, scratch, saved[t], lens, t)
         c_all[t].copy_(c)
-        r_new = (h_full[t].to(acc) @ whr_t).to(x.dtype)
+        r_new = _rnn.gates_f32(h_full[t], w_hr).to(x.dtype)
         active = _active(lens, t, B, x.device)
         if active is None:
             r = r_new
