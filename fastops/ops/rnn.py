@@ -202,23 +202,25 @@ def _backward_loop(backend):
 # training, at T=64, H=256, B = 1..32 (batch sweeps under the bench lock, as `python -m
 # fastops.bench --ops rnn,rnn_gru,rnn_tanh,rnn_relu`) on the development machine: 2-core AMD Zen 4
 # (AVX-512, AVX512-BF16, no AMX), 2 threads, medians of 7 alternating runs at load 1-2 (other
-# helpers' builds), 2026-11-24. fastops / torch time ratios, fwd / fwd+bwd:
-#   LSTM fp32  B=1 0.81/0.86  B=4 0.87/0.95  B=8 0.86/0.92  B=32 0.82/0.84  -> torch
-#   LSTM bf16  B=1 1.19/1.73  B=4 0.92/1.20  B=8 0.79/1.07  B=16 0.73/0.94  B=32 0.72/0.84
-#              (fwd alone 0.9-1.0 at B=1 in other runs)  -> cpu for training up to B=8
-#   GRU  fp32  B=1 2.44/3.00  B=8 1.71/1.64  B=32 1.34/1.27  -> cpu
-#   GRU  bf16  B=1 5.81/9.28  B=8 1.70/2.00  B=32 0.85/1.27  -> cpu; inference up to B=8
-#   tanh fp32  B=1 1.42/3.40  B=8 1.75/2.06  B=32 0.97/1.05  -> cpu; inference up to B=8
-#   tanh bf16  B=1 5.93/6.92  B=8 2.28/2.86  B=32 1.13/1.36  -> cpu
-#   relu fp32  B=1 1.44/3.64  B=8 1.45/2.01  B=32 0.91/1.07  -> cpu; inference up to B=8
-#   relu bf16  B=1 6.80/8.20  B=8 3.65/3.85  B=32 1.56/1.67  -> cpu
+# helpers' builds), 2026-11-24. torch / fastops time ratios (> 1: the cpu layer is faster), fwd /
+# fwd+bwd; "now" is B=32 after the 16-lane cell rows (`--quick`, load 1.1-1.7, 09:03-09:06 UTC):
+#   LSTM fp32  B=1 0.81/0.86  B=4 0.87/0.95  B=8 0.86/0.92  B=32 0.82/0.84, now 0.87-0.98/0.86-0.88
+#              -> torch
+#   LSTM bf16  B=1 1.19/1.73  B=4 0.92/1.20  B=8 0.79/1.07  B=16 0.73/0.94  B=32 0.72/0.84, now
+#              0.77-0.84/0.78-0.83 (fwd alone 0.9-1.0 at B=1 in other runs)  -> cpu for training up to B=8
+#   GRU  fp32  B=1 2.44/3.00  B=8 1.71/1.64  B=32 1.34/1.27, now 1.45/1.48  -> cpu
+#   GRU  bf16  B=1 5.81/9.28  B=8 1.70/2.00  B=32 0.85/1.27, now 1.01/1.16  -> cpu
+#   tanh fp32  B=1 1.42/3.40  B=8 1.75/2.06  B=32 0.97/1.05, now 1.20/1.34  -> cpu
+#   tanh bf16  B=1 5.93/6.92  B=8 2.28/2.86  B=32 1.13/1.36, now 1.54/1.57  -> cpu
+#   relu fp32  B=1 1.44/3.64  B=8 1.45/2.01  B=32 0.91/1.07, now 1.06/1.22  -> cpu
+#   relu bf16  B=1 6.80/8.20  B=8 3.65/3.85  B=32 1.56/1.67, now 1.10/1.51  -> cpu
 # float16 was not measured (torch). README "RNN" has the figures.
 # (inference, training): the largest batch the cpu layer runs at; None: any batch, 0: never.
 CPU_MAX_BATCH = {
     (LSTM, torch.float32): (0, 0), (LSTM, torch.bfloat16): (0, 8),
-    (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (8, None),
-    (TANH, torch.float32): (8, None), (TANH, torch.bfloat16): (None, None),
-    (RELU, torch.float32): (8, None), (RELU, torch.bfloat16): (None, None),
+    (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (None, None),
+    (TANH, torch.float32): (None, None), (TANH, torch.bfloat16): (None, None),
+    (RELU, torch.float32): (None, None), (RELU, torch.bfloat16): (None, None),
 }
 MODE_NAMES = {v: k for k, v in MODES.items()}
 # LSTM with proj_size > 0 (fastops/ops/rnn_proj.py), same meaning, against torch.nn.LSTM(proj_size)
