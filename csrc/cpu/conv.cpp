@@ -248,19 +248,28 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
 // The implicit NHWC im2col matrix of pixels m0.. as a cpu::GatheredA: row i is output pixel m0 + i,
 // segment t is kernel tap t = (kh, kw), and its Cg channels are read in place from x (a group's
 // channels start at xg = x + g Cg); taps in the padding read as zeros.
+// The pixel of the last row asked for is kept (the gatherers ask for a row's taps in turn).
 template <typename T>
 struct TapRows {
   const Conv2dShape* s;
   const T* xg;
   int64_t m0;
+  mutable int64_t last = -1, n = 0, oh = 0, ow = 0;
   static const void* row(const void* ctx, int64_t i, int64_t t) {
     const TapRows& r = *static_cast<const TapRows*>(ctx);
     const Conv2dShape& s = *r.s;
-    const int64_t m = r.m0 + i, P = s.ho * s.wo, n = m / P, q = m % P;
-    const int64_t ih = conv_in_index(q / s.wo, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
-    const int64_t iw = conv_in_index(q % s.wo, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+    if (i != r.last) {
+      const int64_t m = r.m0 + i, P = s.ho * s.wo, q = m % P;
+      r.last = i;
+      r.n = m / P;
+      r.oh = q / s.wo;
+      r.ow = q % s.wo;
+    }
+    const int64_t ti = s.kw == 1 ? t : t / s.kw, tj = s.kw == 1 ? 0 : t - ti * s.kw;
+    const int64_t ih = conv_in_index(r.oh, ti, s.stride_h, s.pad_h, s.dil_h);
+    const int64_t iw = conv_in_index(r.ow, tj, s.stride_w, s.pad_w, s.dil_w);
     if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) return nullptr;
-    return r.xg + ((n * s.h + ih) * s.w + iw) * s.c;
+    return r.xg + ((r.n * s.h + ih) * s.w + iw) * s.c;
   }
   GatheredA gathered() const { return {&TapRows::row, this, s->kh * s->kw, s->cg()}; }
 };
@@ -827,6 +836,78 @@ void backward_typed(const Conv2dBackwardParams& p) {
 }
 
 }  // namespace
+
+namespace {
+
+// Tile of ni x nj (at most kT x kT) elements at (i0, j0) of one matrix: read along j, write along i.
+template <typename E>
+FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
+                                         int64_t ni, int64_t nj) {
+  constexpr int64_t kT = 32;
+  if (ni == kT && nj == kT) {  // full tile: fixed trip counts
+    E t[kT][kT];
+    for (int64_t i = 0; i < kT; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < kT; ++j) t[j][i] = src[(i0 + i) * cols + j0 + j];
+    for (int64_t j = 0; j < kT; ++j)
+#pragma omp simd
+      for (int64_t i = 0; i < kT; ++i) dst[(j0 + j) * rows + i0 + i] = t[j][i];
+    return;
+  }
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t i = 0; i < ni; ++i) dst[(j0 + j) * rows + i0 + i] = src[(i0 + i) * cols + j0 + j];
+}
+
+// Tiles [t0, t1) of the batch, numbered matrix major, then tile row, then tile column.
+template <typename E>
+FASTOPS_FORCE_INLINE void transpose_range(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
+  constexpr int64_t kT = 32;
+  const int64_t ti = (rows + kT - 1) / kT, tj = (cols + kT - 1) / kT, per = ti * tj;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / per, i0 = t % per / tj * kT, j0 = t % tj * kT;
+    transpose_tile(src + b * rows * cols, dst + b * rows * cols, rows, cols, i0, j0, std::min(kT, rows - i0),
+                   std::min(kT, cols - j0));
+  }
+}
+
+template <typename E>
+FASTOPS_TARGET_AVX512 void transpose_range_avx512(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0,
+                                                  int64_t t1) {
+  transpose_range(src, dst, rows, cols, t0, t1);
+}
+template <typename E>
+FASTOPS_TARGET_AVX2 void transpose_range_avx2(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
+  transpose_range(src, dst, rows, cols, t0, t1);
+}
+template <typename E>
+FASTOPS_TARGET_BASELINE void transpose_range_base(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0,
+                                                  int64_t t1) {
+  transpose_range(src, dst, rows, cols, t0, t1);
+}
+
+template <typename E>
+void transpose_typed(const E* src, E* dst, int64_t batch, int64_t rows, int64_t cols) {
+  using Fn = void (*)(const E*, E*, int64_t, int64_t, int64_t, int64_t);
+  const Fn fn = select_isa<Fn>(transpose_range_base<E>, transpose_range_avx2<E>, transpose_range_avx512<E>);
+  const int64_t tiles = batch * ((rows + 31) / 32) * ((cols + 31) / 32);
+  const bool par = !omp_in_parallel() && batch * rows * cols >= (int64_t(1) << 15);
+#pragma omp parallel if (par)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    fn(src, dst, rows, cols, tiles * t / nt, tiles * (t + 1) / nt);
+  }
+}
+
+}  // namespace
+
+void transpose_batched(const void* src, void* dst, int64_t batch, int64_t rows, int64_t cols, int elem_bytes) {
+  if (batch * rows * cols == 0) return;
+  if (elem_bytes == 2) {
+    transpose_typed(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), batch, rows, cols);
+  } else {
+    transpose_typed(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), batch, rows, cols);
+  }
+}
 
 void conv2d_forward(const Conv2dForwardParams& p) {
   if (p.s.n * p.s.o * p.s.ho * p.s.wo == 0) return;

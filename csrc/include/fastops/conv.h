@@ -84,6 +84,10 @@ namespace cpu {
 // Call from outside any OpenMP parallel region (they run cpu::gemm, which is parallel).
 void conv2d_forward(const Conv2dForwardParams& p);
 void conv2d_backward(const Conv2dBackwardParams& p);
+// dst[b][j][i] = src[b][i][j] for i < rows, j < cols: a batch of dense row-major matrices transposed,
+// elements of elem_bytes (2 or 4) bytes; the layout changes of the binding (NCHW <-> NHWC with
+// rows, cols = C, H W or H W, C; the weight [O, C, KH KW] <-> [O, KH KW, C]). OpenMP over tiles.
+void transpose_batched(const void* src, void* dst, int64_t batch, int64_t rows, int64_t cols, int elem_bytes);
 }  // namespace cpu
 
 // What the CUDA kernels (csrc/cuda/conv.cu) run, NHWC only (s.channels_last): the depthwise
