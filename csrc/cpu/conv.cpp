@@ -496,6 +496,74 @@ void dgrad_gemm(const Conv2dBackwardParams& p) {
   if (!std::is_same_v<T, float>) store_from_float(acc, dx, numel);
 }
 
+// Columns k0 .. k1 of the NHWC im2col panel (K order (kh, kw, ci)) of pixels m0 .. m0 + rows, group g,
+// as [rows, k1 - k0]; on the calling thread.
+template <typename T>
+void pack_nhwc_columns(const Conv2dShape& s, const T* x, int64_t g, int64_t m0, int64_t rows, int64_t k0, int64_t k1,
+                       T* panel) {
+  const int64_t cg = s.cg(), P = s.ho * s.wo, t0 = k0 / cg, t1 = (k1 + cg - 1) / cg;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = m0 + r, n = m / P, q = m % P, oh = q / s.wo, ow = q % s.wo;
+    T* dst = panel + r * (k1 - k0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = std::max(k0, t * cg) - t * cg, c1 = std::min(k1, (t + 1) * cg) - t * cg;
+      const int64_t ih = conv_in_index(oh, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
+      const int64_t iw = conv_in_index(ow, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+      if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
+        std::memset(static_cast<void*>(dst), 0, (c1 - c0) * sizeof(T));
+      } else {
+        std::memcpy(static_cast<void*>(dst), x + ((n * s.h + ih) * s.w + iw) * s.c + g * cg + c0, (c1 - c0) * sizeof(T));
+      }
+      dst += c1 - c0;
+    }
+  }
+}
+
+// NHWC wgrad: each thread owns a range of dw's columns (whole 32-column panels of one group's
+// K = (kh, kw, ci)) and sums every block of pixels into it, blocks in order, with one-thread GEMMs:
+// no partial sums, one parallel region, and every element one float32 sum in a fixed order
+// (bitwise the same for any thread count). A single block writes dw in its dtype directly.
+template <typename T>
+void wgrad_nhwc_columns(const Conv2dShape& s, const T* dy, const T* x, T* dw) {
+  constexpr int64_t kPanel = int64_t(1) << 18, kMinRows = 512, kCols = 32;
+  const int64_t og = s.og(), K = s.k(), M = s.n * s.ho * s.wo;
+  const int nt = omp_get_max_threads();
+  const int64_t parts = std::min<int64_t>((nt + s.groups - 1) / s.groups, (K + kCols - 1) / kCols);
+  const int64_t items = s.groups * parts, panels = (K + kCols - 1) / kCols;
+  const int64_t want = std::max(kMinRows, kPanel / std::max<int64_t>(1, (K + parts - 1) / parts));
+  const int64_t blocks = (M + want - 1) / want, mb = (M + blocks - 1) / blocks;
+  const bool direct = blocks == 1 || std::is_same_v<T, float>;
+  std::vector<float> buffer(direct ? 0 : s.o * K);
+  float* acc = direct ? nullptr : buffer.data();
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nt, items)))
+  {
+    const int64_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
+    std::vector<T> panel;
+    for (int64_t it = items * t / n_t; it < items * (t + 1) / n_t; ++it) {
+      const int64_t g = it / parts, part = it % parts;
+      const int64_t k0 = std::min(K, panels * part / parts * kCols), k1 = std::min(K, panels * (part + 1) / parts * kCols);
+      if (k0 >= k1) continue;
+      panel.resize(mb * (k1 - k0));
+      GemmParams gp = base_gemm(s);
+      gp.m = og;
+      gp.n = k1 - k0;
+      gp.c_stride_row = K;
+      gp.c_dtype = direct ? s.dtype : DType::kFloat32;
+      for (int64_t m0 = 0; m0 < M; m0 += mb) {
+        const int64_t rows = std::min(mb, M - m0);
+        pack_nhwc_columns(s, x, g, m0, rows, k0, k1, panel.data());
+        gp.k = rows;
+        gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+        gp.b = {panel.data(), 0, k1 - k0, 1};
+        gp.c = direct ? static_cast<void*>(dw + g * og * K + k0) : static_cast<void*>(acc + g * og * K + k0);
+        gp.beta = m0 == 0 ? 0.0f : 1.0f;
+        gemm(gp);
+      }
+    }
+  }
+  if (!direct) store_from_float(acc, dw, s.o * K);
+}
+
 template <typename T>
 void wgrad_gemm(const Conv2dBackwardParams& p) {
   const Conv2dShape& s = p.s;
@@ -517,32 +585,15 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
     }
     return;
   }
+  if (s.channels_last && M > 0) {
+    wgrad_nhwc_columns(s, dy, x, dw);
+    return;
+  }
   std::vector<float> buffer(std::is_same_v<T, float> ? 0 : s.o * K);
   float* acc = std::is_same_v<T, float> ? reinterpret_cast<float*>(dw) : buffer.data();
   std::fill(acc, acc + s.o * K, 0.0f);  // also the answer when there are no pixels
   gp.c_dtype = DType::kFloat32;
-  if (s.channels_last) {
-    // Each thread sums a contiguous range of blocks into its own float32 dw (thread 0 into acc),
-    // with one-thread GEMMs; the partial sums are then added in thread order. Bitwise the same
-    // from run to run for a given thread count.
-    const int64_t dw_elems = s.o * K, nt = omp_get_max_threads();
-    std::vector<float> partial(std::max<int64_t>(0, nt - 1) * dw_elems, 0.0f);
-    gp.beta = 1.0f;
-    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
-                               [&](int t, int64_t m0, int64_t rows, int64_t g, const T* panel) {
-      GemmParams tp = gp;
-      tp.k = rows;
-      tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-      tp.b = {panel, 0, K, 1};
-      tp.c = (t == 0 ? acc : partial.data() + (t - 1) * dw_elems) + g * og * K;
-      gemm(tp);
-    });
-#pragma omp parallel for schedule(static)
-    for (int64_t e = 0; e < dw_elems; ++e) {
-      float v = acc[e];
-      for (int64_t u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
-      acc[e] = v;
-    }
+  if (s.channels_last) {  // no pixels: zeros
   } else {  // a pointwise conv reads x in place: no panel
     const bool pw = s.pointwise();
     for_each_block_nchw(s, pw ? nullptr : x, pw ? P : block_of(K, P),
