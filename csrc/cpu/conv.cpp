@@ -891,10 +891,20 @@ void backward_typed(const Conv2dBackwardParams& p) {
 namespace {
 
 // Tile of ni x nj (at most kT x kT) elements at (i0, j0) of one matrix: read along j, write along i.
-template <typename E>
+// kRegs: 32-bit words of a full tile go through the AVX-512 register transpose (transpose16_u32).
+template <typename E, bool kRegs>
 FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
                                          int64_t ni, int64_t nj) {
   constexpr int64_t kT = 32;
+  if constexpr (kRegs && sizeof(E) == 4) {
+    if (ni == kT && nj == kT) {
+      for (int64_t a = 0; a < kT; a += 16)
+        for (int64_t b = 0; b < kT; b += 16)
+          transpose16_u32(reinterpret_cast<const uint32_t*>(src + (i0 + a) * cols + j0 + b), cols,
+                          reinterpret_cast<uint32_t*>(dst + (j0 + b) * rows + i0 + a), rows);
+      return;
+    }
+  }
   if (ni == kT && nj == kT) {  // full tile: fixed trip counts
     E t[kT][kT];
     for (int64_t i = 0; i < kT; ++i)
@@ -910,13 +920,13 @@ FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int
 }
 
 // Tiles [t0, t1) of the batch, numbered matrix major, then tile row, then tile column.
-template <typename E>
+template <typename E, bool kRegs = false>
 FASTOPS_FORCE_INLINE void transpose_range(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
   constexpr int64_t kT = 32;
   const int64_t ti = (rows + kT - 1) / kT, tj = (cols + kT - 1) / kT, per = ti * tj;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t / per, i0 = t % per / tj * kT, j0 = t % tj * kT;
-    transpose_tile(src + b * rows * cols, dst + b * rows * cols, rows, cols, i0, j0, std::min(kT, rows - i0),
+    transpose_tile<E, kRegs>(src + b * rows * cols, dst + b * rows * cols, rows, cols, i0, j0, std::min(kT, rows - i0),
                    std::min(kT, cols - j0));
   }
 }
@@ -924,7 +934,7 @@ FASTOPS_FORCE_INLINE void transpose_range(const E* src, E* dst, int64_t rows, in
 template <typename E>
 FASTOPS_TARGET_AVX512 void transpose_range_avx512(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0,
                                                   int64_t t1) {
-  transpose_range(src, dst, rows, cols, t0, t1);
+  transpose_range<E, true>(src, dst, rows, cols, t0, t1);
 }
 template <typename E>
 FASTOPS_TARGET_AVX2 void transpose_range_avx2(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {

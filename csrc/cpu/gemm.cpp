@@ -1023,6 +1023,19 @@ bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int6
 
 }  // namespace
 
+void transpose16_u32(const uint32_t* src, int64_t lds, uint32_t* dst, int64_t ldd) {
+#if FASTOPS_HAVE_X86_PATHS
+  const uint32_t* rows[16];
+  for (int r = 0; r < 16; ++r) rows[r] = src + r * lds;
+  alignas(64) uint32_t t[256];
+  transpose_pairs(rows, 16, 16, 16, t);
+  for (int q = 0; q < 16; ++q) std::memcpy(dst + q * ldd, t + q * 16, 64);
+#else
+  for (int j = 0; j < 16; ++j)
+    for (int i = 0; i < 16; ++i) dst[j * ldd + i] = src[i * lds + j];
+#endif
+}
+
 void PackedB::multiply_gathered(const GemmParams& p, const GatheredA& a, int64_t j0, int64_t j1) const {
   if (p.m <= 0 || j1 <= j0 || !data_) return;
   switch (dtype_) {

@@ -29,6 +29,10 @@ struct GatheredA {
   int64_t segments = 0, seg_len = 0;
 };
 
+// dst[j * ldd + i] = src[i * lds + j] for i, j < 16: one 16 x 16 block of 32-bit words transposed
+// in registers (the packing's transpose). Needs AVX-512 (callers check the active ISA).
+void transpose16_u32(const uint32_t* src, int64_t lds, uint32_t* dst, int64_t ldd);
+
 class PackedB {
  public:
   PackedB() = default;
