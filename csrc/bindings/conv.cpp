@@ -129,7 +129,9 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
     bias = bias_in->contiguous();
     p.bias = bias.data_ptr();
   }
-  at::Tensor y = at::empty({p.s.n, p.s.o, p.s.ho, p.s.wo}, x.options().memory_format(format_of(channels_last)));
+  p.y_nchw = channels_last && x.is_cpu() && !is_cl(x_in);  // y in x's layout, from the kernel's store
+  at::Tensor y = at::empty({p.s.n, p.s.o, p.s.ho, p.s.wo},
+                           x.options().memory_format(format_of(channels_last && !p.y_nchw)));
   p.x = x.data_ptr();
   p.w = w.data_ptr();
   p.y = y.data_ptr();
@@ -141,7 +143,6 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
 #endif
   } else {
     cpu::conv2d_forward(p);
-    if (channels_last && !is_cl(x_in)) return in_format(y, at::MemoryFormat::Contiguous);  // x's layout
   }
   return y;
 }

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -347,6 +348,26 @@ void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
     for (int64_t g = 0; g < s.groups; ++g)
       packed.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
                           og, s.dtype);
+    if (p.y_nchw) {  // NCHW y from the GEMM's store: blocks within an image, y's rows strided by P
+      const int64_t per_img = (P + thread_block_rows(s, M) - 1) / thread_block_rows(s, M);
+      const int64_t mbi = (P + per_img - 1) / per_img, items = s.n * per_img * s.groups;
+#pragma omp parallel
+      {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int64_t it = items * t / nt; it < items * (t + 1) / nt; ++it) {
+          const int64_t n = it / (per_img * s.groups), q0 = it / s.groups % per_img * mbi, g = it % s.groups;
+          GemmParams tp = gp;
+          tp.m = std::min(mbi, P - q0);
+          tp.c = y + (n * s.o + g * og) * P + q0;
+          tp.c_stride_row = 1;
+          tp.c_stride_col = P;
+          tp.bias = bias ? bias + g * og : nullptr;
+          const TapRows<T> ctx{&s, x + g * cg, n * P + q0};
+          packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
+        }
+      }
+      return;
+    }
     // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
     for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
                                [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
@@ -970,8 +991,30 @@ void transpose_batched(const void* src, void* dst, int64_t batch, int64_t rows, 
   }
 }
 
+namespace {
+
+// Whether forward_gemm writes an NCHW y from its store (y_nchw): the NHWC implicit GEMM, with
+// images of whole 14-row register tiles or large enough that a partial tile costs little (the
+// blocks may not cross images).
+bool nchw_store_fused(const Conv2dShape& s) {
+  const int64_t P = s.ho * s.wo;
+  return s.channels_last && !s.depthwise() && !s.pointwise() && (P % 14 == 0 || P >= 14 * 16);
+}
+
+}  // namespace
+
 void conv2d_forward(const Conv2dForwardParams& p) {
   if (p.s.n * p.s.o * p.s.ho * p.s.wo == 0) return;
+  if (p.y_nchw && p.s.channels_last && !nchw_store_fused(p.s)) {  // NHWC into a buffer, then transposed
+    const int64_t elem = p.s.dtype == DType::kFloat32 ? 4 : 2, P = p.s.ho * p.s.wo;
+    std::unique_ptr<char[]> tmp(new char[p.s.n * p.s.o * P * elem]);
+    Conv2dForwardParams q = p;
+    q.y = tmp.get();
+    q.y_nchw = false;
+    conv2d_forward(q);
+    transpose_batched(tmp.get(), p.y, p.s.n, P, p.s.o, static_cast<int>(elem));
+    return;
+  }
   switch (p.s.dtype) {
     case DType::kFloat16: return forward_typed<Half>(p);
     case DType::kBFloat16: return forward_typed<BFloat16>(p);

@@ -67,6 +67,9 @@ struct Conv2dForwardParams {
   const void* bias = nullptr;  // [O] or null
   void* y = nullptr;
   Activation activation = Activation::kNone;
+  // CPU, channels_last shape: y is written as NCHW [N, O, HO, WO] (x and w stay in the NHWC
+  // layout), by the GEMM's store where it can (cpu::conv2d_forward), else through a transpose.
+  bool y_nchw = false;
 };
 
 // Gradients of y = conv(x, w) + bias from dy; each output is skipped when its pointer is null.
