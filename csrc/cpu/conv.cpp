@@ -315,7 +315,8 @@ void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn&
 // w_kn, when given, is the NHWC weight as [G, K, Og] (each group's w_g^T, columns contiguous) and
 // replaces p.w (the dgrad below builds its flipped weight in that layout, which packs fastest).
 template <typename T>
-void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
+void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr,
+                  const std::vector<PackedB>* prepacked = nullptr) {
   const Conv2dShape& s = p.s;
   const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
   const T* x = static_cast<const T*>(p.x);
@@ -344,9 +345,10 @@ void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
     // W_g^T is packed once per call (cpu::PackedB); each thread then packs the im2col panels of
     // its blocks and multiplies them against it on its own (no barrier per block); outputs of
     // different blocks are disjoint, so any split is exact.
-    std::vector<PackedB> packed;
-    for (int64_t g = 0; g < s.groups; ++g)
-      packed.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
+    std::vector<PackedB> own;
+    const std::vector<PackedB>& packed = prepacked ? *prepacked : own;
+    for (int64_t g = 0; g < s.groups && !prepacked; ++g)
+      own.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
                           og, s.dtype);
     if (p.y_nchw) {  // NCHW y from the GEMM's store: blocks within an image, y's rows strided by P
       const int64_t per_img = (P + thread_block_rows(s, M) - 1) / thread_block_rows(s, M);
@@ -430,6 +432,24 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
   t.wo = s.w;
   const int64_t cg = s.cg(), og = s.og(), taps = s.kh * s.kw;
   const T* w = static_cast<const T*>(p.w);  // [O, KH, KW, Cg] (NHWC K order)
+  Conv2dForwardParams f;
+  f.s = t;
+  f.x = p.dy;
+  f.w = nullptr;
+  f.y = p.dx;
+  if (PackedB::segments_fit(og, s.dtype)) {
+    // w'_g [K' = (kh, kw, oc), Cg] packed straight from w: its rows of tap t are w's tap taps - 1 - t,
+    // [og, Cg] with row stride taps Cg (the flip only reorders the taps).
+    std::vector<PackedB> packed;
+    std::vector<GemmOperand> segs(taps);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      for (int64_t tap = 0; tap < taps; ++tap)
+        segs[tap] = {w + (g * og * taps + taps - 1 - tap) * cg, 0, taps * cg, 1};
+      packed.emplace_back(segs.data(), taps, og, cg, s.dtype);
+    }
+    forward_gemm<T>(f, nullptr, &packed);
+    return true;
+  }
   // w' as [G, K', Cg] with K' = (kh, kw, oc): w'_g[(t, oc), ci] = w[g og + oc, taps - 1 - t, ci], whole
   // channel runs copied (the flip only reorders the taps).
   std::vector<T> flipped(s.o * s.k());
@@ -439,11 +459,6 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
     std::memcpy(static_cast<void*>(flipped.data() + r * cg), w + ((g * og + oc) * taps + taps - 1 - tap) * cg,
                 cg * sizeof(T));
   }
-  Conv2dForwardParams f;
-  f.s = t;
-  f.x = p.dy;
-  f.w = nullptr;
-  f.y = p.dx;
   forward_gemm<T>(f, flipped.data());
   return true;
 }

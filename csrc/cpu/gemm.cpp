@@ -1036,6 +1036,61 @@ void transpose16_u32(const uint32_t* src, int64_t lds, uint32_t* dst, int64_t ld
 #endif
 }
 
+// ---- B packed from row segments (an additive block) -------------------------------------------
+
+namespace {
+
+template <typename AB>
+std::shared_ptr<char> pack_b_segments(const GemmOperand* segs, int64_t nsegs, int64_t seg_k, int64_t n, DType ab,
+                                      int* nr, int64_t* group_elems) {
+  const Entries e = entries<AB, float>(ab);
+  GemmParams g;
+  g.m = 1;
+  g.n = n;
+  g.k = nsegs * seg_k;
+  g.ab_dtype = ab;
+  const Plan pl = packed_plan(g, e);
+  *nr = e.nr;
+  *group_elems = pl.n_panels * pl.b_panel;
+  const int64_t bytes = std::max<int64_t>(*group_elems * 4, 64);
+  std::shared_ptr<char> mem(static_cast<char*>(::operator new[](bytes, std::align_val_t(64))), PackedFree());
+  char* dst = mem.get();
+  const int64_t seg_words = e.pairs ? seg_k / 2 : seg_k;  // packed k steps per segment
+  const int64_t total = pl.n_panels * nsegs;
+  const bool par = !omp_in_parallel() && g.k * n >= (1 << 15);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t w = 0; w < total; ++w) {
+    const int64_t pi = w / nsegs, sg = w % nsegs;
+    GemmParams gg = g;  // panel pi of segment sg, as panel 0 of a [seg_k, n - pi nr] product
+    gg.k = seg_k;
+    gg.n = n - pi * e.nr;
+    gg.b = segs[sg];
+    gg.b.ptr = static_cast<const AB*>(segs[sg].ptr) + pi * e.nr * segs[sg].stride_col;
+    Plan pg = panel_plan(gg, e);
+    pg.p = &gg;
+    e.pack_b(pg, 0, 0, dst + (pi * pl.b_panel + sg * seg_words * e.nr) * 4);
+  }
+  return mem;
+}
+
+}  // namespace
+
+bool PackedB::segments_fit(int64_t seg_k, DType ab) {
+  return !(ab == DType::kBFloat16 && cpu_has_bf16_dot()) || seg_k % 2 == 0;
+}
+
+PackedB::PackedB(const GemmOperand* segs, int64_t segments, int64_t seg_k, int64_t n, DType ab)
+    : k_(segments * seg_k), n_(n), groups_(1), dtype_(ab) {
+  if (n <= 0 || segments <= 0) return;
+  switch (ab) {
+    case DType::kFloat16: data_ = pack_b_segments<Half>(segs, segments, seg_k, n, ab, &nr_, &group_elems_); break;
+    case DType::kBFloat16:
+      data_ = pack_b_segments<BFloat16>(segs, segments, seg_k, n, ab, &nr_, &group_elems_);
+      break;
+    default: data_ = pack_b_segments<float>(segs, segments, seg_k, n, ab, &nr_, &group_elems_); break;
+  }
+}
+
 void PackedB::multiply_gathered(const GemmParams& p, const GatheredA& a, int64_t j0, int64_t j1) const {
   if (p.m <= 0 || j1 <= j0 || !data_) return;
   switch (dtype_) {
