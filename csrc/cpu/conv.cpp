@@ -927,9 +927,9 @@ void backward_typed(const Conv2dBackwardParams& p) {
 namespace {
 
 // Tile of ni x nj (at most kT x kT) elements at (i0, j0) of one matrix: read along j, write along i.
-// kRegs (AVX-512): tiles of kT full rows go through the register transpose (transpose16_u32), of
-// 32-bit elements directly, of 16-bit ones as words of two rows (w[i / 2][j] = src[i][j] | src[i + 1][j]
-// << 16, which transposed are dst's rows); partial column ranges through a tile in L1.
+// kRegs (AVX-512): tiles go through the register transpose (transpose16_u32): full tiles of
+// 32-bit elements in place, the rest (16-bit elements as words of two rows, w[i / 2][j] = src[i][j] |
+// src[i + 1][j] << 16, which transposed are dst's rows; partial tiles) through zero-padded tiles in L1.
 template <typename E, bool kRegs>
 FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
                                          int64_t ni, int64_t nj) {
@@ -942,28 +942,28 @@ FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int
                           reinterpret_cast<uint32_t*>(dst + (j0 + b) * rows + i0 + a), rows);
       return;
     }
-    if (ni == kT) {
-      alignas(64) uint32_t in[kT][kT] = {}, out[kT][kT];
-      for (int64_t i = 0; i < kT; ++i) std::memcpy(in[i], src + (i0 + i) * cols + j0, nj * 4);
-      for (int64_t a = 0; a < kT; a += 16)
-        for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&in[a][b], kT, &out[b][a], kT);
-      for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], kT * 4);
-      return;
-    }
+    alignas(64) uint32_t in[kT][kT] = {}, out[kT][kT];
+    for (int64_t i = 0; i < ni; ++i) std::memcpy(in[i], src + (i0 + i) * cols + j0, nj * 4);
+    for (int64_t a = 0; a < ni; a += 16)
+      for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&in[a][b], kT, &out[b][a], kT);
+    for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], ni * 4);
+    return;
   }
   if constexpr (kRegs && sizeof(E) == 2) {
-    if (ni == kT && rows % 2 == 0) {
-      alignas(64) uint32_t w[kT / 2][kT] = {}, out[kT][kT / 2];
-      for (int64_t i = 0; i < kT / 2; ++i) {
-        const uint16_t* r0 = reinterpret_cast<const uint16_t*>(src + (i0 + 2 * i) * cols + j0);
+    alignas(64) uint32_t w[kT / 2][kT] = {}, out[kT][kT / 2];
+    for (int64_t i = 0; 2 * i < ni; ++i) {
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(src + (i0 + 2 * i) * cols + j0);
+      if (2 * i + 1 < ni) {
         const uint16_t* r1 = r0 + cols;
 #pragma omp simd
         for (int64_t j = 0; j < nj; ++j) w[i][j] = uint32_t(r0[j]) | uint32_t(r1[j]) << 16;
+      } else {
+        for (int64_t j = 0; j < nj; ++j) w[i][j] = r0[j];
       }
-      for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&w[0][b], kT, &out[b][0], kT / 2);
-      for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], kT * 2);
-      return;
     }
+    for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&w[0][b], kT, &out[b][0], kT / 2);
+    for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], ni * 2);
+    return;
   }
   if (ni == kT && nj == kT) {  // full tile: fixed trip counts
     E t[kT][kT];
