@@ -1,16 +1,19 @@
-// CPU conv2d (fastops/conv.h): implicit GEMM on cpu::gemm, plus dedicated depthwise kernels.
-//
-// General case, per block of output pixels and per group, a panel of the im2col matrix is packed
-// into a buffer (never the whole matrix) and handed to cpu::gemm:
-//   NHWC: panel [pixels, K] (K = (kh, kw, ci), channel runs copied with memcpy);
-//         y[pixels, Og] = panel x w_g^T, written in place (row stride O); blocks span images.
-//   NCHW: panel [K, pixels] of one image (Caffe's im2col, K = (ci, kh, kw));
-//         y[Og, pixels] = w_g x panel, written in place (row stride HO WO).
+// CPU conv2d (fastops/conv.h): implicit GEMM on cpu::gemm / cpu::PackedB, plus dedicated depthwise
+// kernels. Dense convolutions with a spatial kernel run NHWC (the binding changes an NCHW x / dy /
+// weight with transpose_batched below; an NCHW y comes straight from the GEMM's store, y_nchw):
+//   forward: W_g^T packed once per call (PackedB); each thread multiplies its blocks of output pixels
+//         against it with the im2col rows read in place (PackedB::multiply_gathered: the AVX-512 /
+//         AVX512-BF16 kernels broadcast them straight from x, no A packing); blocks span images.
+//   dgrad (stride 1): a forward convolution of dy with the tap-flipped weight, packed straight
+//         from w by taps (PackedB from row segments); other strides: dcol = dy x w_g (float32, per
+//         block), col2im scattered into a float32 image buffer, each thread owning a channel range.
+//   wgrad: each thread owns a range of dw's columns and sums every pixel block into it in order
+//         (dw_g[:, cols] += dy_blk^T x panel[:, cols], one-thread GEMMs, beta = 1 after the first).
+// NCHW (pointwise and the paths above when asked for NCHW): panel [K, pixels] of one image (Caffe's
+// im2col, K = (ci, kh, kw)); y[Og, pixels] = w_g x panel in place (row stride HO WO).
 // 1x1 stride-1 unpadded convolutions skip the panel: the input is the GEMM operand in place.
-// Bias and activation ride on GemmParams.bias / .activation.
-// dgrad: dcol = dy x w_g (float32, per block), then col2im scattered into a float32 image
-//        buffer, each thread owning a channel range (no atomics, fixed order: deterministic).
-// wgrad: dw_g += dy_blk^T x panel, float32 accumulation across blocks in a fixed order (GEMM beta=1).
+// Bias and activation ride on GemmParams.bias / .activation. Every output element is one float32
+// sum in a fixed order (no atomics): results are the same run to run.
 // dbias: float32 sums over pixels in a fixed order, one thread per channel range.
 // Depthwise (groups == C, O = multiplier C): direct loops, vectorised over channels (NHWC) or
 // over output width (NCHW forward); the backward runs on NHWC (the binding converts NCHW).
@@ -279,7 +282,7 @@ struct TapRows {
 // pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
 // packs the im2col panel of its items in turn (when x is given; else panel is null) and calls
 // fn(thread, m0, rows, g, panel) on it.
-// Which thread gets which items depends only on the thread count (the wgrad sums rely on it).
+// Which thread gets which items depends only on the thread count.
 template <typename T, typename Fn>
 void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
   const int64_t K = s.k(), M = s.n * s.ho * s.wo, items = (M + mb - 1) / mb * s.groups;
