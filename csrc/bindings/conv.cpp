@@ -99,6 +99,11 @@ at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   return dense_aligned(t, fmt);
 }
 
+// A CPU NCHW-contiguous weight the NHWC kernels read in place (Conv2dForwardParams::w_nchw).
+bool nchw_weight_in_place(const at::Tensor& w) {
+  return w.is_cpu() && w.dim() == 4 && w.is_contiguous() && (w.element_size() == 2 || w.element_size() == 4);
+}
+
 // The weight as the kernel reads it: [O, K] contiguous in the layout's K order.
 at::Tensor kernel_weight(const at::Tensor& w, bool channels_last) {
   if (channels_last && transposable(w) && w.is_contiguous()) {  // [O, C, KH KW] -> [O, KH KW, C]
@@ -120,7 +125,9 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
   TORCH_CHECK(activation >= 0 && activation <= 4, "fastops.conv2d: activation code must be in [0, 4], got ",
               activation);
   const at::Tensor x = in_format(x_in, format_of(channels_last));
-  const at::Tensor w = kernel_weight(w_in, channels_last);
+  // an NCHW weight is packed by the kernel straight from its layout (w_nchw), not reordered here
+  p.w_nchw = channels_last && nchw_weight_in_place(w_in);
+  const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
     check_same_device_dtype(x, "input", *bias_in, "bias");
@@ -163,11 +170,16 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
               "], got shape ", dy_in.sizes());
   const auto fmt = format_of(channels_last);
   const at::Tensor dy = in_format(dy_in, fmt), x = in_format(x_in, fmt);
-  const at::Tensor w = kernel_weight(w_in, channels_last);
+  p.w_nchw = channels_last && nchw_weight_in_place(w_in);
+  const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
   const bool empty = dy.numel() == 0;
   at::Tensor dx, dw, db;
   if (mask[0]) dx = empty ? at::zeros_like(x, fmt) : at::empty_like(x, fmt);
-  if (mask[1]) dw = empty ? at::zeros_like(w) : at::empty_like(w);
+  if (mask[1]) {  // in the kernel's layout: [O, KH, KW, Cg] when channels_last
+    const auto shape = channels_last ? std::vector<int64_t>{w_in.size(0), w_in.size(2), w_in.size(3), w_in.size(1)}
+                                     : w_in.sizes().vec();
+    dw = empty ? at::zeros(shape, w_in.options()) : at::empty(shape, w_in.options());
+  }
   if (mask[2]) db = empty ? at::zeros({p.s.o}, x.options()) : at::empty({p.s.o}, x.options());
   if (!empty && x.numel() > 0) {
     p.dy = dy.data_ptr();

@@ -350,7 +350,15 @@ void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr,
     // different blocks are disjoint, so any split is exact.
     std::vector<PackedB> own;
     const std::vector<PackedB>& packed = prepacked ? *prepacked : own;
-    for (int64_t g = 0; g < s.groups && !prepacked; ++g)
+    if (p.w_nchw && !prepacked) {  // W_g^T [K = (kh, kw, ci), og] by taps: tap t is w[g og + o, ci, t]
+      const int64_t taps = s.kh * s.kw;
+      std::vector<GemmOperand> segs(taps);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t tap = 0; tap < taps; ++tap) segs[tap] = {w + g * og * K + tap, 0, taps, cg * taps};
+        own.emplace_back(segs.data(), taps, cg, og, s.dtype);
+      }
+    }
+    for (int64_t g = 0; g < s.groups && !prepacked && !p.w_nchw; ++g)
       own.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
                           og, s.dtype);
     if (p.y_nchw) {  // NCHW y from the GEMM's store: blocks within an image, y's rows strided by P
@@ -447,12 +455,14 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
     std::vector<GemmOperand> segs(taps);
     for (int64_t g = 0; g < s.groups; ++g) {
       for (int64_t tap = 0; tap < taps; ++tap)
-        segs[tap] = {w + (g * og * taps + taps - 1 - tap) * cg, 0, taps * cg, 1};
+        segs[tap] = p.w_nchw ? GemmOperand{w + g * og * cg * taps + taps - 1 - tap, 0, cg * taps, taps}
+                             : GemmOperand{w + (g * og * taps + taps - 1 - tap) * cg, 0, taps * cg, 1};
       packed.emplace_back(segs.data(), taps, og, cg, s.dtype);
     }
     forward_gemm<T>(f, nullptr, &packed);
     return true;
   }
+  if (p.w_nchw) return false;  // the copy below reads the NHWC order
   // w' as [G, K', Cg] with K' = (kh, kw, oc): w'_g[(t, oc), ci] = w[g og + oc, taps - 1 - t, ci], whole
   // channel runs copied (the flip only reorders the taps).
   std::vector<T> flipped(s.o * s.k());
@@ -905,8 +915,24 @@ void dw_backward(const Conv2dBackwardParams& p) {
   }
 }
 
+// w [O, Cg, KH KW] -> [O, KH KW, Cg] (the NHWC K order), for the paths that read that order.
+template <typename T>
+std::vector<T> weight_nhwc(const Conv2dShape& s, const void* w) {
+  std::vector<T> out(s.o * s.k());
+  transpose_batched(w, out.data(), s.o, s.cg(), s.kh * s.kw, static_cast<int>(sizeof(T)));
+  return out;
+}
+
 template <typename T>
 void forward_typed(const Conv2dForwardParams& p) {
+  if (p.w_nchw && p.s.channels_last && !p.s.depthwise() && p.s.kh * p.s.kw > 1 &&
+      !PackedB::segments_fit(p.s.cg(), p.s.dtype)) {  // pairs would straddle taps: reorder a copy
+    const std::vector<T> wt = weight_nhwc<T>(p.s, p.w);
+    Conv2dForwardParams q = p;
+    q.w = wt.data();
+    q.w_nchw = false;
+    return forward_typed<T>(q);
+  }
   if (p.s.depthwise()) {
     dw_forward<T>(p);
   } else {
@@ -916,6 +942,21 @@ void forward_typed(const Conv2dForwardParams& p) {
 
 template <typename T>
 void backward_typed(const Conv2dBackwardParams& p) {
+  if (p.w_nchw && p.s.channels_last && p.dx && !p.s.depthwise() && p.s.kh * p.s.kw > 1) {
+    Conv2dBackwardParams d = p;  // dgrad first, with the weight in a layout its path reads
+    d.dw = d.dbias = nullptr;
+    std::vector<T> wt;
+    if (!dgrad_as_forward<T>(d)) {
+      wt = weight_nhwc<T>(p.s, p.w);
+      d.w = wt.data();
+      d.w_nchw = false;
+      dgrad_gemm<T>(d);
+    }
+    Conv2dBackwardParams rest = p;  // wgrad and dbias do not read w
+    rest.dx = nullptr;
+    rest.w_nchw = false;
+    return backward_typed<T>(rest);
+  }
   if (p.s.depthwise() && p.s.channels_last) {
     dw_backward<T>(p);
     return;

@@ -70,6 +70,9 @@ struct Conv2dForwardParams {
   // CPU, channels_last shape: y is written as NCHW [N, O, HO, WO] (x and w stay in the NHWC
   // layout), by the GEMM's store where it can (cpu::conv2d_forward), else through a transpose.
   bool y_nchw = false;
+  // CPU, channels_last shape: w is [O, Cg, KH, KW] (NCHW order) instead of [O, KH, KW, Cg]; the
+  // implicit GEMM packs it straight from there (else the kernel reorders a copy).
+  bool w_nchw = false;
 };
 
 // Gradients of y = conv(x, w) + bias from dy; each output is skipped when its pointer is null.
@@ -81,6 +84,7 @@ struct Conv2dBackwardParams {
   void* dx = nullptr;     // layout of x
   void* dw = nullptr;     // [O, K] in the layout's K order, storage dtype
   void* dbias = nullptr;  // [O], storage dtype
+  bool w_nchw = false;    // as Conv2dForwardParams::w_nchw (dw stays in the layout's K order)
 };
 
 namespace cpu {
