@@ -42,7 +42,7 @@ class PackedB {
   // One group whose B [k = segments seg_k, n] is given as row blocks: rows s seg_k .. (s + 1) seg_k
   // are segs[s] ([seg_k, n], element strides; stride_batch ignored), packed straight from them (a
   // convolution's weight with its taps reordered, never copied). Same panels as the constructor
-  // above on the assembled B. bfloat16 pairs need an even seg_k (segments() tells whether it fits).
+  // above on the assembled B. bfloat16 pairs need an even seg_k (segments_fit() tells whether it fits).
   PackedB(const GemmOperand* segs, int64_t segments, int64_t seg_k, int64_t n, DType ab);
   static bool segments_fit(int64_t seg_k, DType ab);
   int64_t k() const { return k_; }
