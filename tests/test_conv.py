@@ -311,6 +311,43 @@ def test_auto_policy_on_cpu():
     assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
 
 
+@pytest.mark.parametrize("fmt", ["nchw", "nhwc"])
+def test_auto_backward_policy_on_cpu(fmt):
+    """auto runs the forward of a dense conv on torch, and its NHWC backward from 512 channels on
+    <= 8x8 outputs on the cpu kernels (measured ahead there, README); NCHW stays on torch. Both
+    entry points: functional (training) and the aten override of enable()."""
+    _dispatch.set_crossovers_enabled(True)
+    mf = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
+    x = make((1, 512, 7, 7), torch.float32, scale=1.0).contiguous(memory_format=mf).requires_grad_()
+    w = (make((512, 512, 3, 3), torch.float32, seed=1) * 0.02).contiguous(memory_format=mf).requires_grad_()
+    want = "torch" if C.CPU_GEMM_PATH_FASTER or fmt == "nchw" else "cpu"
+    y = F.conv2d(x, w, padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == ("cpu" if C.CPU_GEMM_PATH_FASTER else "torch")
+    gy = make(tuple(y.shape), torch.float32, seed=2)
+    y.backward(gy)
+    ref_x, ref_w = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    torch.nn.functional.conv2d(ref_x, ref_w, padding=1).backward(gy.double())
+    t_x, t_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    torch.nn.functional.conv2d(t_x, t_w, padding=1).backward(gy)
+
+    def check(a, r, t, red):  # error against float64 at most twice torch's float32 error, plus a floor
+        err, torch_err = (a.double() - r).abs().max().item(), (t.double() - r).abs().max().item()
+        assert err <= 2 * torch_err + ATOL[torch.float32] * max(1.0, red / 1024) + RTOL[torch.float32] * r.abs().max().item()
+
+    if want == "cpu":
+        assert _dispatch.last_choice("conv2d_backward").backend == "cpu"
+    check(x.grad, ref_x.grad, t_x.grad, 512 * 9)
+    check(w.grad, ref_w.grad, t_w.grad, 49)
+    _dispatch.clear_history()
+    x.grad = w.grad = None
+    with fastops.enable():
+        torch.nn.functional.conv2d(x, w, padding=1).backward(gy)
+    chosen = _dispatch.last_choice("conv2d_backward")
+    assert (chosen.backend if chosen is not None else "torch") == want
+    check(x.grad, ref_x.grad, t_x.grad, 512 * 9)
+    check(w.grad, ref_w.grad, t_w.grad, 49)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(8, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1), (4, 32, 17, 19, 64, 3, 3, 2, 1, 1, 32),

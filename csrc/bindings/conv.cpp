@@ -2,8 +2,9 @@
 // on CUDA tensors the CUDA kernels, csrc/cuda/conv.cu).
 //
 // `channels_last` picks the layout the CPU kernel runs in (fastops/ops/conv.py chooses it); the
-// CUDA kernels always run NHWC. Inputs are made dense in that layout here, outputs come back in it
-// (the caller restores the user's format).
+// CUDA kernels always run NHWC. Inputs are made dense in that layout here; on the CPU, y and dx
+// come back in x's layout (NCHW <-> NHWC by cpu::transpose_batched), dw in the weight's when it is
+// NCHW; on CUDA in the kernel's (the caller restores the user's format).
 // The weight is handed to the kernel as [O, K] in the layout's K order and its gradient comes back
 // as a [O, C / groups, KH, KW] view of that buffer.
 #include "bindings/common.h"
@@ -72,8 +73,45 @@ at::Tensor dense_aligned(const at::Tensor& t, at::MemoryFormat fmt) {
   return d;
 }
 
+// channels_last and not also contiguous (C > 1), as fastops/ops/conv.py's _is_cl.
+bool is_cl(const at::Tensor& t) {
+  return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// A dense CPU tensor of 2- or 4-byte elements, whose layout cpu::transpose_batched can change.
+bool transposable(const at::Tensor& t) {
+  return t.is_cpu() && t.dim() == 4 && t.numel() > 0 && (t.element_size() == 2 || t.element_size() == 4);
+}
+
+// t [N, C, H, W] dense in `fmt`: a CPU change between NCHW and NHWC runs on cpu::transpose_batched
+// (parallel, cache-blocked tiles; torch's copy of a permuted tensor is several times slower).
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (transposable(t)) {
+    const int64_t n = t.size(0), c = t.size(1), hw = t.size(2) * t.size(3);
+    const bool to_cl = fmt == at::MemoryFormat::ChannelsLast;
+    if (to_cl ? (t.is_contiguous() && !t.is_contiguous(fmt)) : is_cl(t)) {
+      at::Tensor d = at::empty(t.sizes(), t.options().memory_format(fmt));
+      cpu::transpose_batched(t.data_ptr(), d.data_ptr(), n, to_cl ? c : hw, to_cl ? hw : c,
+                             static_cast<int>(t.element_size()));
+      return d;
+    }
+  }
+  return dense_aligned(t, fmt);
+}
+
+// A CPU NCHW-contiguous weight the NHWC kernels read in place (Conv2dForwardParams::w_nchw).
+bool nchw_weight_in_place(const at::Tensor& w) {
+  return w.is_cpu() && w.dim() == 4 && w.is_contiguous() && (w.element_size() == 2 || w.element_size() == 4);
+}
+
 // The weight as the kernel reads it: [O, K] contiguous in the layout's K order.
 at::Tensor kernel_weight(const at::Tensor& w, bool channels_last) {
+  if (channels_last && transposable(w) && w.is_contiguous()) {  // [O, C, KH KW] -> [O, KH KW, C]
+    at::Tensor d = at::empty({w.size(0), w.size(2), w.size(3), w.size(1)}, w.options());
+    cpu::transpose_batched(w.data_ptr(), d.data_ptr(), w.size(0), w.size(1), w.size(2) * w.size(3),
+                           static_cast<int>(w.element_size()));
+    return d;
+  }
   return dense_aligned(channels_last ? w.permute({0, 2, 3, 1}) : w, at::MemoryFormat::Contiguous);
 }
 
@@ -86,8 +124,10 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
   if (x_in.is_cuda()) check_cuda_covers(p.s, false);
   TORCH_CHECK(activation >= 0 && activation <= 4, "fastops.conv2d: activation code must be in [0, 4], got ",
               activation);
-  const at::Tensor x = dense_aligned(x_in, format_of(channels_last));
-  const at::Tensor w = kernel_weight(w_in, channels_last);
+  const at::Tensor x = in_format(x_in, format_of(channels_last));
+  // an NCHW weight is packed by the kernel straight from its layout (w_nchw), not reordered here
+  p.w_nchw = channels_last && nchw_weight_in_place(w_in);
+  const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
     check_same_device_dtype(x, "input", *bias_in, "bias");
@@ -96,7 +136,9 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
     bias = bias_in->contiguous();
     p.bias = bias.data_ptr();
   }
-  at::Tensor y = at::empty({p.s.n, p.s.o, p.s.ho, p.s.wo}, x.options().memory_format(format_of(channels_last)));
+  p.y_nchw = channels_last && x.is_cpu() && !is_cl(x_in);  // y in x's layout, from the kernel's store
+  at::Tensor y = at::empty({p.s.n, p.s.o, p.s.ho, p.s.wo},
+                           x.options().memory_format(format_of(channels_last && !p.y_nchw)));
   p.x = x.data_ptr();
   p.w = w.data_ptr();
   p.y = y.data_ptr();
@@ -127,12 +169,17 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
               "fastops.conv2d_backward: grad_output must be [", p.s.n, ", ", p.s.o, ", ", p.s.ho, ", ", p.s.wo,
               "], got shape ", dy_in.sizes());
   const auto fmt = format_of(channels_last);
-  const at::Tensor dy = dense_aligned(dy_in, fmt), x = dense_aligned(x_in, fmt);
-  const at::Tensor w = kernel_weight(w_in, channels_last);
+  const at::Tensor dy = in_format(dy_in, fmt), x = in_format(x_in, fmt);
+  p.w_nchw = channels_last && nchw_weight_in_place(w_in);
+  const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
   const bool empty = dy.numel() == 0;
   at::Tensor dx, dw, db;
   if (mask[0]) dx = empty ? at::zeros_like(x, fmt) : at::empty_like(x, fmt);
-  if (mask[1]) dw = empty ? at::zeros_like(w) : at::empty_like(w);
+  if (mask[1]) {  // in the kernel's layout: [O, KH, KW, Cg] when channels_last
+    const auto shape = channels_last ? std::vector<int64_t>{w_in.size(0), w_in.size(2), w_in.size(3), w_in.size(1)}
+                                     : w_in.sizes().vec();
+    dw = empty ? at::zeros(shape, w_in.options()) : at::empty(shape, w_in.options());
+  }
   if (mask[2]) db = empty ? at::zeros({p.s.o}, x.options()) : at::empty({p.s.o}, x.options());
   if (!empty && x.numel() > 0) {
     p.dy = dy.data_ptr();
@@ -153,7 +200,17 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
   if (!empty && x.numel() == 0 && db.defined()) {  // no input channels: the kernels never ran
     db.copy_(dy.sum({0, 2, 3}, /*keepdim=*/false, at::kFloat));
   }
-  if (dw.defined() && channels_last) dw = dw.permute({0, 3, 1, 2});
+  if (dw.defined() && channels_last) {
+    if (transposable(dw) && !is_cl(w_in)) {  // back to the weight's [O, C, KH, KW]
+      at::Tensor d = at::empty({dw.size(0), dw.size(3), dw.size(1), dw.size(2)}, dw.options());
+      cpu::transpose_batched(dw.data_ptr(), d.data_ptr(), dw.size(0), dw.size(1) * dw.size(2), dw.size(3),
+                             static_cast<int>(dw.element_size()));
+      dw = d;
+    } else {
+      dw = dw.permute({0, 3, 1, 2});
+    }
+  }
+  if (dx.defined() && channels_last && !is_cl(x_in) && dx.is_cpu()) dx = in_format(dx, at::MemoryFormat::Contiguous);
   return {dx, dw, db};
 }
 

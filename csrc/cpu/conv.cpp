@@ -1,16 +1,19 @@
-// CPU conv2d (fastops/conv.h): implicit GEMM on cpu::gemm, plus dedicated depthwise kernels.
-//
-// General case, per block of output pixels and per group, a panel of the im2col matrix is packed
-// into a buffer (never the whole matrix) and handed to cpu::gemm:
-//   NHWC: panel [pixels, K] (K = (kh, kw, ci), channel runs copied with memcpy);
-//         y[pixels, Og] = panel x w_g^T, written in place (row stride O); blocks span images.
-//   NCHW: panel [K, pixels] of one image (Caffe's im2col, K = (ci, kh, kw));
-//         y[Og, pixels] = w_g x panel, written in place (row stride HO WO).
+// CPU conv2d (fastops/conv.h): implicit GEMM on cpu::gemm / cpu::PackedB, plus dedicated depthwise
+// kernels. Dense convolutions with a spatial kernel run NHWC (the binding changes an NCHW x / dy /
+// weight with transpose_batched below; an NCHW y comes straight from the GEMM's store, y_nchw):
+//   forward: W_g^T packed once per call (PackedB); each thread multiplies its blocks of output pixels
+//         against it with the im2col rows read in place (PackedB::multiply_gathered: the AVX-512 /
+//         AVX512-BF16 kernels broadcast them straight from x, no A packing); blocks span images.
+//   dgrad (stride 1): a forward convolution of dy with the tap-flipped weight, packed straight
+//         from w by taps (PackedB from row segments); other strides: dcol = dy x w_g (float32, per
+//         block), col2im scattered into a float32 image buffer, each thread owning a channel range.
+//   wgrad: each thread owns a range of dw's columns and sums every pixel block into it in order
+//         (dw_g[:, cols] += dy_blk^T x panel[:, cols], one-thread GEMMs, beta = 1 after the first).
+// NCHW (pointwise and the paths above when asked for NCHW): panel [K, pixels] of one image (Caffe's
+// im2col, K = (ci, kh, kw)); y[Og, pixels] = w_g x panel in place (row stride HO WO).
 // 1x1 stride-1 unpadded convolutions skip the panel: the input is the GEMM operand in place.
-// Bias and activation ride on GemmParams.bias / .activation.
-// dgrad: dcol = dy x w_g (float32, per block), then col2im scattered into a float32 image
-//        buffer, each thread owning a channel range (no atomics, fixed order: deterministic).
-// wgrad: dw_g += dy_blk^T x panel, float32 accumulation across blocks in a fixed order (GEMM beta=1).
+// Bias and activation ride on GemmParams.bias / .activation. Every output element is one float32
+// sum in a fixed order (no atomics): results are the same run to run.
 // dbias: float32 sums over pixels in a fixed order, one thread per channel range.
 // Depthwise (groups == C, O = multiplier C): direct loops, vectorised over channels (NHWC) or
 // over output width (NCHW forward); the backward runs on NHWC (the binding converts NCHW).
@@ -20,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -248,19 +252,28 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
 // The implicit NHWC im2col matrix of pixels m0.. as a cpu::GatheredA: row i is output pixel m0 + i,
 // segment t is kernel tap t = (kh, kw), and its Cg channels are read in place from x (a group's
 // channels start at xg = x + g Cg); taps in the padding read as zeros.
+// The pixel of the last row asked for is kept (the gatherers ask for a row's taps in turn).
 template <typename T>
 struct TapRows {
   const Conv2dShape* s;
   const T* xg;
   int64_t m0;
+  mutable int64_t last = -1, n = 0, oh = 0, ow = 0;
   static const void* row(const void* ctx, int64_t i, int64_t t) {
     const TapRows& r = *static_cast<const TapRows*>(ctx);
     const Conv2dShape& s = *r.s;
-    const int64_t m = r.m0 + i, P = s.ho * s.wo, n = m / P, q = m % P;
-    const int64_t ih = conv_in_index(q / s.wo, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
-    const int64_t iw = conv_in_index(q % s.wo, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+    if (i != r.last) {
+      const int64_t m = r.m0 + i, P = s.ho * s.wo, q = m % P;
+      r.last = i;
+      r.n = m / P;
+      r.oh = q / s.wo;
+      r.ow = q % s.wo;
+    }
+    const int64_t ti = s.kw == 1 ? t : t / s.kw, tj = s.kw == 1 ? 0 : t - ti * s.kw;
+    const int64_t ih = conv_in_index(r.oh, ti, s.stride_h, s.pad_h, s.dil_h);
+    const int64_t iw = conv_in_index(r.ow, tj, s.stride_w, s.pad_w, s.dil_w);
     if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) return nullptr;
-    return r.xg + ((n * s.h + ih) * s.w + iw) * s.c;
+    return r.xg + ((r.n * s.h + ih) * s.w + iw) * s.c;
   }
   GatheredA gathered() const { return {&TapRows::row, this, s->kh * s->kw, s->cg()}; }
 };
@@ -269,7 +282,7 @@ struct TapRows {
 // pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
 // packs the im2col panel of its items in turn (when x is given; else panel is null) and calls
 // fn(thread, m0, rows, g, panel) on it.
-// Which thread gets which items depends only on the thread count (the wgrad sums rely on it).
+// Which thread gets which items depends only on the thread count.
 template <typename T, typename Fn>
 void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
   const int64_t K = s.k(), M = s.n * s.ho * s.wo, items = (M + mb - 1) / mb * s.groups;
@@ -305,7 +318,8 @@ void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn&
 // w_kn, when given, is the NHWC weight as [G, K, Og] (each group's w_g^T, columns contiguous) and
 // replaces p.w (the dgrad below builds its flipped weight in that layout, which packs fastest).
 template <typename T>
-void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
+void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr,
+                  const std::vector<PackedB>* prepacked = nullptr) {
   const Conv2dShape& s = p.s;
   const int64_t cg = s.cg(), og = s.og(), K = s.k(), P = s.ho * s.wo, M = s.n * P;
   const T* x = static_cast<const T*>(p.x);
@@ -334,10 +348,39 @@ void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr) {
     // W_g^T is packed once per call (cpu::PackedB); each thread then packs the im2col panels of
     // its blocks and multiplies them against it on its own (no barrier per block); outputs of
     // different blocks are disjoint, so any split is exact.
-    std::vector<PackedB> packed;
-    for (int64_t g = 0; g < s.groups; ++g)
-      packed.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
+    std::vector<PackedB> own;
+    const std::vector<PackedB>& packed = prepacked ? *prepacked : own;
+    if (p.w_nchw && !prepacked) {  // W_g^T [K = (kh, kw, ci), og] by taps: tap t is w[g og + o, ci, t]
+      const int64_t taps = s.kh * s.kw;
+      std::vector<GemmOperand> segs(taps);
+      for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t tap = 0; tap < taps; ++tap) segs[tap] = {w + g * og * K + tap, 0, taps, cg * taps};
+        own.emplace_back(segs.data(), taps, cg, og, s.dtype);
+      }
+    }
+    for (int64_t g = 0; g < s.groups && !prepacked && !p.w_nchw; ++g)
+      own.emplace_back(w_kn ? GemmOperand{w_kn + g * K * og, 0, og, 1} : GemmOperand{w + g * og * K, 0, 1, K}, K,
                           og, s.dtype);
+    if (p.y_nchw) {  // NCHW y from the GEMM's store: blocks within an image, y's rows strided by P
+      const int64_t per_img = (P + thread_block_rows(s, M) - 1) / thread_block_rows(s, M);
+      const int64_t mbi = (P + per_img - 1) / per_img, items = s.n * per_img * s.groups;
+#pragma omp parallel
+      {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int64_t it = items * t / nt; it < items * (t + 1) / nt; ++it) {
+          const int64_t n = it / (per_img * s.groups), q0 = it / s.groups % per_img * mbi, g = it % s.groups;
+          GemmParams tp = gp;
+          tp.m = std::min(mbi, P - q0);
+          tp.c = y + (n * s.o + g * og) * P + q0;
+          tp.c_stride_row = 1;
+          tp.c_stride_col = P;
+          tp.bias = bias ? bias + g * og : nullptr;
+          const TapRows<T> ctx{&s, x + g * cg, n * P + q0};
+          packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
+        }
+      }
+      return;
+    }
     // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
     for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
                                [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
@@ -400,6 +443,26 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
   t.wo = s.w;
   const int64_t cg = s.cg(), og = s.og(), taps = s.kh * s.kw;
   const T* w = static_cast<const T*>(p.w);  // [O, KH, KW, Cg] (NHWC K order)
+  Conv2dForwardParams f;
+  f.s = t;
+  f.x = p.dy;
+  f.w = nullptr;
+  f.y = p.dx;
+  if (PackedB::segments_fit(og, s.dtype)) {
+    // w'_g [K' = (kh, kw, oc), Cg] packed straight from w: its rows of tap t are w's tap taps - 1 - t,
+    // [og, Cg] with row stride taps Cg (the flip only reorders the taps).
+    std::vector<PackedB> packed;
+    std::vector<GemmOperand> segs(taps);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      for (int64_t tap = 0; tap < taps; ++tap)
+        segs[tap] = p.w_nchw ? GemmOperand{w + g * og * cg * taps + taps - 1 - tap, 0, cg * taps, taps}
+                             : GemmOperand{w + (g * og * taps + taps - 1 - tap) * cg, 0, taps * cg, 1};
+      packed.emplace_back(segs.data(), taps, og, cg, s.dtype);
+    }
+    forward_gemm<T>(f, nullptr, &packed);
+    return true;
+  }
+  if (p.w_nchw) return false;  // the copy below reads the NHWC order
   // w' as [G, K', Cg] with K' = (kh, kw, oc): w'_g[(t, oc), ci] = w[g og + oc, taps - 1 - t, ci], whole
   // channel runs copied (the flip only reorders the taps).
   std::vector<T> flipped(s.o * s.k());
@@ -409,11 +472,6 @@ bool dgrad_as_forward(const Conv2dBackwardParams& p) {
     std::memcpy(static_cast<void*>(flipped.data() + r * cg), w + ((g * og + oc) * taps + taps - 1 - tap) * cg,
                 cg * sizeof(T));
   }
-  Conv2dForwardParams f;
-  f.s = t;
-  f.x = p.dy;
-  f.w = nullptr;
-  f.y = p.dx;
   forward_gemm<T>(f, flipped.data());
   return true;
 }
@@ -487,6 +545,74 @@ void dgrad_gemm(const Conv2dBackwardParams& p) {
   if (!std::is_same_v<T, float>) store_from_float(acc, dx, numel);
 }
 
+// Columns k0 .. k1 of the NHWC im2col panel (K order (kh, kw, ci)) of pixels m0 .. m0 + rows, group g,
+// as [rows, k1 - k0]; on the calling thread.
+template <typename T>
+void pack_nhwc_columns(const Conv2dShape& s, const T* x, int64_t g, int64_t m0, int64_t rows, int64_t k0, int64_t k1,
+                       T* panel) {
+  const int64_t cg = s.cg(), P = s.ho * s.wo, t0 = k0 / cg, t1 = (k1 + cg - 1) / cg;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = m0 + r, n = m / P, q = m % P, oh = q / s.wo, ow = q % s.wo;
+    T* dst = panel + r * (k1 - k0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = std::max(k0, t * cg) - t * cg, c1 = std::min(k1, (t + 1) * cg) - t * cg;
+      const int64_t ih = conv_in_index(oh, t / s.kw, s.stride_h, s.pad_h, s.dil_h);
+      const int64_t iw = conv_in_index(ow, t % s.kw, s.stride_w, s.pad_w, s.dil_w);
+      if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
+        std::memset(static_cast<void*>(dst), 0, (c1 - c0) * sizeof(T));
+      } else {
+        std::memcpy(static_cast<void*>(dst), x + ((n * s.h + ih) * s.w + iw) * s.c + g * cg + c0, (c1 - c0) * sizeof(T));
+      }
+      dst += c1 - c0;
+    }
+  }
+}
+
+// NHWC wgrad: each thread owns a range of dw's columns (whole 32-column panels of one group's
+// K = (kh, kw, ci)) and sums every block of pixels into it, blocks in order, with one-thread GEMMs:
+// no partial sums, one parallel region, and every element one float32 sum in a fixed order
+// (bitwise the same for any thread count). A single block writes dw in its dtype directly.
+template <typename T>
+void wgrad_nhwc_columns(const Conv2dShape& s, const T* dy, const T* x, T* dw) {
+  constexpr int64_t kPanel = int64_t(1) << 18, kMinRows = 512, kCols = 32;
+  const int64_t og = s.og(), K = s.k(), M = s.n * s.ho * s.wo;
+  const int nt = omp_get_max_threads();
+  const int64_t parts = std::min<int64_t>((nt + s.groups - 1) / s.groups, (K + kCols - 1) / kCols);
+  const int64_t items = s.groups * parts, panels = (K + kCols - 1) / kCols;
+  const int64_t want = std::max(kMinRows, kPanel / std::max<int64_t>(1, (K + parts - 1) / parts));
+  const int64_t blocks = (M + want - 1) / want, mb = (M + blocks - 1) / blocks;
+  const bool direct = blocks == 1 || std::is_same_v<T, float>;
+  std::vector<float> buffer(direct ? 0 : s.o * K);
+  float* acc = direct ? nullptr : buffer.data();
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nt, items)))
+  {
+    const int64_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
+    std::vector<T> panel;
+    for (int64_t it = items * t / n_t; it < items * (t + 1) / n_t; ++it) {
+      const int64_t g = it / parts, part = it % parts;
+      const int64_t k0 = std::min(K, panels * part / parts * kCols), k1 = std::min(K, panels * (part + 1) / parts * kCols);
+      if (k0 >= k1) continue;
+      panel.resize(mb * (k1 - k0));
+      GemmParams gp = base_gemm(s);
+      gp.m = og;
+      gp.n = k1 - k0;
+      gp.c_stride_row = K;
+      gp.c_dtype = direct ? s.dtype : DType::kFloat32;
+      for (int64_t m0 = 0; m0 < M; m0 += mb) {
+        const int64_t rows = std::min(mb, M - m0);
+        pack_nhwc_columns(s, x, g, m0, rows, k0, k1, panel.data());
+        gp.k = rows;
+        gp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
+        gp.b = {panel.data(), 0, k1 - k0, 1};
+        gp.c = direct ? static_cast<void*>(dw + g * og * K + k0) : static_cast<void*>(acc + g * og * K + k0);
+        gp.beta = m0 == 0 ? 0.0f : 1.0f;
+        gemm(gp);
+      }
+    }
+  }
+  if (!direct) store_from_float(acc, dw, s.o * K);
+}
+
 template <typename T>
 void wgrad_gemm(const Conv2dBackwardParams& p) {
   const Conv2dShape& s = p.s;
@@ -508,32 +634,15 @@ void wgrad_gemm(const Conv2dBackwardParams& p) {
     }
     return;
   }
+  if (s.channels_last && M > 0) {
+    wgrad_nhwc_columns(s, dy, x, dw);
+    return;
+  }
   std::vector<float> buffer(std::is_same_v<T, float> ? 0 : s.o * K);
   float* acc = std::is_same_v<T, float> ? reinterpret_cast<float*>(dw) : buffer.data();
   std::fill(acc, acc + s.o * K, 0.0f);  // also the answer when there are no pixels
   gp.c_dtype = DType::kFloat32;
-  if (s.channels_last) {
-    // Each thread sums a contiguous range of blocks into its own float32 dw (thread 0 into acc),
-    // with one-thread GEMMs; the partial sums are then added in thread order. Bitwise the same
-    // from run to run for a given thread count.
-    const int64_t dw_elems = s.o * K, nt = omp_get_max_threads();
-    std::vector<float> partial(std::max<int64_t>(0, nt - 1) * dw_elems, 0.0f);
-    gp.beta = 1.0f;
-    for_each_thread_block_nhwc(s, x, thread_block_rows(s, M),
-                               [&](int t, int64_t m0, int64_t rows, int64_t g, const T* panel) {
-      GemmParams tp = gp;
-      tp.k = rows;
-      tp.a = {dy + m0 * s.o + g * og, 0, 1, s.o};
-      tp.b = {panel, 0, K, 1};
-      tp.c = (t == 0 ? acc : partial.data() + (t - 1) * dw_elems) + g * og * K;
-      gemm(tp);
-    });
-#pragma omp parallel for schedule(static)
-    for (int64_t e = 0; e < dw_elems; ++e) {
-      float v = acc[e];
-      for (int64_t u = 0; u + 1 < nt; ++u) v += partial[u * dw_elems + e];
-      acc[e] = v;
-    }
+  if (s.channels_last) {  // no pixels: zeros
   } else {  // a pointwise conv reads x in place: no panel
     const bool pw = s.pointwise();
     for_each_block_nchw(s, pw ? nullptr : x, pw ? P : block_of(K, P),
@@ -806,8 +915,24 @@ void dw_backward(const Conv2dBackwardParams& p) {
   }
 }
 
+// w [O, Cg, KH KW] -> [O, KH KW, Cg] (the NHWC K order), for the paths that read that order.
+template <typename T>
+std::vector<T> weight_nhwc(const Conv2dShape& s, const void* w) {
+  std::vector<T> out(s.o * s.k());
+  transpose_batched(w, out.data(), s.o, s.cg(), s.kh * s.kw, static_cast<int>(sizeof(T)));
+  return out;
+}
+
 template <typename T>
 void forward_typed(const Conv2dForwardParams& p) {
+  if (p.w_nchw && p.s.channels_last && !p.s.depthwise() && p.s.kh * p.s.kw > 1 &&
+      !PackedB::segments_fit(p.s.cg(), p.s.dtype)) {  // pairs would straddle taps: reorder a copy
+    const std::vector<T> wt = weight_nhwc<T>(p.s, p.w);
+    Conv2dForwardParams q = p;
+    q.w = wt.data();
+    q.w_nchw = false;
+    return forward_typed<T>(q);
+  }
   if (p.s.depthwise()) {
     dw_forward<T>(p);
   } else {
@@ -817,6 +942,21 @@ void forward_typed(const Conv2dForwardParams& p) {
 
 template <typename T>
 void backward_typed(const Conv2dBackwardParams& p) {
+  if (p.w_nchw && p.s.channels_last && p.dx && !p.s.depthwise() && p.s.kh * p.s.kw > 1) {
+    Conv2dBackwardParams d = p;  // dgrad first, with the weight in a layout its path reads
+    d.dw = d.dbias = nullptr;
+    std::vector<T> wt;
+    if (!dgrad_as_forward<T>(d)) {
+      wt = weight_nhwc<T>(p.s, p.w);
+      d.w = wt.data();
+      d.w_nchw = false;
+      dgrad_gemm<T>(d);
+    }
+    Conv2dBackwardParams rest = p;  // wgrad and dbias do not read w
+    rest.dx = nullptr;
+    rest.w_nchw = false;
+    return backward_typed<T>(rest);
+  }
   if (p.s.depthwise() && p.s.channels_last) {
     dw_backward<T>(p);
     return;
@@ -828,8 +968,136 @@ void backward_typed(const Conv2dBackwardParams& p) {
 
 }  // namespace
 
+namespace {
+
+// Tile of ni x nj (at most kT x kT) elements at (i0, j0) of one matrix: read along j, write along i.
+// kRegs (AVX-512): tiles go through the register transpose (transpose16_u32): full tiles of
+// 32-bit elements in place, the rest (16-bit elements as words of two rows, w[i / 2][j] = src[i][j] |
+// src[i + 1][j] << 16, which transposed are dst's rows; partial tiles) through zero-padded tiles in L1.
+template <typename E, bool kRegs>
+FASTOPS_FORCE_INLINE void transpose_tile(const E* src, E* dst, int64_t rows, int64_t cols, int64_t i0, int64_t j0,
+                                         int64_t ni, int64_t nj) {
+  constexpr int64_t kT = 32;
+  if constexpr (kRegs && sizeof(E) == 4) {
+    if (ni == kT && nj == kT) {
+      for (int64_t a = 0; a < kT; a += 16)
+        for (int64_t b = 0; b < kT; b += 16)
+          transpose16_u32(reinterpret_cast<const uint32_t*>(src + (i0 + a) * cols + j0 + b), cols,
+                          reinterpret_cast<uint32_t*>(dst + (j0 + b) * rows + i0 + a), rows);
+      return;
+    }
+    alignas(64) uint32_t in[kT][kT] = {}, out[kT][kT];
+    for (int64_t i = 0; i < ni; ++i) std::memcpy(in[i], src + (i0 + i) * cols + j0, nj * 4);
+    for (int64_t a = 0; a < ni; a += 16)
+      for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&in[a][b], kT, &out[b][a], kT);
+    for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], ni * 4);
+    return;
+  }
+  if constexpr (kRegs && sizeof(E) == 2) {
+    alignas(64) uint32_t w[kT / 2][kT] = {}, out[kT][kT / 2];
+    for (int64_t i = 0; 2 * i < ni; ++i) {
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(src + (i0 + 2 * i) * cols + j0);
+      if (2 * i + 1 < ni) {
+        const uint16_t* r1 = r0 + cols;
+#pragma omp simd
+        for (int64_t j = 0; j < nj; ++j) w[i][j] = uint32_t(r0[j]) | uint32_t(r1[j]) << 16;
+      } else {
+        for (int64_t j = 0; j < nj; ++j) w[i][j] = r0[j];
+      }
+    }
+    for (int64_t b = 0; b < nj; b += 16) transpose16_u32(&w[0][b], kT, &out[b][0], kT / 2);
+    for (int64_t j = 0; j < nj; ++j) std::memcpy(dst + (j0 + j) * rows + i0, out[j], ni * 2);
+    return;
+  }
+  if (ni == kT && nj == kT) {  // full tile: fixed trip counts
+    E t[kT][kT];
+    for (int64_t i = 0; i < kT; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < kT; ++j) t[j][i] = src[(i0 + i) * cols + j0 + j];
+    for (int64_t j = 0; j < kT; ++j)
+#pragma omp simd
+      for (int64_t i = 0; i < kT; ++i) dst[(j0 + j) * rows + i0 + i] = t[j][i];
+    return;
+  }
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t i = 0; i < ni; ++i) dst[(j0 + j) * rows + i0 + i] = src[(i0 + i) * cols + j0 + j];
+}
+
+// Tiles [t0, t1) of the batch, numbered matrix major, then tile row, then tile column.
+template <typename E, bool kRegs = false>
+FASTOPS_FORCE_INLINE void transpose_range(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
+  constexpr int64_t kT = 32;
+  const int64_t ti = (rows + kT - 1) / kT, tj = (cols + kT - 1) / kT, per = ti * tj;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / per, i0 = t % per / tj * kT, j0 = t % tj * kT;
+    transpose_tile<E, kRegs>(src + b * rows * cols, dst + b * rows * cols, rows, cols, i0, j0, std::min(kT, rows - i0),
+                   std::min(kT, cols - j0));
+  }
+}
+
+template <typename E>
+FASTOPS_TARGET_AVX512 void transpose_range_avx512(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0,
+                                                  int64_t t1) {
+  transpose_range<E, true>(src, dst, rows, cols, t0, t1);
+}
+template <typename E>
+FASTOPS_TARGET_AVX2 void transpose_range_avx2(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
+  transpose_range(src, dst, rows, cols, t0, t1);
+}
+template <typename E>
+FASTOPS_TARGET_BASELINE void transpose_range_base(const E* src, E* dst, int64_t rows, int64_t cols, int64_t t0,
+                                                  int64_t t1) {
+  transpose_range(src, dst, rows, cols, t0, t1);
+}
+
+template <typename E>
+void transpose_typed(const E* src, E* dst, int64_t batch, int64_t rows, int64_t cols) {
+  using Fn = void (*)(const E*, E*, int64_t, int64_t, int64_t, int64_t);
+  const Fn fn = select_isa<Fn>(transpose_range_base<E>, transpose_range_avx2<E>, transpose_range_avx512<E>);
+  const int64_t tiles = batch * ((rows + 31) / 32) * ((cols + 31) / 32);
+  const bool par = !omp_in_parallel() && batch * rows * cols >= (int64_t(1) << 15);
+#pragma omp parallel if (par)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    fn(src, dst, rows, cols, tiles * t / nt, tiles * (t + 1) / nt);
+  }
+}
+
+}  // namespace
+
+void transpose_batched(const void* src, void* dst, int64_t batch, int64_t rows, int64_t cols, int elem_bytes) {
+  if (batch * rows * cols == 0) return;
+  if (elem_bytes == 2) {
+    transpose_typed(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), batch, rows, cols);
+  } else {
+    transpose_typed(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), batch, rows, cols);
+  }
+}
+
+namespace {
+
+// Whether forward_gemm writes an NCHW y from its store (y_nchw): the NHWC implicit GEMM, with
+// images of whole 14-row register tiles or large enough that a partial tile costs little (the
+// blocks may not cross images).
+bool nchw_store_fused(const Conv2dShape& s) {
+  const int64_t P = s.ho * s.wo;
+  return s.channels_last && !s.depthwise() && !s.pointwise() && (P % 14 == 0 || P >= 14 * 16);
+}
+
+}  // namespace
+
 void conv2d_forward(const Conv2dForwardParams& p) {
   if (p.s.n * p.s.o * p.s.ho * p.s.wo == 0) return;
+  if (p.y_nchw && p.s.channels_last && !nchw_store_fused(p.s)) {  // NHWC into a buffer, then transposed
+    const int64_t elem = p.s.dtype == DType::kFloat32 ? 4 : 2, P = p.s.ho * p.s.wo;
+    std::unique_ptr<char[]> tmp(new char[p.s.n * p.s.o * P * elem]);
+    Conv2dForwardParams q = p;
+    q.y = tmp.get();
+    q.y_nchw = false;
+    conv2d_forward(q);
+    transpose_batched(tmp.get(), p.y, p.s.n, P, p.s.o, static_cast<int>(elem));
+    return;
+  }
   switch (p.s.dtype) {
     case DType::kFloat16: return forward_typed<Half>(p);
     case DType::kBFloat16: return forward_typed<BFloat16>(p);

@@ -758,6 +758,9 @@ std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, 
 
 template <typename AB>
 void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64_t pi, void* dst);
+template <typename AB, typename C>
+bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t first, int64_t last, int64_t jr0,
+                     int64_t jr1, const char* bp);
 
 template <typename AB, typename C>
 void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t n, int64_t groups,
@@ -774,6 +777,7 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   const int64_t jr0 = j0 / pl.nr, jr1 = std::min(pl.n_panels, ceil_div(j1, pl.nr));
   for (int64_t ui = 0; ui < pl.m_units; ++ui) {
     const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
+    if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, jr0, jr1, bbuf)) continue;
     for (int64_t i = first; i < last; ++i) {
       if (ga) {
         pack_a_gathered<AB>(pl, e.pairs, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
@@ -886,7 +890,206 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
   }
 }
 
+// Direct product (the AVX-512 kernels): A is not packed at all. The micro-kernel broadcasts A's
+// elements straight from the row segments, through one pointer per (row, segment) of the register
+// tile (a shared zero run for null rows), in the packed kernels' order (q increasing, the same
+// multiply-add per element), so the results are bitwise those of the packed path.
+#if FASTOPS_HAVE_X86_PATHS
+template <int R, typename P>
+FASTOPS_FORCE_INLINE void micro_direct(int64_t segs, int64_t wq, const P* const* rp, const P* b, float* out) {
+  using V = Vec<16>;
+  constexpr bool kBf16 = std::is_same_v<P, uint32_t>;
+  constexpr int MR = kBf16 ? kBf16MR : Tile<16>::MR, NV = kBf16 ? kBf16NV : Tile<16>::NV, NR = 16 * NV;
+  V acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) acc[r][c] = V{};
+  for (int64_t sg = 0; sg < segs; ++sg) {
+    const P* const* rs = rp + sg * MR;
+    const P* bs = b + sg * wq * NR;
+#pragma GCC unroll 2
+    for (int64_t q = 0; q < wq; ++q) {
+      if constexpr (kBf16) {
+        V32bh bv[NV];
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; ++c) bv[c] = reinterpret_cast<const V32bh*>(bs + q * NR + 16 * c)[0];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const V32bh av = (V32bh)(static_cast<int>(rs[r][q]) - V16i{});  // pair splat
+#pragma GCC unroll 4
+          for (int c = 0; c < NV; ++c) acc[r][c] = __builtin_ia32_dpbf16ps_v16sf(acc[r][c], av, bv[c]);
+        }
+      } else {
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; ++c) bv[c] = *reinterpret_cast<const V*>(bs + q * NR + c * 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const V av = rs[r][q] - V{};  // a splat, as micro_f32
+#pragma GCC unroll 4
+          for (int c = 0; c < NV; ++c) acc[r][c] += av * bv[c];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) *reinterpret_cast<V*>(out + r * NR + c * 16) = acc[r][c];
+}
+
+template <int R, typename P>
+FASTOPS_FORCE_INLINE void micro_direct_rows(int rows, int64_t segs, int64_t wq, const P* const* rp, const P* b,
+                                            float* out) {
+  if constexpr (R >= 1) {
+    if (rows < R) return micro_direct_rows<R - 1, P>(rows, segs, wq, rp, b, out);
+    micro_direct<R, P>(segs, wq, rp, b, out);
+  }
+}
+
+// A panels [first, last) against the B column panels [jr0, jr1); rp holds the row pointers,
+// [panel - first][segment][MR].
+template <typename P, typename C>
+FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t last, int64_t jr0, int64_t jr1,
+                                       int64_t segs, int64_t wq, const P* const* rp, const P* bp) {
+  constexpr bool kBf16 = std::is_same_v<P, uint32_t>;
+  constexpr int MR = kBf16 ? kBf16MR : Tile<16>::MR, NR = kBf16 ? kBf16NR : Tile<16>::NV * 16;
+  const GemmParams& p = *pl.p;
+  alignas(64) float tile[MR * NR];
+  for (int64_t jr = jr0; jr < jr1; ++jr) {
+    const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
+    for (int64_t i = first; i < last; ++i) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - i * MR));
+      micro_direct_rows<MR, P>(rows, segs, wq, rp + (i - first) * segs * MR, bp + jr * pl.b_panel, tile);
+      store_tile<C, true>(p, 0, i * MR, jr * NR, rows, cols, tile, NR);
+    }
+  }
+}
+
+template <typename C>
+FASTOPS_TARGET_AVX512 void direct_chunk_avx512(const Plan& pl, int64_t first, int64_t last, int64_t jr0, int64_t jr1,
+                                               int64_t segs, int64_t wq, const float* const* rp, const float* bp) {
+  direct_chunk<float, C>(pl, first, last, jr0, jr1, segs, wq, rp, bp);
+}
+
+template <typename C>
+FASTOPS_TARGET_AVX512BF16 void direct_chunk_bf16dp(const Plan& pl, int64_t first, int64_t last, int64_t jr0,
+                                                   int64_t jr1, int64_t segs, int64_t wq, const uint32_t* const* rp,
+                                                   const uint32_t* bp) {
+  direct_chunk<uint32_t, C>(pl, first, last, jr0, jr1, segs, wq, rp, bp);
+}
+#endif
+
+// Runs A panels [first, last) x column panels [jr0, jr1) of a gathered product on the direct
+// kernels; false (nothing done) where they do not apply: the float32 AVX-512 kernel with float32
+// A, or the AVX512-BF16 kernel with bfloat16 A in segments of whole pairs.
+template <typename AB, typename C>
+bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t first, int64_t last, int64_t jr0,
+                     int64_t jr1, const char* bp) {
+#if FASTOPS_HAVE_X86_PATHS
+  const bool f32 = std::is_same_v<AB, float> && !e.pairs && e.mr == Tile<16>::MR && e.nr == Tile<16>::NV * 16;
+  const bool bf16 = std::is_same_v<AB, BFloat16> && e.pairs && ga.seg_len % 2 == 0;
+  if (!f32 && !bf16) return false;
+  const int mr = e.mr;
+  const int64_t wq = bf16 ? ga.seg_len / 2 : ga.seg_len, segs = ga.segments, m = pl.p->m;
+  thread_local std::vector<uint32_t> zeros;
+  thread_local std::vector<const void*> rp;
+  if (static_cast<int64_t>(zeros.size()) < wq) zeros.assign(wq, 0u);
+  rp.resize((last - first) * segs * mr);
+  for (int64_t i = first; i < last; ++i) {
+    const void** dst = rp.data() + (i - first) * segs * mr;
+    const int len = static_cast<int>(std::min<int64_t>(mr, m - i * mr));
+    for (int r = 0; r < mr; ++r) {  // row major: a gatherer may cache what a row shares
+      for (int64_t sg = 0; sg < segs; ++sg) {
+        const void* row = r < len ? ga.row(ga.ctx, i * mr + r, sg) : nullptr;
+        dst[sg * mr + r] = row ? row : zeros.data();
+      }
+    }
+  }
+  if (f32) {
+    direct_chunk_avx512<C>(pl, first, last, jr0, jr1, segs, wq, reinterpret_cast<const float* const*>(rp.data()),
+                           reinterpret_cast<const float*>(bp));
+  } else {
+    direct_chunk_bf16dp<C>(pl, first, last, jr0, jr1, segs, wq, reinterpret_cast<const uint32_t* const*>(rp.data()),
+                           reinterpret_cast<const uint32_t*>(bp));
+  }
+  return true;
+#else
+  (void)pl, (void)e, (void)ga, (void)first, (void)last, (void)jr0, (void)jr1, (void)bp;
+  return false;
+#endif
+}
+
 }  // namespace
+
+void transpose16_u32(const uint32_t* src, int64_t lds, uint32_t* dst, int64_t ldd) {
+#if FASTOPS_HAVE_X86_PATHS
+  const uint32_t* rows[16];
+  for (int r = 0; r < 16; ++r) rows[r] = src + r * lds;
+  alignas(64) uint32_t t[256];
+  transpose_pairs(rows, 16, 16, 16, t);
+  for (int q = 0; q < 16; ++q) std::memcpy(dst + q * ldd, t + q * 16, 64);
+#else
+  for (int j = 0; j < 16; ++j)
+    for (int i = 0; i < 16; ++i) dst[j * ldd + i] = src[i * lds + j];
+#endif
+}
+
+// ---- B packed from row segments (an additive block) -------------------------------------------
+
+namespace {
+
+template <typename AB>
+std::shared_ptr<char> pack_b_segments(const GemmOperand* segs, int64_t nsegs, int64_t seg_k, int64_t n, DType ab,
+                                      int* nr, int64_t* group_elems) {
+  const Entries e = entries<AB, float>(ab);
+  GemmParams g;
+  g.m = 1;
+  g.n = n;
+  g.k = nsegs * seg_k;
+  g.ab_dtype = ab;
+  const Plan pl = packed_plan(g, e);
+  *nr = e.nr;
+  *group_elems = pl.n_panels * pl.b_panel;
+  const int64_t bytes = std::max<int64_t>(*group_elems * 4, 64);
+  std::shared_ptr<char> mem(static_cast<char*>(::operator new[](bytes, std::align_val_t(64))), PackedFree());
+  char* dst = mem.get();
+  const int64_t seg_words = e.pairs ? seg_k / 2 : seg_k;  // packed k steps per segment
+  const int64_t total = pl.n_panels * nsegs;
+  const bool par = !omp_in_parallel() && g.k * n >= (1 << 15);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t w = 0; w < total; ++w) {
+    const int64_t pi = w / nsegs, sg = w % nsegs;
+    GemmParams gg = g;  // panel pi of segment sg, as panel 0 of a [seg_k, n - pi nr] product
+    gg.k = seg_k;
+    gg.n = n - pi * e.nr;
+    gg.b = segs[sg];
+    gg.b.ptr = static_cast<const AB*>(segs[sg].ptr) + pi * e.nr * segs[sg].stride_col;
+    Plan pg = panel_plan(gg, e);
+    pg.p = &gg;
+    e.pack_b(pg, 0, 0, dst + (pi * pl.b_panel + sg * seg_words * e.nr) * 4);
+  }
+  return mem;
+}
+
+}  // namespace
+
+bool PackedB::segments_fit(int64_t seg_k, DType ab) {
+  return !(ab == DType::kBFloat16 && cpu_has_bf16_dot()) || seg_k % 2 == 0;
+}
+
+PackedB::PackedB(const GemmOperand* segs, int64_t segments, int64_t seg_k, int64_t n, DType ab)
+    : k_(segments * seg_k), n_(n), groups_(1), dtype_(ab) {
+  if (n <= 0 || segments <= 0) return;
+  switch (ab) {
+    case DType::kFloat16: data_ = pack_b_segments<Half>(segs, segments, seg_k, n, ab, &nr_, &group_elems_); break;
+    case DType::kBFloat16:
+      data_ = pack_b_segments<BFloat16>(segs, segments, seg_k, n, ab, &nr_, &group_elems_);
+      break;
+    default: data_ = pack_b_segments<float>(segs, segments, seg_k, n, ab, &nr_, &group_elems_); break;
+  }
+}
 
 void PackedB::multiply_gathered(const GemmParams& p, const GatheredA& a, int64_t j0, int64_t j1) const {
   if (p.m <= 0 || j1 <= j0 || !data_) return;

@@ -258,22 +258,42 @@ def _supports_cuda_backward(grad, x, weight, stride, padding, dilation, groups, 
         cuda_unsupported(x, weight, groups, backward=True)
 
 
-def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
-    """Why `auto` sends a CPU call to torch whatever its size, or None.
+def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
+                       backward_stride: Optional[tuple] = None) -> Optional[str]:
+    """Why `auto` sends a CPU call to torch whatever its size, or None. backward_stride: the
+    stride of a backward call (conv2d_backward), None for a forward.
 
-    Measured (README, 2026-11-24 06:00, 2-core Zen 4 under load 3-4, min of 15 interleaved runs):
-    on ResNet-50 3x3 layers at batch 8 the implicit-GEMM path (W packed once, im2col rows packed
-    straight into the GEMM panels) reaches 0.86-0.91x oneDNN forward in NHWC (float32 and bfloat16
-    from 128 channels up), 0.66-0.88x in NCHW, and 0.72-0.87x forward+backward. The depthwise kernels
-    are 1.4-3.6x faster than torch. Drop this once `python -m fastops.bench --ops conv` shows the
-    GEMM path ahead on a shape class.
+    Measured (README, 2026-11-24 08:40-09:00, 2-core Zen 4, load 0.4-1, medians of 7 interleaved
+    runs, ResNet-50 3x3 layers at batch 8): the implicit-GEMM forward reaches 0.88-0.98x oneDNN in
+    NHWC and 0.75-0.94x in NCHW, fused bias+relu 0.83-1.00x of torch's conv then relu; the backward
+    (dgrad + wgrad + dbias) 0.90-0.98x at 256 channels and ahead from 512 channels per group on
+    7x7 outputs in NHWC (CPU_BACKWARD_FASTER_FROM): 1.04-1.23x at 512, 1.28-1.53x at 1024. The
+    depthwise kernels are 1.4-3.6x faster than torch (older figures). Drop the rest once
+    `python -m fastops.bench --ops conv` shows the GEMM path ahead on a shape class.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
     depthwise = groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
-    if not depthwise and not CPU_GEMM_PATH_FASTER:
-        return "the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; depthwise only"
-    return None
+    if depthwise or CPU_GEMM_PATH_FASTER:
+        return None
+    if backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
+        return None
+    return ("the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; depthwise and the "
+            "NHWC backward of >= 512-channel layers on <= 8x8 outputs only")
+
+
+# The NHWC backward (stride 1: dgrad as a flipped-weight forward, wgrad over column ranges per thread)
+# is ahead of oneDNN from this many input and output channels per group, at most 64 output pixels
+# per image (ResNet-50's last stage; 512@14 measured at parity, 0.94-1.00x, so it stays on torch).
+CPU_BACKWARD_FASTER_FROM = 512
+CPU_BACKWARD_FASTER_MAX_PIXELS = 64
+
+
+def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
+    return (_is_cl(x) and tuple(stride) == (1, 1) and weight.shape[2] * weight.shape[3] > 1
+            and x.shape[1] // groups >= CPU_BACKWARD_FASTER_FROM
+            and weight.shape[0] // groups >= CPU_BACKWARD_FASTER_FROM
+            and x.shape[2] * x.shape[3] <= CPU_BACKWARD_FASTER_MAX_PIXELS)
 
 
 CPU_GEMM_PATH_FASTER = False
@@ -365,8 +385,11 @@ def _conv2d_bwd(ctx, grad):
         s = torch.sigmoid(z.float())
         grad = (grad.float() * s * (1.0 + z.float() * (1.0 - s))).to(grad.dtype)
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    backend = ctx.backend
+    if backend == "auto:torch" and auto_prefers_torch(x, weight, ctx.groups, backward_stride=ctx.stride) is None:
+        backend = "auto"  # auto ran the forward on torch; the backward has its own policy
     dx, dw, db = conv2d_backward_op(grad, x, weight, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, mask,
-                                    ctx.backend)
+                                    backend)
     return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None,
             None, None, None, None, None, None)
 
@@ -389,7 +412,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
             _dispatch.select("conv2d_forward", *args, a.act)
         needs_graph = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias))
-        if choice.kernel.backend == "torch":
+        if choice.kernel.backend == "torch" and needs_graph and a.act != 4 and \
+                _cpu_backward_faster(a.x4, weight, a.groups, a.stride):
+            y = conv2d_op(*args, a.act, "auto:torch")  # torch forward; _conv2d_bwd decides the backward
+        elif choice.kernel.backend == "torch":
             y = forward_ref(*args, a.act)
         elif not needs_graph:
             y = choice.kernel.fn(*args, a.act)
@@ -424,7 +450,7 @@ def _aten_convolution_backward(original, grad, x, weight, bias_sizes, stride, pa
         _dispatch.fallback("conv2d_backward", grad, "transposed or non-2-D convolution")
         return torch_backward()
     args = (grad, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(output_mask))
-    why = auto_prefers_torch(x, weight, groups)
+    why = auto_prefers_torch(x, weight, groups, backward_stride=tuple(stride))
     choice = _dispatch.fallback("conv2d_backward", grad, why) if why else _dispatch.select("conv2d_backward", *args)
     if choice.kernel.backend == "torch":
         return torch_backward()

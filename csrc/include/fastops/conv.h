@@ -67,6 +67,12 @@ struct Conv2dForwardParams {
   const void* bias = nullptr;  // [O] or null
   void* y = nullptr;
   Activation activation = Activation::kNone;
+  // CPU, channels_last shape: y is written as NCHW [N, O, HO, WO] (x and w stay in the NHWC
+  // layout), by the GEMM's store where it can (cpu::conv2d_forward), else through a transpose.
+  bool y_nchw = false;
+  // CPU, channels_last shape: w is [O, Cg, KH, KW] (NCHW order) instead of [O, KH, KW, Cg]; the
+  // implicit GEMM packs it straight from there (else the kernel reorders a copy).
+  bool w_nchw = false;
 };
 
 // Gradients of y = conv(x, w) + bias from dy; each output is skipped when its pointer is null.
@@ -78,12 +84,17 @@ struct Conv2dBackwardParams {
   void* dx = nullptr;     // layout of x
   void* dw = nullptr;     // [O, K] in the layout's K order, storage dtype
   void* dbias = nullptr;  // [O], storage dtype
+  bool w_nchw = false;    // as Conv2dForwardParams::w_nchw (dw stays in the layout's K order)
 };
 
 namespace cpu {
 // Call from outside any OpenMP parallel region (they run cpu::gemm, which is parallel).
 void conv2d_forward(const Conv2dForwardParams& p);
 void conv2d_backward(const Conv2dBackwardParams& p);
+// dst[b][j][i] = src[b][i][j] for i < rows, j < cols: a batch of dense row-major matrices transposed,
+// elements of elem_bytes (2 or 4) bytes; the layout changes of the binding (NCHW <-> NHWC with
+// rows, cols = C, H W or H W, C; the weight [O, C, KH KW] <-> [O, KH KW, C]). OpenMP over tiles.
+void transpose_batched(const void* src, void* dst, int64_t batch, int64_t rows, int64_t cols, int elem_bytes);
 }  // namespace cpu
 
 // What the CUDA kernels (csrc/cuda/conv.cu) run, NHWC only (s.channels_last): the depthwise

@@ -29,12 +29,22 @@ struct GatheredA {
   int64_t segments = 0, seg_len = 0;
 };
 
+// dst[j * ldd + i] = src[i * lds + j] for i, j < 16: one 16 x 16 block of 32-bit words transposed
+// in registers (the packing's transpose). Needs AVX-512 (callers check the active ISA).
+void transpose16_u32(const uint32_t* src, int64_t lds, uint32_t* dst, int64_t ldd);
+
 class PackedB {
  public:
   PackedB() = default;
   // Packs B [k, n] (element strides in `b`, stride_batch ignored) of storage dtype `ab`, in
   // `groups` groups. Runs OpenMP over panels when called outside a parallel region.
   PackedB(const GemmOperand& b, int64_t k, int64_t n, DType ab, int64_t groups = 1, int64_t group_stride = 0);
+  // One group whose B [k = segments seg_k, n] is given as row blocks: rows s seg_k .. (s + 1) seg_k
+  // are segs[s] ([seg_k, n], element strides; stride_batch ignored), packed straight from them (a
+  // convolution's weight with its taps reordered, never copied). Same panels as the constructor
+  // above on the assembled B. bfloat16 pairs need an even seg_k (segments_fit() tells whether it fits).
+  PackedB(const GemmOperand* segs, int64_t segments, int64_t seg_k, int64_t n, DType ab);
+  static bool segments_fit(int64_t seg_k, DType ab);
   int64_t k() const { return k_; }
   int64_t n() const { return n_; }
   DType dtype() const { return dtype_; }
