@@ -13,7 +13,7 @@ import fastops
 from fastops import _dispatch
 from fastops import functional as F
 from fastops.ops import rnn as R
-from utils import DTYPES, assert_close, make
+from utils import DTYPES, assert_backward_deterministic, assert_close, assert_outputs_and_grads_close, make
 
 BACKENDS = ["cpu", "triton"]
 CELLS = {  # name -> (fastops functional, torch._VF cell, gates, has c)
@@ -131,16 +131,8 @@ def _check_module(cls_name, dtype, backend, T=4, B=3, I=5, H=6, x_shape=None, wi
     outs_r = [out_r] + (list(hid_r) if lstm else [hid_r])
     torch.autograd.backward(outs_r, [g.double() for g in grads])
     red = T * B * max(I, H) * 4
-    for o, r in zip(outs, outs_r):
-        assert o.shape == r.shape and o.dtype == dtype
-        assert_close(o, r, dtype, reduction=max(I, H) * 4 * L)
-    assert_close(xm.grad, xr.grad, dtype, reduction=red)
-    for m, r in zip(hm or [], hr or []):
-        assert_close(m.grad, r.grad, dtype, reduction=red)
-    pr = dict(ref.named_parameters())
-    for name, p in mine.named_parameters():
-        assert p.grad is not None, name
-        assert_close(p.grad, pr[name].grad, dtype, reduction=red)
+    assert_outputs_and_grads_close(outs, outs_r, [xm, *(hm or [])], [xr, *(hr or [])], mine, ref, dtype,
+                                   max(I, H) * 4 * L, red)
 
 
 MODULE_CASES = [
@@ -201,14 +193,7 @@ def test_packed_sequence(cls_name, backend):
     torch.autograd.backward(outs_r, [g.double() for g in grads])
     assert torch.equal(out.batch_sizes, out_r.batch_sizes)
     assert torch.equal(out.sorted_indices, out_r.sorted_indices)
-    for o, r in zip(outs, outs_r):
-        assert_close(o, r, torch.float32, reduction=64)
-    assert_close(xm.grad, xr.grad, torch.float32, reduction=256)
-    for m, r in zip(hm, hr):
-        assert_close(m.grad, r.grad, torch.float32, reduction=256)
-    pr_ = dict(ref.named_parameters())
-    for name, p in mine.named_parameters():
-        assert_close(p.grad, pr_[name].grad, torch.float32, reduction=256)
+    assert_outputs_and_grads_close(outs, outs_r, [xm, *hm], [xr, *hr], mine, ref, torch.float32, 64, 256)
 
 
 def test_dropout_between_layers_trains():
@@ -323,17 +308,7 @@ def test_backward_deterministic():
     mine, _ = _pair("LSTM", torch.float32, input_size=16, hidden_size=32, num_layers=2, bidirectional=True)
     x = make((6, 4, 16), torch.float32, seed=1, scale=1.0)
     g = make((6, 4, 64), torch.float32, seed=2, scale=1.0)
-    first = None
-    for _ in range(10):
-        mine.zero_grad()
-        xi = x.clone().requires_grad_()
-        out, _ = mine(xi)
-        out.backward(g)
-        grads = [xi.grad] + [p.grad.clone() for p in mine.parameters()]
-        if first is None:
-            first = grads
-        else:
-            assert all(torch.equal(a, b) for a, b in zip(first, grads))
+    assert_backward_deterministic(mine, x, g, runs=10)
 
 
 # ---- errors, fallbacks, patch -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import fastops
 from fastops import _dispatch
 from fastops.ops import rnn as R
 from fastops.ops import rnn_proj as RP
-from utils import DTYPES, assert_close, make
+from utils import DTYPES, assert_backward_deterministic, assert_close, assert_outputs_and_grads_close, make
 
 OP = "rnn_proj_layer"
 
@@ -59,18 +59,9 @@ def _check(dtype=torch.float32, backend="cpu", T=4, B=3, I=5, H=5, P=3, with_h0=
     torch.autograd.backward(outs_r, [g.double() for g in grads])
     assert out.shape[-1] == D * P and h.shape[-1] == P and c.shape[-1] == H
     red = T * max(B, 1) * max(I, H) * 4
-    for o, r in zip(outs, outs_r):
-        assert o.shape == r.shape and o.dtype == dtype
-        assert_close(o, r, dtype, reduction=max(I, H) * 4 * L)
-    assert_close(xm.grad, xr.grad, dtype, reduction=red)
-    for m, r in zip(hm or [], hr or []):
-        assert_close(m.grad, r.grad, dtype, reduction=red)
-    pr = dict(ref.named_parameters())
-    names = {name for name, _ in mine.named_parameters()}
-    assert any(n.startswith("weight_hr_l") for n in names)
-    for name, p in mine.named_parameters():
-        assert p.grad is not None, name
-        assert_close(p.grad, pr[name].grad, dtype, reduction=red)
+    assert any(name.startswith("weight_hr_l") for name, _ in mine.named_parameters())
+    assert_outputs_and_grads_close(outs, outs_r, [xm, *(hm or [])], [xr, *(hr or [])], mine, ref, dtype,
+                                   max(I, H) * 4 * L, red)
 
 
 # (hidden, proj) as the task asks: P = 1, P = 3 with H = 5, P = 8 with H = 16
@@ -129,14 +120,7 @@ def test_packed_sequence(backend):
     outs_r = [out_r.data, *hid_r]
     torch.autograd.backward(outs_r, [g.double() for g in grads])
     assert torch.equal(out.batch_sizes, out_r.batch_sizes)
-    for o, r in zip(outs, outs_r):
-        assert_close(o, r, torch.float32, reduction=64)
-    assert_close(xm.grad, xr.grad, torch.float32, reduction=256)
-    for m, r in zip(hm, hr):
-        assert_close(m.grad, r.grad, torch.float32, reduction=256)
-    pr_ = dict(ref.named_parameters())
-    for name, p in mine.named_parameters():
-        assert_close(p.grad, pr_[name].grad, torch.float32, reduction=256)
+    assert_outputs_and_grads_close(outs, outs_r, [xm, *hm], [xr, *hr], mine, ref, torch.float32, 64, 256)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -256,18 +240,8 @@ def test_backward_deterministic():
     mine, _ = _pair(torch.float32, input_size=16, hidden_size=40, proj_size=24, num_layers=2, bidirectional=True)
     x = make((6, 4, 16), torch.float32, seed=1, scale=1.0)
     g = make((6, 4, 48), torch.float32, seed=2, scale=1.0)
-    first = None
     with fastops.use_backend("cpu"):
-        for _ in range(6):
-            mine.zero_grad()
-            xi = x.clone().requires_grad_()
-            out, _ = mine(xi)
-            out.backward(g)
-            grads = [xi.grad] + [p.grad.clone() for p in mine.parameters()]
-            if first is None:
-                first = grads
-            else:
-                assert all(torch.equal(a, b) for a, b in zip(first, grads))
+        assert_backward_deterministic(mine, x, g, runs=6)
 
 
 # ---- errors, explain, enable, patch, compile --------------------------------------------------------

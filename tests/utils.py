@@ -21,3 +21,34 @@ def assert_close(actual: torch.Tensor, reference: torch.Tensor, dtype: torch.dty
 def make(shape, dtype, seed=0, scale=4.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+def assert_backward_deterministic(module, x: torch.Tensor, grad: torch.Tensor, runs: int) -> None:
+    """`runs` backward passes of module(x)[0] with `grad` give bitwise the same gradients (input and
+    every parameter): a fixed reduction order, no atomics."""
+    first = None
+    for _ in range(runs):
+        module.zero_grad()
+        xi = x.clone().requires_grad_()
+        out, _ = module(xi)
+        out.backward(grad)
+        grads = [xi.grad] + [p.grad.clone() for p in module.parameters()]
+        if first is None:
+            first = grads
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(first, grads))
+
+
+def assert_outputs_and_grads_close(outs, outs_ref, inputs, inputs_ref, module, module_ref, dtype: torch.dtype,
+                                   out_reduction: int, grad_reduction: int) -> None:
+    """After backward on both sides: every output, every input's gradient and every parameter's
+    gradient of `module` against `module_ref` (same parameter names)."""
+    for o, r in zip(outs, outs_ref):
+        assert o.shape == r.shape and o.dtype == dtype
+        assert_close(o, r, dtype, reduction=out_reduction)
+    for m, r in zip(inputs, inputs_ref):
+        assert_close(m.grad, r.grad, dtype, reduction=grad_reduction)
+    params_ref = dict(module_ref.named_parameters())
+    for name, p in module.named_parameters():
+        assert p.grad is not None, name
+        assert_close(p.grad, params_ref[name].grad, dtype, reduction=grad_reduction)

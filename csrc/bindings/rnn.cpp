@@ -55,6 +55,17 @@ const int64_t* opt_lengths(const c10::optional<at::Tensor>& t, int64_t batch) {
   return t->data_ptr<int64_t>();
 }
 
+// Checks x [T, B, I] (contiguous, on the CPU) and fills p's dtype, steps, batch and input size.
+void fill_input(RnnLayerParams& p, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.is_cpu(), "fastops: ", op, " runs on cpu tensors, got x on ", x.device());
+  TORCH_CHECK(x.dim() == 3, "fastops: x must be [T, B, I], got ", x.sizes());
+  check_contiguous(x, "x");
+  p.dtype = to_dtype(x, "x");
+  p.steps = x.size(0);
+  p.batch = x.size(1);
+  p.input = x.size(2);
+}
+
 // Fills the forward parameters from the tensors and checks them. Biases are float32 here.
 RnnLayerParams layer_params(int64_t mode, const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
                             const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
@@ -62,13 +73,7 @@ RnnLayerParams layer_params(int64_t mode, const at::Tensor& x, const at::Tensor&
                             bool reverse) {
   RnnLayerParams p;
   p.mode = to_mode(mode);
-  TORCH_CHECK(x.is_cpu(), "fastops: rnn_layer runs on cpu tensors, got x on ", x.device());
-  TORCH_CHECK(x.dim() == 3, "fastops: x must be [T, B, I], got ", x.sizes());
-  check_contiguous(x, "x");
-  p.dtype = to_dtype(x, "x");
-  p.steps = x.size(0);
-  p.batch = x.size(1);
-  p.input = x.size(2);
+  fill_input(p, x, "rnn_layer");
   TORCH_CHECK(h0.dim() == 2, "fastops: h0 must be [B, H], got ", h0.sizes());
   p.hidden = h0.size(1);
   const int64_t GH = math::rnn_gates(p.mode) * p.hidden;
@@ -442,13 +447,7 @@ RnnProjLayerParams proj_layer_params(const at::Tensor& x, const at::Tensor& h0, 
   RnnProjLayerParams pp;
   RnnLayerParams& p = pp.layer;
   p.mode = RnnMode::kLstm;
-  TORCH_CHECK(x.is_cpu(), "fastops: rnn_proj_layer runs on cpu tensors, got x on ", x.device());
-  TORCH_CHECK(x.dim() == 3, "fastops: x must be [T, B, I], got ", x.sizes());
-  check_contiguous(x, "x");
-  p.dtype = to_dtype(x, "x");
-  p.steps = x.size(0);
-  p.batch = x.size(1);
-  p.input = x.size(2);
+  fill_input(p, x, "rnn_proj_layer");
   TORCH_CHECK(w_hr.dim() == 2, "fastops: w_hr must be [P, H], got ", w_hr.sizes());
   pp.proj = w_hr.size(0);
   p.hidden = w_hr.size(1);

@@ -305,8 +305,6 @@ void narrow(const float* src, void* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) d[i] = from_float<T>(src[i]);
 }
 
-// narrow<BFloat16> for the running CPU.
-using NarrowBf16 = void (*)(const float*, void*, int64_t);
 NarrowBf16 narrow_bf16_fn() {
 #if FASTOPS_HAVE_X86_PATHS
   return select_isa<NarrowBf16>(&narrow<BFloat16>, &narrow<BFloat16>, &narrow_bf16_avx512);
@@ -394,6 +392,46 @@ Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   return t;
 }
 
+void recurrent_gates(const PackedB& whh, const RnnLayerParams& p, const void* a, int64_t lda, float* gh, int64_t j0,
+                     int64_t j1) {
+  GemmParams g;
+  g.m = p.batch;
+  g.a = GemmOperand{a, 0, lda, 1};
+  g.c = gh;
+  g.c_stride_row = math::rnn_gates(p.mode) * p.hidden;
+  g.ab_dtype = p.dtype;
+  g.c_dtype = DType::kFloat32;
+  whh.multiply(g, j0, j1, p.hidden);
+}
+
+RnnStepParams step_params(const RnnLayerParams& p, int64_t t, const float* gi, const float* gh) {
+  RnnStepParams sp;
+  sp.mode = p.mode;
+  sp.batch = p.batch;
+  sp.hidden = p.hidden;
+  sp.dtype = p.dtype;
+  sp.gi = gi;
+  sp.gh = gh;
+  sp.gi_stride = sp.gh_stride = math::rnn_gates(p.mode) * p.hidden;
+  sp.b_ih = p.b_ih;
+  sp.b_hh = p.b_hh;
+  sp.lengths = p.lengths;
+  sp.t = t;
+  return sp;
+}
+
+RnnStepBackwardParams backward_step_params(const RnnLayerParams& p, int64_t t) {
+  RnnStepBackwardParams sp;
+  sp.mode = p.mode;
+  sp.batch = p.batch;
+  sp.hidden = p.hidden;
+  sp.dtype = p.dtype;
+  sp.saved = p.saved + t * p.batch * math::rnn_saved(p.mode) * p.hidden;
+  sp.lengths = p.lengths;
+  sp.t = t;
+  return sp;
+}
+
 }  // namespace rnn_detail
 
 namespace {
@@ -465,24 +503,8 @@ void rnn_layer_forward(const RnnLayerParams& p) {
       void* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
       if (j0 < j1 && s + 1 < T) prefetch_units(gx.get() + forward_time(p, s + 1) * B * GH, B * G, H, j0, j1);
       if (j0 < j1) {
-        GemmParams g;  // gh[:, g*H + j] = h W_hh^T for this thread's units j of every gate
-        g.m = B;
-        g.a = GemmOperand{h_prev, 0, H, 1};
-        g.c = gh.get();
-        g.c_stride_row = GH;
-        g.ab_dtype = p.dtype;
-        g.c_dtype = DType::kFloat32;
-        whh.multiply(g, j0, j1, H);
-        RnnStepParams sp;
-        sp.mode = p.mode;
-        sp.batch = B;
-        sp.hidden = H;
-        sp.dtype = p.dtype;
-        sp.gi = gx.get() + t * B * GH;
-        sp.gh = gh.get();
-        sp.gi_stride = sp.gh_stride = GH;
-        sp.b_ih = p.b_ih;
-        sp.b_hh = p.b_hh;
+        recurrent_gates(whh, p, h_prev, H, gh.get(), j0, j1);
+        RnnStepParams sp = step_params(p, t, gx.get() + t * B * GH, gh.get());
         sp.h_prev = h_prev;
         sp.h_out = h_out;
         sp.y_out = y + static_cast<size_t>(t * B * H) * es;
@@ -491,8 +513,6 @@ void rnn_layer_forward(const RnnLayerParams& p) {
           sp.c_out = c_of(s);
         }
         sp.saved = keep ? p.saved + t * B * S * H : scratch.data();
-        sp.lengths = p.lengths;
-        sp.t = t;
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
       }
 #pragma omp barrier
@@ -582,15 +602,10 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = forward_time(p, s);
       if (j0 < j1) {
-        RnnStepBackwardParams sp;
-        sp.mode = p.mode;
-        sp.batch = B;
-        sp.hidden = H;
-        sp.dtype = p.dtype;
+        RnnStepBackwardParams sp = backward_step_params(p, t);
         sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
         sp.dh = q.dh0;
         sp.dc = q.dc0;
-        sp.saved = p.saved + t * B * S * H;
         if (lstm) {
           sp.c = p.c_all + t * B * H;
           sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
@@ -598,8 +613,6 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
         sp.h_prev = hprev.data() + t * B * H;
         sp.dgi = dgi.data() + t * B * GH;
         sp.dgh = dgh + t * B * GH;
-        sp.lengths = p.lengths;
-        sp.t = t;
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
         if (narrow_ops) {  // this thread's units of every gate, rounded once for the GEMMs
           for (int64_t r = t * B * G; r < (t + 1) * B * G; ++r) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fastops/dtype.h"
+#include "fastops/gemm_packed.h"
 #include "fastops/macros.h"
 #include "fastops/rnn.h"
 
@@ -63,6 +64,18 @@ struct Team {
   int64_t end() const { return std::min(hidden, panels * (omp_get_thread_num() + 1) / threads * panel); }
 };
 Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step);
+
+// gh[b, g*H + j] = a W_hh^T (float32, row stride G*H) for units j in [j0, j1) of every gate; a is
+// [p.batch, K] of p.dtype with row stride lda, whh its packed W_hh^T (one group per gate).
+void recurrent_gates(const PackedB& whh, const RnnLayerParams& p, const void* a, int64_t lda, float* gh, int64_t j0,
+                     int64_t j1);
+// The fields of step t that the layer decides: mode, sizes, dtype, lengths, t; forward: gi (x W_ih^T
+// of step t), gh and the biases; backward: saved. The caller adds the state pointers.
+RnnStepParams step_params(const RnnLayerParams& p, int64_t t, const float* gi, const float* gh);
+RnnStepBackwardParams backward_step_params(const RnnLayerParams& p, int64_t t);
+// dst[i] = bfloat16(src[i]) for i < n (dst: BFloat16), on the widest vector path of this CPU.
+using NarrowBf16 = void (*)(const float*, void*, int64_t);
+NarrowBf16 narrow_bf16_fn();
 
 }  // namespace rnn_detail
 }  // namespace cpu

@@ -129,31 +129,13 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
       const int64_t t = step_time(p, s);
       char* hf_t = hf + static_cast<size_t>(t * B * H) * es;
       if (j0 < j1) {  // (a) the cell on units [j0, j1) of every gate
-        GemmParams g;   // gh[:, g*H + j] = r W_hh^T
-        g.m = B;
-        g.a = GemmOperand{r.data(), 0, P, 1};
-        g.c = gh.get();
-        g.c_stride_row = GH;
-        g.ab_dtype = p.dtype;
-        g.c_dtype = DType::kFloat32;
-        whh.multiply(g, j0, j1, H);
-        RnnStepParams sp;
-        sp.mode = RnnMode::kLstm;
-        sp.batch = B;
-        sp.hidden = H;
-        sp.dtype = p.dtype;
-        sp.gi = gx.get() + t * B * GH;
-        sp.gh = gh.get();
-        sp.gi_stride = sp.gh_stride = GH;
-        sp.b_ih = p.b_ih;
-        sp.b_hh = p.b_hh;
+        recurrent_gates(whh, p, r.data(), P, gh.get(), j0, j1);  // gh = r W_hh^T
+        RnnStepParams sp = step_params(p, t, gx.get() + t * B * GH, gh.get());
         sp.h_prev = sp.h_out = hf_t;  // the LSTM body reads h_prev only to carry inactive rows
         sp.y_out = nullptr;
         sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
         sp.c_out = p.c_all + t * B * H;
         sp.saved = p.saved + t * B * kSaved * H;
-        sp.lengths = p.lengths;
-        sp.t = t;
         for (int64_t b = 0; b < B; ++b) {
           block(sp, b, j0, j1);
           if (!active(p.lengths, b, t))  // defined (dW_hr reads it, times dr_t = 0)
@@ -222,6 +204,7 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   const PackedB whh(GemmOperand{narrow_ops ? p.w_hh : whh32.ptr, 0, P, 1}, GH, P, ab);   // W_hh [4H, P]
   const PackedB whr(GemmOperand{narrow_ops ? pp.w_hr : whr32.ptr, 0, H, 1}, P, H, ab);  // W_hr [P, H]
   const BackwardBlock block = backward_block_fn(RnnMode::kLstm, p.dtype);
+  const NarrowBf16 to_bf16 = narrow_bf16_fn();
   const Team units = make_team(whr.panel_cols(), H, B * P * H + B * GH * P);
   const Team cols = columns_team(units, whh.panel_cols(), P);
   const char* dy = static_cast<const char*>(q.dy);
@@ -242,7 +225,7 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
         }
         if (narrow_ops)
           for (int64_t b = 0; b < B; ++b)
-            narrow_any(DType::kBFloat16, dr_t + b * P + q0, dr_n.data() + (t * B + b) * P + q0, q1 - q0);
+            to_bf16(dr_t + b * P + q0, dr_n.data() + (t * B + b) * P + q0, q1 - q0);
       }
 #pragma omp barrier
       if (j0 < j1) {  // (b) dh_full = dr_t W_hr, then the cell backward on units [j0, j1)
@@ -253,25 +236,18 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
         g.c = dhf.data();
         g.c_stride_row = H;
         whr.multiply(g, j0, j1);
-        RnnStepBackwardParams sp;
-        sp.mode = RnnMode::kLstm;
-        sp.batch = B;
-        sp.hidden = H;
-        sp.dtype = p.dtype;
+        RnnStepBackwardParams sp = backward_step_params(p, t);
         sp.dy = nullptr;  // in dr_t already
         sp.dh = dhf.data();
         sp.dc = q.dc0;
-        sp.saved = p.saved + t * B * kSaved * H;
         sp.c = p.c_all + t * B * H;
         sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
         sp.dgi = dgi.data() + t * B * GH;
         sp.dgh = sp.dgi;
-        sp.lengths = p.lengths;
-        sp.t = t;
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
         if (narrow_ops)  // this thread's units of every gate, rounded once for the GEMMs
           for (int64_t row = t * B * kGates; row < (t + 1) * B * kGates; ++row)
-            narrow_any(DType::kBFloat16, dgi.data() + row * H + j0, dgi_n.data() + row * H + j0, j1 - j0);
+            to_bf16(dgi.data() + row * H + j0, dgi_n.data() + row * H + j0, j1 - j0);
       }
 #pragma omp barrier
       if (q0 < q1) {  // (c) dr[:, q0:q1] += dgi_t W_hh[:, q0:q1]
