@@ -563,13 +563,13 @@ def test_modules_follow_the_auto_policy_through_the_eager_fast_path():
                 assert_close(out, want_out, torch.float32, reduction=16)
                 if want == "torch":
                     assert f"at batch {B}" in fastops.explain()
-    # only the biases train: still training, as the full path judges it (bf16 LSTM B=4: cpu)
+    # only the biases train: still training, as the full path judges it (bf16 LSTM B=8: cpu)
     m = fastops.nn.LSTM(8, 16).to(torch.bfloat16)
     m.weight_ih_l0.requires_grad_(False)
     m.weight_hh_l0.requires_grad_(False)
-    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 4, True) and not R.cpu_preferred(R.LSTM, torch.bfloat16, 4, False)
+    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 8, True) and not R.cpu_preferred(R.LSTM, torch.bfloat16, 8, False)
     _dispatch.clear_history()
-    m(make((4, 4, 8), torch.bfloat16, seed=7))
+    m(make((4, 8, 8), torch.bfloat16, seed=7))
     assert _ran() == "cpu", fastops.explain()
 
 
@@ -577,7 +577,7 @@ def test_auto_policy_is_batch_aware():
     """The policy depends on the batch and on whether a backward follows (bf16 LSTM: the cpu layer
     wins its fwd+bwd at small batch only, and not its forward alone)."""
     assert R.cpu_preferred(R.LSTM, torch.bfloat16, 1, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 32, True)
-    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 1, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 1, False)
+    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 8, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 8, False)
     assert R.cpu_preferred(R.GRU, torch.float32, 32, False) and R.cpu_preferred(R.TANH, torch.float32, 32, False)
     assert not R.cpu_preferred(R.LSTM, torch.float16, 1, True)  # not measured: torch
 

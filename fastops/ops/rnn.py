@@ -205,9 +205,14 @@ def _backward_loop(backend):
 # helpers' builds), 2026-11-24. torch / fastops time ratios (> 1: the cpu layer is faster), fwd /
 # fwd+bwd; "now" is B=32 after the 16-lane cell rows (`--quick`, load 1.1-1.7, 09:03-09:06 UTC):
 #   LSTM fp32  B=1 0.81/0.86  B=4 0.87/0.95  B=8 0.86/0.92  B=32 0.82/0.84, now 0.87-0.98/0.86-0.88
-#              -> torch
+#              now at small batch (fastops.nn.LSTM vs torch.nn.LSTM, medians of 9-15 interleaved runs, 3
+#              runs at load 1.2-1.5, 09:31 UTC): B=1 1.01-1.31/0.85-1.14  B=2 1.16-1.21/1.06-1.10
+#              B=4 0.96-1.12/1.00-1.22  B=8 0.85-0.95/0.85-0.93  B=16 0.78/0.76
+#              -> cpu for inference up to B=4, torch for training (B=1 is not ahead)
 #   LSTM bf16  B=1 1.19/1.73  B=4 0.92/1.20  B=8 0.79/1.07  B=16 0.73/0.94  B=32 0.72/0.84, now
-#              0.77-0.84/0.78-0.83 (fwd alone 0.9-1.0 at B=1 in other runs)  -> cpu for training up to B=8
+#              0.77-0.84/0.78-0.83; now at small batch: B=1 1.14-1.27/1.54-1.59  B=2 1.24-1.37/1.43-1.52
+#              B=4 1.03-1.11/1.19-1.28  B=8 0.80-1.01/1.08-1.12  B=16 0.91/0.92
+#              -> cpu for inference up to B=4, for training up to B=8
 #   GRU  fp32  B=1 2.44/3.00  B=8 1.71/1.64  B=32 1.34/1.27, now 1.45/1.48  -> cpu
 #   GRU  bf16  B=1 5.81/9.28  B=8 1.70/2.00  B=32 0.85/1.27, now 1.01/1.16  -> cpu
 #   tanh fp32  B=1 1.42/3.40  B=8 1.75/2.06  B=32 0.97/1.05, now 1.20/1.34  -> cpu
@@ -217,7 +222,7 @@ def _backward_loop(backend):
 # float16 was not measured (torch). README "RNN" has the figures.
 # (inference, training): the largest batch the cpu layer runs at; None: any batch, 0: never.
 CPU_MAX_BATCH = {
-    (LSTM, torch.float32): (0, 0), (LSTM, torch.bfloat16): (0, 8),
+    (LSTM, torch.float32): (4, 0), (LSTM, torch.bfloat16): (4, 8),
     (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (None, None),
     (TANH, torch.float32): (None, None), (TANH, torch.bfloat16): (None, None),
     (RELU, torch.float32): (None, None), (RELU, torch.bfloat16): (None, None),
