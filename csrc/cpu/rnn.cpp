@@ -480,10 +480,12 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);
   // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
   const PackedB whh(GemmOperand{p.w_hh, 0, 1, H}, H, H, p.dtype, G, H * H);
-  // Inference (p.saved null): the steps write `saved` into one step's scratch that stays in cache,
-  // and c ping-pongs between two buffers instead of filling c_all.
+  // Inference (p.saved null): c ping-pongs between two buffers instead of filling c_all, and the
+  // steps write no `saved` (the 16-lane rows skip it) or, where the scalar bodies run (no AVX-512,
+  // rows past their length), write it into one step's scratch that stays in cache.
   const bool keep = p.saved != nullptr;
-  std::vector<float> scratch(keep ? 0 : static_cast<size_t>(B * S * H));
+  const bool vec_rows = FASTOPS_HAVE_X86_PATHS && active_isa() == Isa::kAvx512 && p.lengths == nullptr;
+  std::vector<float> scratch(keep || vec_rows ? 0 : static_cast<size_t>(B * S * H));
   std::vector<float> c0(lstm ? static_cast<size_t>((keep ? 1 : 3) * B * H) : 0);
   if (lstm) widen_any(p.dtype, p.c0, c0.data(), B * H);
   // c leaving step s (c entering step 0 is c0)
@@ -512,7 +514,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
           sp.c_prev = s == 0 ? c0.data() : c_of(s - 1);
           sp.c_out = c_of(s);
         }
-        sp.saved = keep ? p.saved + t * B * S * H : scratch.data();
+        sp.saved = keep ? p.saved + t * B * S * H : (vec_rows ? nullptr : scratch.data());
         for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
       }
 #pragma omp barrier
