@@ -289,7 +289,7 @@ FASTOPS_FORCE_INLINE void pack_panel(const Plan& pl, bool is_a, int64_t b, int64
 // ---- micro-kernels: acc[R][NR] = sum_q A[q][r] * B[q][:] over the packed panels ------------------
 
 template <int W, int R, int NV>
-FASTOPS_FORCE_INLINE void micro_f32(int64_t kq, const float* a, int mr, const float* b, float* out) {
+FASTOPS_FORCE_INLINE void micro_f32(int64_t kq, const float* a, int mr, const float* b, float* out, int64_t ldo) {
   using V = Vec<W>;
   V acc[R][NV];
 #pragma GCC unroll 16
@@ -311,7 +311,7 @@ FASTOPS_FORCE_INLINE void micro_f32(int64_t kq, const float* a, int mr, const fl
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < NV; ++c) *reinterpret_cast<V*>(out + r * NV * W + c * W) = acc[r][c];
+    for (int c = 0; c < NV; ++c) __builtin_memcpy(out + r * ldo + c * W, &acc[r][c], sizeof(V));  // out: any alignment
 }
 
 #if FASTOPS_HAVE_X86_PATHS
@@ -321,7 +321,8 @@ typedef short V32bh __attribute__((vector_size(64)));
 typedef int V16i __attribute__((vector_size(64)));
 
 template <int R>
-FASTOPS_FORCE_INLINE void micro_bf16(int64_t kq, const uint32_t* a, int mr, const uint32_t* b, float* out) {
+FASTOPS_FORCE_INLINE void micro_bf16(int64_t kq, const uint32_t* a, int mr, const uint32_t* b, float* out,
+                                     int64_t ldo) {
   using V = Vec<16>;
   V acc[R][kBf16NV];
 #pragma GCC unroll 16
@@ -343,7 +344,7 @@ FASTOPS_FORCE_INLINE void micro_bf16(int64_t kq, const uint32_t* a, int mr, cons
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < kBf16NV; ++c) reinterpret_cast<V*>(out + r * kBf16NR + 16 * c)[0] = acc[r][c];
+    for (int c = 0; c < kBf16NV; ++c) __builtin_memcpy(out + r * ldo + 16 * c, &acc[r][c], sizeof(V));
 }
 #endif
 
@@ -453,15 +454,15 @@ FASTOPS_FORCE_INLINE void store_tile(const GemmParams& p, int64_t b, int64_t i0,
 
 // micro<R> for R = rows of this register tile (1 <= rows <= R at the first call).
 template <int W, int R, typename P>
-FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, const P* b, float* out) {
+FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, const P* b, float* out, int64_t ldo) {
   if constexpr (R >= 1) {
-    if (rows < R) return micro_rows<W, R - 1, P>(rows, kq, a, mr, b, out);
+    if (rows < R) return micro_rows<W, R - 1, P>(rows, kq, a, mr, b, out, ldo);
     if constexpr (W == 0) {
 #if FASTOPS_HAVE_X86_PATHS
-      micro_bf16<R>(kq, a, mr, b, out);
+      micro_bf16<R>(kq, a, mr, b, out, ldo);
 #endif
     } else {
-      micro_f32<W, R, Tile<W>::NV>(kq, a, mr, b, out);
+      micro_f32<W, R, Tile<W>::NV>(kq, a, mr, b, out, ldo);
     }
   }
 }
@@ -481,13 +482,22 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
   const int64_t ir0 = ui * (pl.mc / MR);
   const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
   const int64_t width = jr1 - jr0;
+  // C = A B exactly (float32 C, unit columns, no scale, C term, bias or activation): full-width
+  // register tiles go straight from the accumulators to C, with no pass through `tile`
+  const bool direct = std::is_same_v<C, float> && p.c_stride_col == 1 && p.alpha == 1.0f && p.beta == 0.0f &&
+                      p.bias == nullptr && p.activation == Activation::kNone;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
     const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
     const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
     const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
     const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
-    micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile);
+    if (direct && cols == NR) {
+      float* c = static_cast<float*>(p.c) + b * p.c_stride_batch + ir * MR * p.c_stride_row + jr * NR;
+      micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, c, p.c_stride_row);
+      continue;
+    }
+    micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile, NR);
     store_tile<C, W == 0 || W == 16>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
   }
 }
