@@ -491,7 +491,6 @@ void prefetch_units(const float* base, int64_t rows, int64_t H, int64_t j0, int6
     for (int64_t j = j0; j < j1; j += 16) __builtin_prefetch(base + r * H + j, 0, 2);
 }
 
-int64_t forward_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
 }  // namespace
 
 void rnn_step_forward(const RnnStepParams& p) {
@@ -526,7 +525,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   // uninitialized: every element is written before it is read
   const Scratch<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH));
   // gx[T*B, GH] = x[T*B, I] W_ih^T
-  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);
+  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.data(), GH, 0.0f);
   // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
   const PackedB whh(GemmOperand{p.w_hh, 0, 1, H}, H, H, p.dtype, G, H * H);
   // Inference (p.saved null): c ping-pongs between two buffers instead of filling c_all, and the
@@ -538,7 +537,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   std::vector<float> c0(lstm ? static_cast<size_t>((keep ? 1 : 3) * B * H) : 0);
   if (lstm) widen_any(p.dtype, p.c0, c0.data(), B * H);
   // c leaving step s (c entering step 0 is c0)
-  auto c_of = [&](int64_t s) { return keep ? p.c_all + forward_time(p, s) * B * H : c0.data() + (1 + s % 2) * B * H; };
+  auto c_of = [&](int64_t s) { return keep ? p.c_all + step_time(p, s) * B * H : c0.data() + (1 + s % 2) * B * H; };
   // h ping-pongs between two buffers, so one barrier per step orders every read and write
   std::vector<char> hbuf(static_cast<size_t>(2 * B * H) * es);
   std::memcpy(hbuf.data(), p.h0, static_cast<size_t>(B * H) * es);
@@ -549,13 +548,13 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   {
     const int64_t j0 = team.begin(), j1 = team.end();
     for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = forward_time(p, s);
+      const int64_t t = step_time(p, s);
       void* h_prev = hbuf.data() + static_cast<size_t>((s % 2) * B * H) * es;
       void* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
-      if (j0 < j1 && s + 1 < T) prefetch_units(gx.get() + forward_time(p, s + 1) * B * GH, B * G, H, j0, j1);
+      if (j0 < j1 && s + 1 < T) prefetch_units(gx.data() + step_time(p, s + 1) * B * GH, B * G, H, j0, j1);
       if (j0 < j1) {
-        recurrent_gates(whh, p, h_prev, H, gh.get(), j0, j1);
-        RnnStepParams sp = step_params(p, t, gx.get() + t * B * GH, gh.get());
+        recurrent_gates(whh, p, h_prev, H, gh.data(), j0, j1);
+        RnnStepParams sp = step_params(p, t, gx.data() + t * B * GH, gh.data());
         sp.h_prev = h_prev;
         sp.h_out = h_out;
         sp.y_out = y + static_cast<size_t>(t * B * H) * es;
@@ -651,7 +650,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   {
     const int64_t j0 = team.begin(), j1 = team.end();
     for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = forward_time(p, s);
+      const int64_t t = step_time(p, s);
       if (j0 < j1) {
         RnnStepBackwardParams sp = backward_step_params(p, t);
         sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
@@ -659,7 +658,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
         sp.dc = q.dc0;
         if (lstm) {
           sp.c = p.c_all + t * B * H;
-          sp.c_prev = s == 0 ? c0.data() : p.c_all + forward_time(p, s - 1) * B * H;
+          sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
         }
         sp.h_prev = hprev.data() + t * B * H;
         sp.dgi = dgi.data() + t * B * GH;

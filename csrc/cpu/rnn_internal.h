@@ -38,13 +38,15 @@ class Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   T* data() const { return ptr_; }
-  T* get() const { return ptr_; }
   size_t size() const { return n_; }
 
  private:
   T* ptr_ = nullptr;
   size_t n_ = 0, capacity_ = 0;
 };
+
+// The time index of the layer's s-th step (a reverse layer runs t = T-1 .. 0).
+inline int64_t step_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
 
 // Row b is active at step t (variable lengths, fastops/rnn.h).
 FASTOPS_FORCE_INLINE bool active(const int64_t* lengths, int64_t b, int64_t t) {

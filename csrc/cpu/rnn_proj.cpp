@@ -36,8 +36,6 @@ namespace {
 constexpr int64_t kGates = 4;  // LSTM
 constexpr int64_t kSaved = math::rnn_saved(RnnMode::kLstm);
 
-int64_t step_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
-
 // A team over the columns [0, n) of `panel`-wide panels with the thread count of `like` (the two
 // phases of a step share one parallel region).
 Team columns_team(const Team& like, int64_t panel, int64_t n) {
