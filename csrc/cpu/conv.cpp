@@ -252,51 +252,35 @@ void for_each_block_nhwc(const Conv2dShape& s, const T* x, const Fn& fn) {
 // The implicit NHWC im2col matrix of pixels m0.. as a cpu::GatheredA: row i is output pixel m0 + i,
 // segment t is kernel tap t = (kh, kw), and its Cg channels are read in place from x (a group's
 // channels start at xg = x + g Cg); taps in the padding read as zeros.
-// The pixel of the last row asked for is kept (the gatherers ask for a row's taps in turn).
 template <typename T>
 struct TapRows {
   const Conv2dShape* s;
   const T* xg;
   int64_t m0;
-  mutable int64_t last = -1, n = 0, oh = 0, ow = 0;
-  static const void* row(const void* ctx, int64_t i, int64_t t) {
+  // dst[t * ld + r] for pixels m0 + i0 + r, r < n: (n, oh, ow) stepped along the row, no division
+  static void rows(const void* ctx, int64_t i0, int n, int64_t ld, const void** dst) {
     const TapRows& r = *static_cast<const TapRows*>(ctx);
     const Conv2dShape& s = *r.s;
-    if (i != r.last) {
-      const int64_t m = r.m0 + i, P = s.ho * s.wo, q = m % P;
-      r.last = i;
-      r.n = m / P;
-      r.oh = q / s.wo;
-      r.ow = q % s.wo;
+    const int64_t P = s.ho * s.wo, m = r.m0 + i0;
+    int64_t img = m / P, oh = m % P / s.wo, ow = m % P % s.wo;
+    for (int i = 0; i < n; ++i) {
+      const T* xn = r.xg + img * s.h * s.w * s.c;
+      for (int64_t ti = 0, t = 0; ti < s.kh; ++ti) {
+        const int64_t ih = conv_in_index(oh, ti, s.stride_h, s.pad_h, s.dil_h);
+        for (int64_t tj = 0; tj < s.kw; ++tj, ++t) {
+          const int64_t iw = conv_in_index(ow, tj, s.stride_w, s.pad_w, s.dil_w);
+          const bool in = ih >= 0 && ih < s.h && iw >= 0 && iw < s.w;
+          dst[t * ld + i] = in ? xn + (ih * s.w + iw) * s.c : nullptr;
+        }
+      }
+      if (++ow == s.wo) {
+        ow = 0;
+        if (++oh == s.ho) oh = 0, ++img;
+      }
     }
-    const int64_t ti = s.kw == 1 ? t : t / s.kw, tj = s.kw == 1 ? 0 : t - ti * s.kw;
-    const int64_t ih = conv_in_index(r.oh, ti, s.stride_h, s.pad_h, s.dil_h);
-    const int64_t iw = conv_in_index(r.ow, tj, s.stride_w, s.pad_w, s.dil_w);
-    if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) return nullptr;
-    return r.xg + ((r.n * s.h + ih) * s.w + iw) * s.c;
   }
-  GatheredA gathered() const { return {&TapRows::row, this, s->kh * s->kw, s->cg()}; }
+  GatheredA gathered() const { return {&TapRows::rows, this, s->kh * s->kw, s->cg()}; }
 };
-
-// The per-thread blocks of the NHWC forward and wgrad, in one parallel region: the (block of mb
-// pixels, group) items, block major, are cut into one contiguous range per thread, and each thread
-// packs the im2col panel of its items in turn (when x is given; else panel is null) and calls
-// fn(thread, m0, rows, g, panel) on it.
-// Which thread gets which items depends only on the thread count.
-template <typename T, typename Fn>
-void for_each_thread_block_nhwc(const Conv2dShape& s, const T* x, int64_t mb, const Fn& fn) {
-  const int64_t K = s.k(), M = s.n * s.ho * s.wo, items = (M + mb - 1) / mb * s.groups;
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    std::vector<T> panel(x ? mb * K : 0);
-    for (int64_t bg = items * t / nt; bg < items * (t + 1) / nt; ++bg) {
-      const int64_t m0 = bg / s.groups * mb, g = bg % s.groups, rows = std::min(mb, M - m0);
-      if (x) pack_nhwc(s, x, g, m0, rows, panel.data());
-      fn(t, m0, rows, g, x ? static_cast<const T*>(panel.data()) : nullptr);
-    }
-  }
-}
 
 template <typename T, typename Fn>
 void for_each_block_nchw(const Conv2dShape& s, const T* x, int64_t pb, const Fn& fn) {
@@ -364,33 +348,34 @@ void forward_gemm(const Conv2dForwardParams& p, const T* w_kn = nullptr,
     if (p.y_nchw) {  // NCHW y from the GEMM's store: blocks within an image, y's rows strided by P
       const int64_t per_img = (P + thread_block_rows(s, M) - 1) / thread_block_rows(s, M);
       const int64_t mbi = (P + per_img - 1) / per_img, items = s.n * per_img * s.groups;
-#pragma omp parallel
-      {
-        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        for (int64_t it = items * t / nt; it < items * (t + 1) / nt; ++it) {
-          const int64_t n = it / (per_img * s.groups), q0 = it / s.groups % per_img * mbi, g = it % s.groups;
-          GemmParams tp = gp;
-          tp.m = std::min(mbi, P - q0);
-          tp.c = y + (n * s.o + g * og) * P + q0;
-          tp.c_stride_row = 1;
-          tp.c_stride_col = P;
-          tp.bias = bias ? bias + g * og : nullptr;
-          const TapRows<T> ctx{&s, x + g * cg, n * P + q0};
-          packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
-        }
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t it = 0; it < items; ++it) {
+        const int64_t n = it / (per_img * s.groups), q0 = it / s.groups % per_img * mbi, g = it % s.groups;
+        GemmParams tp = gp;
+        tp.m = std::min(mbi, P - q0);
+        tp.c = y + (n * s.o + g * og) * P + q0;
+        tp.c_stride_row = 1;
+        tp.c_stride_col = P;
+        tp.bias = bias ? bias + g * og : nullptr;
+        const TapRows<T> ctx{&s, x + g * cg, n * P + q0};
+        packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
       }
       return;
     }
-    // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap).
-    for_each_thread_block_nhwc(s, static_cast<const T*>(nullptr), thread_block_rows(s, M),
-                               [&](int, int64_t m0, int64_t rows, int64_t g, const T*) {
+    // The im2col rows go straight into the GEMM's A panels (one segment per kernel tap). Blocks
+    // write disjoint outputs, so each goes to whichever thread is free next (the result does not
+    // depend on which thread ran it).
+    const int64_t mb = thread_block_rows(s, M), items = (M + mb - 1) / mb * s.groups;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t m0 = it / s.groups * mb, g = it % s.groups;
       GemmParams tp = gp;
-      tp.m = rows;
+      tp.m = std::min(mb, M - m0);
       tp.c = y + m0 * s.o + g * og;
       tp.bias = bias ? bias + g * og : nullptr;
       const TapRows<T> ctx{&s, x + g * cg, m0};
       packed[g].multiply_gathered(tp, ctx.gathered(), 0, og);
-    });
+    }
     return;
   }
   // NCHW: y[n, g og + j, q] = sum_k w[g og + j, k] panel[k, q]

@@ -467,6 +467,14 @@ FASTOPS_FORCE_INLINE void micro_rows(int rows, int64_t kq, const P* a, int mr, c
   }
 }
 
+// C = A B exactly (float32 C, unit columns, no scale, C term, bias or activation): full-width
+// register tiles go straight from the accumulators to C, with no pass through a tile buffer.
+template <typename C>
+FASTOPS_FORCE_INLINE bool stores_plain(const GemmParams& p) {
+  return std::is_same_v<C, float> && p.c_stride_col == 1 && p.alpha == 1.0f && p.beta == 0.0f && p.bias == nullptr &&
+         p.activation == Activation::kNone;
+}
+
 // Kind of kernel: W floats per vector for the float32 FMA kernel, 0 for AVX512-BF16.
 // Runs register tiles [t0, t1) of the unit, numbered A panel (row) major within the unit.
 template <int W, typename C>
@@ -482,10 +490,7 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
   const int64_t ir0 = ui * (pl.mc / MR);
   const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
   const int64_t width = jr1 - jr0;
-  // C = A B exactly (float32 C, unit columns, no scale, C term, bias or activation): full-width
-  // register tiles go straight from the accumulators to C, with no pass through `tile`
-  const bool direct = std::is_same_v<C, float> && p.c_stride_col == 1 && p.alpha == 1.0f && p.beta == 0.0f &&
-                      p.bias == nullptr && p.activation == Activation::kNone;
+  const bool direct = stores_plain<C>(p);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
     const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
@@ -858,6 +863,9 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
   const int width = pl.mr;
   const int64_t i0 = pi * width, seg = ga.seg_len, k = pl.p->k;
   const int len = static_cast<int>(std::min<int64_t>(width, pl.p->m - i0));
+  thread_local std::vector<const void*> table;  // [segment][width]: the panel's row segments
+  table.assign(static_cast<size_t>(ga.segments * width), nullptr);
+  ga.rows(ga.ctx, i0, len, width, table.data());
 #if FASTOPS_HAVE_X86_PATHS
   const bool words = width == Tile<16>::MR && len <= 32 &&
                      ((bf16_pairs && std::is_same_v<AB, BFloat16> && seg % 2 == 0) ||
@@ -869,7 +877,7 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
     for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
       const uint32_t* wr[32];
       for (int r = 0; r < len; ++r) {
-        wr[r] = static_cast<const uint32_t*>(ga.row(ga.ctx, i0 + r, sgi));
+        wr[r] = static_cast<const uint32_t*>(table[sgi * width + r]);
         if (wr[r] == nullptr) {  // padding: a row of zeros
           if (zeros.empty()) zeros.assign(std::max<int64_t>(wq, 16), 0u);
           wr[r] = zeros.data();
@@ -882,7 +890,7 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
 #endif
   // element by element: X(i, kk) of segment kk / seg, zero for padding rows and past k
   auto x = [&](int r, int64_t kk) -> uint32_t {
-    const void* row = r < len ? ga.row(ga.ctx, i0 + r, kk / seg) : nullptr;
+    const void* row = table[kk / seg * width + r];
     return row ? ld_bits<AB>(row, kk % seg) : 0u;
   };
   if (bf16_pairs) {
@@ -893,7 +901,7 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
     float* d = static_cast<float*>(dst);
     for (int r = 0; r < width; ++r) {
       for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
-        const void* row = r < len ? ga.row(ga.ctx, i0 + r, sgi) : nullptr;
+        const void* row = table[sgi * width + r];
         for (int64_t q = 0; q < seg; ++q) d[(sgi * seg + q) * width + r] = row ? ld<AB>(row, q) : 0.0f;
       }
     }
@@ -906,7 +914,8 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
 // multiply-add per element), so the results are bitwise those of the packed path.
 #if FASTOPS_HAVE_X86_PATHS
 template <int R, typename P>
-FASTOPS_FORCE_INLINE void micro_direct(int64_t segs, int64_t wq, const P* const* rp, const P* b, float* out) {
+FASTOPS_FORCE_INLINE void micro_direct(int64_t segs, int64_t wq, const P* const* rp, const P* b, float* out,
+                                       int64_t ldo) {
   using V = Vec<16>;
   constexpr bool kBf16 = std::is_same_v<P, uint32_t>;
   constexpr int MR = kBf16 ? kBf16MR : Tile<16>::MR, NV = kBf16 ? kBf16NV : Tile<16>::NV, NR = 16 * NV;
@@ -946,15 +955,15 @@ FASTOPS_FORCE_INLINE void micro_direct(int64_t segs, int64_t wq, const P* const*
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < NV; ++c) *reinterpret_cast<V*>(out + r * NR + c * 16) = acc[r][c];
+    for (int c = 0; c < NV; ++c) __builtin_memcpy(out + r * ldo + c * 16, &acc[r][c], sizeof(V));  // any alignment
 }
 
 template <int R, typename P>
 FASTOPS_FORCE_INLINE void micro_direct_rows(int rows, int64_t segs, int64_t wq, const P* const* rp, const P* b,
-                                            float* out) {
+                                            float* out, int64_t ldo) {
   if constexpr (R >= 1) {
-    if (rows < R) return micro_direct_rows<R - 1, P>(rows, segs, wq, rp, b, out);
-    micro_direct<R, P>(segs, wq, rp, b, out);
+    if (rows < R) return micro_direct_rows<R - 1, P>(rows, segs, wq, rp, b, out, ldo);
+    micro_direct<R, P>(segs, wq, rp, b, out, ldo);
   }
 }
 
@@ -967,11 +976,18 @@ FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t la
   constexpr int MR = kBf16 ? kBf16MR : Tile<16>::MR, NR = kBf16 ? kBf16NR : Tile<16>::NV * 16;
   const GemmParams& p = *pl.p;
   alignas(64) float tile[MR * NR];
+  const bool direct = stores_plain<C>(p);
   for (int64_t jr = jr0; jr < jr1; ++jr) {
     const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
     for (int64_t i = first; i < last; ++i) {
       const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - i * MR));
-      micro_direct_rows<MR, P>(rows, segs, wq, rp + (i - first) * segs * MR, bp + jr * pl.b_panel, tile);
+      const P* const* ri = rp + (i - first) * segs * MR;
+      if (direct && cols == NR) {
+        float* c = static_cast<float*>(p.c) + i * MR * p.c_stride_row + jr * NR;
+        micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, c, p.c_stride_row);
+        continue;
+      }
+      micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, tile, NR);
       store_tile<C, true>(p, 0, i * MR, jr * NR, rows, cols, tile, NR);
     }
   }
@@ -1007,16 +1023,11 @@ bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int6
   thread_local std::vector<const void*> rp;
   if (static_cast<int64_t>(zeros.size()) < wq) zeros.assign(wq, 0u);
   rp.resize((last - first) * segs * mr);
-  for (int64_t i = first; i < last; ++i) {
-    const void** dst = rp.data() + (i - first) * segs * mr;
-    const int len = static_cast<int>(std::min<int64_t>(mr, m - i * mr));
-    for (int r = 0; r < mr; ++r) {  // row major: a gatherer may cache what a row shares
-      for (int64_t sg = 0; sg < segs; ++sg) {
-        const void* row = r < len ? ga.row(ga.ctx, i * mr + r, sg) : nullptr;
-        dst[sg * mr + r] = row ? row : zeros.data();
-      }
-    }
-  }
+  std::fill(rp.begin(), rp.end(), nullptr);
+  for (int64_t i = first; i < last; ++i)
+    ga.rows(ga.ctx, i * mr, static_cast<int>(std::min<int64_t>(mr, m - i * mr)), mr, rp.data() + (i - first) * segs * mr);
+  for (const void*& row : rp)
+    if (!row) row = zeros.data();
   if (f32) {
     direct_chunk_avx512<C>(pl, first, last, jr0, jr1, segs, wq, reinterpret_cast<const float* const*>(rp.data()),
                            reinterpret_cast<const float*>(bp));

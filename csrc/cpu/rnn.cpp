@@ -576,7 +576,6 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   const RnnLayerParams& p = q.fwd;
   const int64_t T = p.steps, B = p.batch, I = p.input, H = p.hidden;
   const int64_t G = math::rnn_gates(p.mode), GH = G * H;
-  const int64_t S = math::rnn_saved(p.mode);
   const size_t es = storage_bytes(p.dtype);
   const bool lstm = p.mode == RnnMode::kLstm, gru = p.mode == RnnMode::kGru;
   // Running gradients: dh0 / dc0 hold d h, d c of the state entering the current step.

@@ -19,12 +19,14 @@ namespace fastops {
 namespace cpu {
 
 // A left operand read in place from row segments, for PackedB::multiply_gathered:
-//   A[i, s * seg_len + q] = row(ctx, i, s)[q]   for s < segments, q < seg_len (k = segments * seg_len),
-// elements of the PackedB's dtype; a null row reads as zeros. An implicit im2col matrix (row = an
-// output pixel, segment = a kernel tap, q = an input channel) is packed straight into the GEMM's A
-// panels this way, 16 x 16 words at a time, without being materialised.
+//   A[i, s * seg_len + q] = R(i, s)[q]   for s < segments, q < seg_len (k = segments * seg_len),
+// elements of the PackedB's dtype; a null R(i, s) reads as zeros. rows(ctx, i0, n, ld, dst) writes
+// dst[s * ld + r] = R(i0 + r, s) for r < n and every s: one call per register tile of rows, so
+// the gatherer walks consecutive rows incrementally. An implicit im2col matrix (row = an output
+// pixel, segment = a kernel tap, q = an input channel) is read straight into the GEMM's A panels
+// (or broadcast from in place by the direct kernels) this way, without being materialised.
 struct GatheredA {
-  const void* (*row)(const void* ctx, int64_t i, int64_t s) = nullptr;
+  void (*rows)(const void* ctx, int64_t i0, int n, int64_t ld, const void** dst) = nullptr;
   const void* ctx = nullptr;
   int64_t segments = 0, seg_len = 0;
 };
