@@ -172,6 +172,29 @@ def test_no_input_channels_matches_torch(fmt):
     torch.testing.assert_close(bf.grad, bt.grad)
 
 
+@pytest.mark.parametrize("c", [1, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_results_own_their_memory(c, channels_last):
+    # The NCHW <-> NHWC copies of x, dy and dx live in reused workspace blocks (fastops/workspace.h):
+    # what a call returns must not be one of them, so a later call leaves it as it was.
+    from fastops import _ext
+    w = make((3, c, 3, 3), torch.float32, seed=1, scale=1.0)
+    outs = []
+    for seed in (2, 3):
+        x = make((2, c, 7, 6), torch.float32, seed=seed, scale=1.0)
+        dy = make((2, 3, 7, 6), torch.float32, seed=seed + 10, scale=1.0)
+        y = _ext.C.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1, 0, channels_last)
+        dx, dw, db = _ext.C.conv2d_backward(dy, x, w, [1, 1], [1, 1], [1, 1], 1, channels_last, [True, True, True])
+        xt, wt = x.clone().requires_grad_(), w.clone().requires_grad_()
+        ref = TF.conv2d(xt, wt, padding=1)
+        ref.backward(dy)
+        outs.append(((y, dx, dw, db), (ref.detach(), xt.grad, wt.grad, dy.sum((0, 2, 3))), (y.clone(), dx.clone())))
+    for (got, want, kept) in outs:
+        for g, r in zip(got, want):
+            torch.testing.assert_close(g, r, rtol=RTOL[torch.float32], atol=ATOL[torch.float32])
+        assert torch.equal(got[0], kept[0]) and torch.equal(got[1], kept[1])
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_deterministic_backward(backend):
     case = (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1) if backend == "cpu" else TRITON_CASES[0]

@@ -9,6 +9,7 @@
 // as a [O, C / groups, KH, KW] view of that buffer.
 #include "bindings/common.h"
 #include "fastops/conv.h"
+#include "fastops/workspace.h"
 
 namespace fastops {
 namespace {
@@ -83,14 +84,32 @@ bool transposable(const at::Tensor& t) {
   return t.is_cpu() && t.dim() == 4 && t.numel() > 0 && (t.element_size() == 2 || t.element_size() == 4);
 }
 
+// An uninitialised CPU tensor [N, C, H, W] in `fmt` on a block of the workspace cache
+// (fastops/workspace.h), for a temporary that dies inside this call: the layout changes' copies,
+// which the allocator would otherwise hand back to the OS and fault in again on every call.
+at::Tensor workspace_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat fmt) {
+  std::vector<int64_t> strides(sizes.size(), 1);
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    strides = c10::get_channels_last_strides_2d(sizes);
+  } else {
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 2; d >= 0; --d) strides[d] = strides[d + 1] * sizes[d + 1];
+  }
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  size_t capacity = 0;
+  void* block = cpu::workspace_take(std::max<size_t>(bytes, 1), &capacity);
+  return at::from_blob(block, sizes, strides, [capacity](void* b) { cpu::workspace_give(b, capacity); }, options);
+}
+
 // t [N, C, H, W] dense in `fmt`: a CPU change between NCHW and NHWC runs on cpu::transpose_batched
-// (parallel, cache-blocked tiles; torch's copy of a permuted tensor is several times slower).
-at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
+// (parallel, cache-blocked tiles; torch's copy of a permuted tensor is several times slower), into
+// a workspace tensor when the result is a temporary of this call.
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt, bool temporary = false) {
   if (transposable(t)) {
     const int64_t n = t.size(0), c = t.size(1), hw = t.size(2) * t.size(3);
     const bool to_cl = fmt == at::MemoryFormat::ChannelsLast;
     if (to_cl ? (t.is_contiguous() && !t.is_contiguous(fmt)) : is_cl(t)) {
-      at::Tensor d = at::empty(t.sizes(), t.options().memory_format(fmt));
+      at::Tensor d = temporary ? workspace_empty(t.sizes(), t.options(), fmt)
+                               : at::empty(t.sizes(), t.options().memory_format(fmt));
       cpu::transpose_batched(t.data_ptr(), d.data_ptr(), n, to_cl ? c : hw, to_cl ? hw : c,
                              static_cast<int>(t.element_size()));
       return d;
@@ -124,7 +143,7 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& w_in, const 
   if (x_in.is_cuda()) check_cuda_covers(p.s, false);
   TORCH_CHECK(activation >= 0 && activation <= 4, "fastops.conv2d: activation code must be in [0, 4], got ",
               activation);
-  const at::Tensor x = in_format(x_in, format_of(channels_last));
+  const at::Tensor x = in_format(x_in, format_of(channels_last), true);
   // an NCHW weight is packed by the kernel straight from its layout (w_nchw), not reordered here
   p.w_nchw = channels_last && nchw_weight_in_place(w_in);
   const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
@@ -169,12 +188,17 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
               "fastops.conv2d_backward: grad_output must be [", p.s.n, ", ", p.s.o, ", ", p.s.ho, ", ", p.s.wo,
               "], got shape ", dy_in.sizes());
   const auto fmt = format_of(channels_last);
-  const at::Tensor dy = in_format(dy_in, fmt), x = in_format(x_in, fmt);
+  const at::Tensor dy = in_format(dy_in, fmt, true), x = in_format(x_in, fmt, true);
   p.w_nchw = channels_last && nchw_weight_in_place(w_in);
   const at::Tensor w = p.w_nchw ? w_in : kernel_weight(w_in, channels_last);
   const bool empty = dy.numel() == 0;
   at::Tensor dx, dw, db;
-  if (mask[0]) dx = empty ? at::zeros_like(x, fmt) : at::empty_like(x, fmt);
+  // an NHWC dx for an NCHW x is a temporary: the answer is its NCHW copy below
+  const bool dx_back = channels_last && !is_cl(x_in) && x_in.is_cpu();
+  if (mask[0]) {
+    dx = empty ? at::zeros_like(x, fmt)
+               : (dx_back && transposable(x) && x.size(1) > 1 ? workspace_empty(x.sizes(), x.options(), fmt) : at::empty_like(x, fmt));
+  }
   if (mask[1]) {  // in the kernel's layout: [O, KH, KW, Cg] when channels_last
     const auto shape = channels_last ? std::vector<int64_t>{w_in.size(0), w_in.size(2), w_in.size(3), w_in.size(1)}
                                      : w_in.sizes().vec();
@@ -210,7 +234,7 @@ std::vector<at::Tensor> conv2d_backward(const at::Tensor& dy_in, const at::Tenso
       dw = dw.permute({0, 3, 1, 2});
     }
   }
-  if (dx.defined() && channels_last && !is_cl(x_in) && dx.is_cpu()) dx = in_format(dx, at::MemoryFormat::Contiguous);
+  if (dx.defined() && dx_back) dx = in_format(dx, at::MemoryFormat::Contiguous);
   return {dx, dw, db};
 }
 

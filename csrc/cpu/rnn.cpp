@@ -22,7 +22,6 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -393,54 +392,6 @@ Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   return t;
 }
 
-namespace {
-// The per-thread cache behind Scratch: a few blocks, at most kKeepBytes in all, each reused for a
-// request it can hold (the smallest that fits).
-constexpr size_t kKeepBytes = size_t(64) << 20;
-constexpr size_t kAlign = 64;
-struct WorkspaceCache {
-  std::vector<std::pair<void*, size_t>> blocks;
-  size_t bytes = 0;
-  ~WorkspaceCache() {
-    for (auto& b : blocks) ::operator delete(b.first, std::align_val_t(kAlign));
-  }
-};
-thread_local WorkspaceCache workspace_cache;
-}  // namespace
-
-void* workspace_take(size_t bytes, size_t* capacity) {
-  WorkspaceCache& c = workspace_cache;
-  size_t best = c.blocks.size();
-  for (size_t i = 0; i < c.blocks.size(); ++i)
-    if (c.blocks[i].second >= bytes && (best == c.blocks.size() || c.blocks[i].second < c.blocks[best].second)) best = i;
-  if (best < c.blocks.size()) {
-    void* p = c.blocks[best].first;
-    *capacity = c.blocks[best].second;
-    c.bytes -= *capacity;
-    c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
-    return p;
-  }
-  *capacity = bytes;
-  return ::operator new(bytes, std::align_val_t(kAlign));
-}
-
-void workspace_give(void* block, size_t capacity) {
-  WorkspaceCache& c = workspace_cache;
-  if (capacity > kKeepBytes) {
-    ::operator delete(block, std::align_val_t(kAlign));
-    return;
-  }
-  c.blocks.emplace_back(block, capacity);
-  c.bytes += capacity;
-  while (c.bytes > kKeepBytes) {  // drop the largest blocks first
-    auto largest = std::max_element(c.blocks.begin(), c.blocks.end(),
-                                    [](const auto& a, const auto& b) { return a.second < b.second; });
-    ::operator delete(largest->first, std::align_val_t(kAlign));
-    c.bytes -= largest->second;
-    c.blocks.erase(largest);
-  }
-}
-
 void recurrent_gates(const PackedB& whh, const RnnLayerParams& p, const void* a, int64_t lda, float* gh, int64_t j0,
                      int64_t j1) {
   GemmParams g;
@@ -523,7 +474,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
     return;
   }
   // uninitialized: every element is written before it is read
-  const Scratch<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH));
+  const Workspace<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH));
   // gx[T*B, GH] = x[T*B, I] W_ih^T
   mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.data(), GH, 0.0f);
   // W_hh^T [H, GH] packed once, one group per gate: B_g[p, j] = W_hh[g*H + j, p]
@@ -593,12 +544,12 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
     if (q.db_hh) std::memset(q.db_hh, 0, sizeof(float) * GH);
     return;
   }
-  const Scratch<float> dgi(static_cast<size_t>(T * B * GH)), dgh_own(gru ? dgi.size() : 0);
+  const Workspace<float> dgi(static_cast<size_t>(T * B * GH)), dgh_own(gru ? dgi.size() : 0);
   float* dgh = gru ? dgh_own.data() : dgi.data();
   // bf16: the GEMM operands are bfloat16 (dgi_n, dgh_n: the gate gradients rounded once).
   const bool narrow_ops = p.dtype == DType::kBFloat16;
   const DType ab = narrow_ops ? DType::kBFloat16 : DType::kFloat32;
-  const Scratch<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dgh_n(narrow_ops && gru ? dgi.size() : 0);
+  const Workspace<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dgh_n(narrow_ops && gru ? dgi.size() : 0);
   BFloat16* dgh_nptr = gru ? dgh_n.data() : dgi_n.data();
   // h entering step t: y of the previous step when that step was active for the row, else h0
   // (a reverse layer starts each row at its last step from h0). float32 (hprev) for the GRU
@@ -608,8 +559,8 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   const bool cat = !gru;
   const int64_t ldh = cat ? I + H : H, hoff = cat ? I : 0;
   const bool need_f32 = !narrow_ops || gru;
-  const Scratch<float> hprev(need_f32 ? static_cast<size_t>(T * B * ldh) : 0);
-  const Scratch<BFloat16> hprev_n(narrow_ops ? static_cast<size_t>(T * B * ldh) : 0);
+  const Workspace<float> hprev(need_f32 ? static_cast<size_t>(T * B * ldh) : 0);
+  const Workspace<BFloat16> hprev_n(narrow_ops ? static_cast<size_t>(T * B * ldh) : 0);
   {
     const F32View h0(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.h0 : nullptr, need_f32 ? B * H : 0);
     const F32View yv(need_f32 ? p.dtype : DType::kFloat32, need_f32 ? p.y : nullptr, need_f32 ? T * B * H : 0);
@@ -697,7 +648,7 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   // the weight gradients: sums over all T*B rows, read in place
   const void* hp = narrow_ops ? static_cast<const void*>(hprev_n.data()) : hprev.data();
   if (cat) {  // [dW_ih | dW_hh] = dgi^T [x | hprev]
-    const Scratch<float> dw(static_cast<size_t>(GH * ldh));
+    const Workspace<float> dw(static_cast<size_t>(GH * ldh));
     mm(GH, ldh, TB, ab, narrow_ops ? static_cast<const void*>(dgi_n.data()) : dgi.data(), 1, GH, hp, ldh, 1,
        dw.data(), ldh, 0.0f);
 #pragma omp parallel for schedule(static) if (GH * ldh >= (1 << 16))

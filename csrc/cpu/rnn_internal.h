@@ -14,36 +14,11 @@
 #include "fastops/gemm_packed.h"
 #include "fastops/macros.h"
 #include "fastops/rnn.h"
+#include "fastops/workspace.h"
 
 namespace fastops {
 namespace cpu {
 namespace rnn_detail {
-
-// A workspace of n elements of T, uninitialised: for buffers whose every element is written before
-// it is read. The blocks come from a small per-thread cache that keeps up to 64 MiB between calls:
-// a layer call's workspaces (8 MB of gates and as much again in backward at T=64 B=32 H=256) are
-// large enough that the allocator returns them to the OS on free, and faulting them in again cost
-// about 5 % of a call.
-void* workspace_take(size_t bytes, size_t* capacity);
-void workspace_give(void* block, size_t capacity);
-template <typename T>
-class Scratch {
- public:
-  explicit Scratch(size_t n) : n_(n) {
-    if (n) ptr_ = static_cast<T*>(workspace_take(n * sizeof(T), &capacity_));
-  }
-  ~Scratch() {
-    if (ptr_) workspace_give(ptr_, capacity_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  T* data() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0, capacity_ = 0;
-};
 
 // The time index of the layer's s-th step (a reverse layer runs t = T-1 .. 0).
 inline int64_t step_time(const RnnLayerParams& p, int64_t s) { return p.reverse ? p.steps - 1 - s : s; }
