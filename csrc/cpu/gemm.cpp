@@ -968,7 +968,9 @@ FASTOPS_FORCE_INLINE void micro_direct_rows(int rows, int64_t segs, int64_t wq, 
 }
 
 // A panels [first, last) against the B column panels [jr0, jr1); rp holds the row pointers,
-// [panel - first][segment][MR].
+// [panel - first][segment][MR]. As run_unit: the column panels in blocks of at most half of L2,
+// and within a block each register tile's rows (in L1 after the first panel) against every panel
+// of the block, so the gathered rows are read from cache once per block, not once per panel.
 template <typename P, typename C>
 FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t last, int64_t jr0, int64_t jr1,
                                        int64_t segs, int64_t wq, const P* const* rp, const P* bp) {
@@ -977,18 +979,21 @@ FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t la
   const GemmParams& p = *pl.p;
   alignas(64) float tile[MR * NR];
   const bool direct = stores_plain<C>(p);
-  for (int64_t jr = jr0; jr < jr1; ++jr) {
-    const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
+  const int64_t block = std::max<int64_t>(1, (int64_t(512) << 10) / std::max<int64_t>(1, pl.b_panel * 4));
+  for (int64_t jb = jr0; jb < jr1; jb += block) {
     for (int64_t i = first; i < last; ++i) {
       const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - i * MR));
       const P* const* ri = rp + (i - first) * segs * MR;
-      if (direct && cols == NR) {
-        float* c = static_cast<float*>(p.c) + i * MR * p.c_stride_row + jr * NR;
-        micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, c, p.c_stride_row);
-        continue;
+      for (int64_t jr = jb; jr < std::min(jr1, jb + block); ++jr) {
+        const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
+        if (direct && cols == NR) {
+          float* c = static_cast<float*>(p.c) + i * MR * p.c_stride_row + jr * NR;
+          micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, c, p.c_stride_row);
+          continue;
+        }
+        micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, tile, NR);
+        store_tile<C, true>(p, 0, i * MR, jr * NR, rows, cols, tile, NR);
       }
-      micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, tile, NR);
-      store_tile<C, true>(p, 0, i * MR, jr * NR, rows, cols, tile, NR);
     }
   }
 }
