@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -32,6 +31,7 @@
 #include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
+#include "fastops/workspace.h"
 
 namespace fastops {
 namespace cpu {
@@ -1075,12 +1075,12 @@ void conv2d_forward(const Conv2dForwardParams& p) {
   if (p.s.n * p.s.o * p.s.ho * p.s.wo == 0) return;
   if (p.y_nchw && p.s.channels_last && !nchw_store_fused(p.s)) {  // NHWC into a buffer, then transposed
     const int64_t elem = p.s.dtype == DType::kFloat32 ? 4 : 2, P = p.s.ho * p.s.wo;
-    std::unique_ptr<char[]> tmp(new char[p.s.n * p.s.o * P * elem]);
+    const Workspace<char> tmp(static_cast<size_t>(p.s.n * p.s.o * P * elem));
     Conv2dForwardParams q = p;
-    q.y = tmp.get();
+    q.y = tmp.data();
     q.y_nchw = false;
     conv2d_forward(q);
-    transpose_batched(tmp.get(), p.y, p.s.n, P, p.s.o, static_cast<int>(elem));
+    transpose_batched(tmp.data(), p.y, p.s.n, P, p.s.o, static_cast<int>(elem));
     return;
   }
   switch (p.s.dtype) {

@@ -420,6 +420,34 @@ __attribute__((noinline, target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16
     }
   }
 }
+
+// The same epilogue for C with contiguous rows and strided columns (c_stride_row == 1, beta == 0,
+// rows <= 16; an NCHW convolution output: rows = pixels, columns = channels): the tile is
+// transposed 16 x 16 in registers first, so each column goes out as one run of `rows` elements
+// instead of `rows` scattered ones.
+template <typename C, Activation kAct>
+__attribute__((noinline, target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) void store_cols_avx512(
+    const GemmParams& p, C* c0, int64_t i0, int64_t j0, int rows, int cols, const float* t, int ldt) {
+  const C* bias = static_cast<const C*>(p.bias);
+  const __mmask16 m = vec512::first_lanes(rows);
+  const __m512 alpha = _mm512_set1_ps(p.alpha);
+  const __m512 row_bias = bias != nullptr && p.bias_per_row ? vec512::load(bias + i0, m) : _mm512_setzero_ps();
+  const uint32_t* tr[16];
+  for (int r = 0; r < rows; ++r) tr[r] = reinterpret_cast<const uint32_t*>(t + r * ldt);
+  alignas(64) float tt[16 * 64];  // tt[c * 16 + r] = t[r, c]
+  for (int cb = 0; cb < cols; cb += 64) {
+    const int n = std::min(64, cols - cb);
+    const uint32_t* rs[16];
+    for (int r = 0; r < rows; ++r) rs[r] = tr[r] + cb;
+    transpose_pairs(rs, rows, 16, n, reinterpret_cast<uint32_t*>(tt));
+    for (int c = 0; c < n; ++c) {
+      __m512 x = _mm512_load_ps(tt + c * 16);
+      if (p.alpha != 1.0f) x = alpha * x;
+      if (bias != nullptr) x = x + (p.bias_per_row ? row_bias : _mm512_set1_ps(to_float(bias[j0 + cb + c])));
+      vec512::store(c0 + i0 + (j0 + cb + c) * p.c_stride_col, m, vec512::activate<kAct>(x));
+    }
+  }
+}
 #endif
 
 // kVec512: the caller is compiled for AVX-512 (the float32 kernel with W = 16, or AVX512-BF16).
@@ -437,6 +465,16 @@ FASTOPS_FORCE_INLINE void store_tile(const GemmParams& p, int64_t b, int64_t i0,
           return store_rows_avx512<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
         case Activation::kSilu: return store_rows_avx512<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
         default: return store_rows_avx512<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
+      }
+    }
+    if (p.c_stride_row == 1 && p.beta == 0.0f && rows <= 16) {
+      switch (p.activation) {
+        case Activation::kRelu: return store_cols_avx512<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kGelu: return store_cols_avx512<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kGeluTanh:
+          return store_cols_avx512<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
+        case Activation::kSilu: return store_cols_avx512<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
+        default: return store_cols_avx512<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
       }
     }
   }
