@@ -268,6 +268,30 @@ def test_cpu_inference_forward_keeps_nothing_and_matches_training(mode, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU", "RNN"])
+def test_cpu_batch_rows_split_across_threads(cls_name, dtype):
+    """A batch of >= 28 rows (two register tiles) runs each thread's rows through every step on its
+    own, forward and backward; against torch, and y, h_n and dx bitwise those of each half of the
+    batch run alone (a half splits the hidden units across threads instead)."""
+    _check_module(cls_name, dtype, "cpu", T=4, B=30, I=8, H=72)
+    T, B, I, H = 3, 30, 8, 72
+    mine, _ = _pair(cls_name, dtype, input_size=I, hidden_size=H)
+    x = make((T, B, I), dtype, seed=1, scale=1.0)
+    g = make((T, B, H), dtype, seed=2, scale=1.0)
+
+    def run(rows):
+        xr = x[:, rows].clone().requires_grad_()
+        with fastops.use_backend("cpu"):
+            y, hid = mine(xr)
+            (dx,) = torch.autograd.grad(y, [xr], g[:, rows])
+        return y.detach(), (hid[0] if cls_name == "LSTM" else hid).detach(), dx
+
+    whole, top, bottom = run(slice(0, B)), run(slice(0, 15)), run(slice(15, B))
+    for w, a, b in zip(whole, top, bottom):
+        assert torch.equal(w, torch.cat([a, b], dim=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_module_no_grad_and_h_n_only_losses(dtype):
     """The no-grad forward (nothing saved) and a loss on h_n / c_n alone (y's gradient is None, not
     zeros) against torch, at a size where the LSTM step runs full 16-lane vectors on two threads."""

@@ -6,8 +6,13 @@
 // per step it computes h W_hh^T for its own gate columns and runs the fused step (gate
 // nonlinearities, cell update, what backward needs saved) on those units while they are in cache;
 // h ping-pongs between two buffers, so one barrier a step orders everything.
+// A batch of at least two register tiles of rows per thread (B >= 28 on two threads) splits by
+// rows instead: each thread runs its rows through every step on its own (h W_hh^T for all gates
+// of its rows, then their cell), with no barrier at all, since a row's recurrence reads only its own
+// h; every element is still the same sum in the same order, so the answer is bitwise the same.
 // Backward runs the steps in reverse the same way: the fused pointwise pass on the thread's units,
-// a barrier, then dh[:, own units] += dgh W_hh[:, own units]; every step's gate gradients are
+// a barrier, then dh[:, own units] += dgh W_hh[:, own units] (or a thread's own rows of all of it,
+// with no barrier, when split by rows); every step's gate gradients are
 // kept, and dx, dW_ih, dW_hh are large GEMMs at the end (LSTM / tanh / relu: dW_ih and dW_hh as
 // one, dgi^T [x | h_prev]) and the bias gradients ordered column sums, so results do not depend
 // on the thread count.
@@ -392,10 +397,18 @@ Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step) {
   return t;
 }
 
+int row_threads(int64_t batch, int64_t work_per_step) {
+  constexpr int64_t kMinRows = 14;  // the CPU GEMM's register tile height
+  const int64_t most = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (work_per_step < kTeamMinWork) return 1;
+  const int64_t t = std::min<int64_t>(most, batch / kMinRows);
+  return t >= 2 ? static_cast<int>(t) : 1;
+}
+
 void recurrent_gates(const PackedB& whh, const RnnLayerParams& p, const void* a, int64_t lda, float* gh, int64_t j0,
-                     int64_t j1) {
+                     int64_t j1, int64_t rows) {
   GemmParams g;
-  g.m = p.batch;
+  g.m = rows;
   g.a = GemmOperand{a, 0, lda, 1};
   g.c = gh;
   g.c_stride_row = math::rnn_gates(p.mode) * p.hidden;
@@ -489,34 +502,46 @@ void rnn_layer_forward(const RnnLayerParams& p) {
   if (lstm) widen_any(p.dtype, p.c0, c0.data(), B * H);
   // c leaving step s (c entering step 0 is c0)
   auto c_of = [&](int64_t s) { return keep ? p.c_all + step_time(p, s) * B * H : c0.data() + (1 + s % 2) * B * H; };
-  // h ping-pongs between two buffers, so one barrier per step orders every read and write
+  // h ping-pongs between two buffers
   std::vector<char> hbuf(static_cast<size_t>(2 * B * H) * es);
   std::memcpy(hbuf.data(), p.h0, static_cast<size_t>(B * H) * es);
   const ForwardBlock block = forward_block_fn(p.mode, p.dtype);
-  const Team team = make_team(whh.panel_cols(), H, B * GH * H);
   char* y = static_cast<char*>(p.y);
+  // step s on batch rows [b0, b1) and hidden units [j0, j1) of every gate
+  auto step = [&](int64_t s, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+    const int64_t t = step_time(p, s);
+    char* h_prev = hbuf.data() + static_cast<size_t>((s % 2) * B * H) * es;
+    char* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
+    if (s + 1 < T) prefetch_units(gx.data() + (step_time(p, s + 1) * B + b0) * GH, (b1 - b0) * G, H, j0, j1);
+    recurrent_gates(whh, p, h_prev + static_cast<size_t>(b0 * H) * es, H, gh.data() + b0 * GH, j0, j1, b1 - b0);
+    RnnStepParams sp = step_params(p, t, gx.data() + t * B * GH, gh.data());
+    sp.h_prev = h_prev;
+    sp.h_out = h_out;
+    sp.y_out = y + static_cast<size_t>(t * B * H) * es;
+    if (lstm) {
+      sp.c_prev = s == 0 ? c0.data() : c_of(s - 1);
+      sp.c_out = c_of(s);
+    }
+    sp.saved = keep ? p.saved + t * B * S * H : (vec_rows ? nullptr : scratch.data());
+    for (int64_t b = b0; b < b1; ++b) block(sp, b, j0, j1);
+  };
+  const int by_rows = getenv("FB") ? 1 : row_threads(B, B * GH * H);
+  if (by_rows > 1) {
+#pragma omp parallel num_threads(by_rows)
+    {
+      const int64_t r = omp_get_thread_num(), b0 = B * r / by_rows, b1 = B * (r + 1) / by_rows;
+      for (int64_t s = 0; s < T; ++s) step(s, b0, b1, 0, H);
+    }
+  } else {
+    const Team team = make_team(whh.panel_cols(), H, B * GH * H);
 #pragma omp parallel num_threads(team.threads)
-  {
-    const int64_t j0 = team.begin(), j1 = team.end();
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = step_time(p, s);
-      void* h_prev = hbuf.data() + static_cast<size_t>((s % 2) * B * H) * es;
-      void* h_out = hbuf.data() + static_cast<size_t>(((s + 1) % 2) * B * H) * es;
-      if (j0 < j1 && s + 1 < T) prefetch_units(gx.data() + step_time(p, s + 1) * B * GH, B * G, H, j0, j1);
-      if (j0 < j1) {
-        recurrent_gates(whh, p, h_prev, H, gh.data(), j0, j1);
-        RnnStepParams sp = step_params(p, t, gx.data() + t * B * GH, gh.data());
-        sp.h_prev = h_prev;
-        sp.h_out = h_out;
-        sp.y_out = y + static_cast<size_t>(t * B * H) * es;
-        if (lstm) {
-          sp.c_prev = s == 0 ? c0.data() : c_of(s - 1);
-          sp.c_out = c_of(s);
-        }
-        sp.saved = keep ? p.saved + t * B * S * H : (vec_rows ? nullptr : scratch.data());
-        for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
-      }
+    {
+      const int64_t j0 = team.begin(), j1 = team.end();
+      for (int64_t s = 0; s < T; ++s) {
+        if (j0 < j1) step(s, 0, B, j0, j1);
+        // h ping-pongs between two buffers, so one barrier per step orders every read and write
 #pragma omp barrier
+      }
     }
   }
   std::memcpy(p.h_n, hbuf.data() + static_cast<size_t>((T % 2) * B * H) * es, static_cast<size_t>(B * H) * es);
@@ -594,47 +619,64 @@ void rnn_layer_backward(const RnnLayerBackwardParams& q) {
   const PackedB whh_packed(GemmOperand{narrow_ops ? p.w_hh : whh.ptr, 0, H, 1}, GH, H, ab);  // W_hh [GH, H]
   const BackwardBlock block = backward_block_fn(p.mode, p.dtype);
   const NarrowBf16 to_bf16 = narrow_bf16_fn();
-  const Team team = make_team(whh_packed.panel_cols(), H, B * GH * H);
   const char* dy = static_cast<const char*>(q.dy);
+  // the cell of step s on batch rows [b0, b1), units [j0, j1) of every gate: d gates into dgi / dgh
+  auto cell = [&](int64_t s, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+    const int64_t t = step_time(p, s);
+    RnnStepBackwardParams sp = backward_step_params(p, t);
+    sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
+    sp.dh = q.dh0;
+    sp.dc = q.dc0;
+    if (lstm) {
+      sp.c = p.c_all + t * B * H;
+      sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
+    }
+    sp.h_prev = hprev.data() + t * B * H;
+    sp.dgi = dgi.data() + t * B * GH;
+    sp.dgh = dgh + t * B * GH;
+    for (int64_t b = b0; b < b1; ++b) block(sp, b, j0, j1);
+    if (narrow_ops) {  // these units of every gate, rounded once for the GEMMs
+      for (int64_t r = (t * B + b0) * G; r < (t * B + b1) * G; ++r) {
+        to_bf16(dgi.data() + r * H + j0, dgi_n.data() + r * H + j0, j1 - j0);
+        if (gru) to_bf16(dgh + r * H + j0, dgh_n.data() + r * H + j0, j1 - j0);
+      }
+    }
+  };
+  // dh[b0:b1, j0:j1] += dgh[b0:b1, GH] W_hh[GH, j0:j1]: d h entering step s
+  auto carry = [&](int64_t s, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+    const int64_t r0 = step_time(p, s) * B + b0;
+    GemmParams g;
+    g.m = b1 - b0;
+    g.a = narrow_ops ? GemmOperand{dgh_nptr + r0 * GH, 0, GH, 1} : GemmOperand{dgh + r0 * GH, 0, GH, 1};
+    g.ab_dtype = ab;
+    g.c = q.dh0 + b0 * H;
+    g.c_stride_row = H;
+    g.beta = 1.0f;
+    whh_packed.multiply(g, j0, j1);
+  };
+  const int by_rows = row_threads(B, B * GH * H);
+  if (by_rows > 1) {  // each thread's rows on their own: no barrier
+#pragma omp parallel num_threads(by_rows)
+    {
+      const int64_t r = omp_get_thread_num(), b0 = B * r / by_rows, b1 = B * (r + 1) / by_rows;
+      for (int64_t s = T - 1; s >= 0; --s) {
+        cell(s, b0, b1, 0, H);
+        carry(s, b0, b1, 0, H);
+      }
+    }
+  } else {
+    const Team team = make_team(whh_packed.panel_cols(), H, B * GH * H);
 #pragma omp parallel num_threads(team.threads)
-  {
-    const int64_t j0 = team.begin(), j1 = team.end();
-    for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = step_time(p, s);
-      if (j0 < j1) {
-        RnnStepBackwardParams sp = backward_step_params(p, t);
-        sp.dy = dy ? dy + static_cast<size_t>(t * B * H) * es : nullptr;
-        sp.dh = q.dh0;
-        sp.dc = q.dc0;
-        if (lstm) {
-          sp.c = p.c_all + t * B * H;
-          sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
-        }
-        sp.h_prev = hprev.data() + t * B * H;
-        sp.dgi = dgi.data() + t * B * GH;
-        sp.dgh = dgh + t * B * GH;
-        for (int64_t b = 0; b < B; ++b) block(sp, b, j0, j1);
-        if (narrow_ops) {  // this thread's units of every gate, rounded once for the GEMMs
-          for (int64_t r = t * B * G; r < (t + 1) * B * G; ++r) {
-            to_bf16(dgi.data() + r * H + j0, dgi_n.data() + r * H + j0, j1 - j0);
-            if (gru) to_bf16(dgh + r * H + j0, dgh_n.data() + r * H + j0, j1 - j0);
-          }
-        }
-      }
-      // every thread's gate gradients of this step are in dgh before any thread reads them
+    {
+      const int64_t j0 = team.begin(), j1 = team.end();
+      for (int64_t s = T - 1; s >= 0; --s) {
+        if (j0 < j1) cell(s, 0, B, j0, j1);
+        // every thread's gate gradients of this step are in dgh before any thread reads them
 #pragma omp barrier
-      if (j0 < j1) {
-        GemmParams g;  // dh[:, j0:j1] += dgh[B, GH] W_hh[GH, j0:j1]
-        g.m = B;
-        g.a = narrow_ops ? GemmOperand{dgh_nptr + t * B * GH, 0, GH, 1} : GemmOperand{dgh + t * B * GH, 0, GH, 1};
-        g.ab_dtype = ab;
-        g.c = q.dh0;
-        g.c_stride_row = H;
-        g.beta = 1.0f;
-        whh_packed.multiply(g, j0, j1);
+        if (j0 < j1) carry(s, 0, B, j0, j1);
+        // the next step reads and writes only this thread's columns of dh, and dgi / dgh of
+        // another step: no second barrier
       }
-      // the next step reads and writes only this thread's columns of dh, and dgi / dgh of
-      // another step: no second barrier
     }
   }
   const int64_t TB = T * B;

@@ -70,9 +70,13 @@ struct Team {
 Team make_team(int64_t panel, int64_t hidden, int64_t work_per_step);
 
 // gh[b, g*H + j] = a W_hh^T (float32, row stride G*H) for units j in [j0, j1) of every gate; a is
-// [p.batch, K] of p.dtype with row stride lda, whh its packed W_hh^T (one group per gate).
+// [rows, K] of p.dtype with row stride lda, whh its packed W_hh^T (one group per gate).
 void recurrent_gates(const PackedB& whh, const RnnLayerParams& p, const void* a, int64_t lda, float* gh, int64_t j0,
-                     int64_t j1);
+                     int64_t j1, int64_t rows);
+// Threads that each run their own rows of the batch through every step (no barrier per step:
+// a row's recurrence reads only its own h), when every thread gets at least a full register
+// tile of rows; 1 otherwise (the layer splits each step's hidden units instead).
+int row_threads(int64_t batch, int64_t work_per_step);
 // The fields of step t that the layer decides: mode, sizes, dtype, lengths, t; forward: gi (x W_ih^T
 // of step t), gh and the biases; backward: saved. The caller adds the state pointers.
 RnnStepParams step_params(const RnnLayerParams& p, int64_t t, const float* gi, const float* gh);

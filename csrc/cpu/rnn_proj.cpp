@@ -127,7 +127,7 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
       const int64_t t = step_time(p, s);
       char* hf_t = hf + static_cast<size_t>(t * B * H) * es;
       if (j0 < j1) {  // (a) the cell on units [j0, j1) of every gate
-        recurrent_gates(whh, p, r.data(), P, gh.get(), j0, j1);  // gh = r W_hh^T
+        recurrent_gates(whh, p, r.data(), P, gh.get(), j0, j1, B);  // gh = r W_hh^T
         RnnStepParams sp = step_params(p, t, gx.get() + t * B * GH, gh.get());
         sp.h_prev = sp.h_out = hf_t;  // the LSTM body reads h_prev only to carry inactive rows
         sp.y_out = nullptr;
