@@ -28,6 +28,8 @@ CPU_CASES = [
     (3, 5, 13, 11, 7, 5, 5, 2, "valid", 1, 1),
     (None, 3, 10, 9, 4, 3, 2, 1, "same", (2, 1), 1),  # unbatched, non-square, asymmetric "same"
     (1, 16, 5, 5, 16, 3, 3, 1, 1, 2, 16),        # dilated depthwise
+    (2, 32, 13, 13, 32, 3, 3, 1, 1, 1, 32),      # depthwise: NHWC register blocks of 4 pixels x 16 channels
+    (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation
     (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
 ]
 TRITON_CASES = [

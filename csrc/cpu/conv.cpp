@@ -670,6 +670,55 @@ FASTOPS_FORCE_INLINE void store_act(const float* acc, T* dst, int64_t count, Act
   }
 }
 
+// 16 lanes of float32 as a GCC vector (one zmm on the AVX-512 entry, split on the others).
+typedef float DwVec __attribute__((vector_size(64)));
+typedef int DwVecI __attribute__((vector_size(64)));
+typedef unsigned short DwVecU16 __attribute__((vector_size(32)));
+
+template <typename T>
+FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    DwVec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  } else {  // bfloat16: the 16 high bits of a float32
+    DwVecU16 u;
+    std::memcpy(&u, p, sizeof(u));
+    return reinterpret_cast<DwVec>(__builtin_convertvector(u, DwVecI) << 16);
+  }
+}
+
+// Multiplier 1, float32 / bfloat16: kDwPix output pixels ow0.. of row (n, oh) whose taps all lie
+// inside the row (no horizontal padding), 16 channels c0.. at a time, the sums in registers
+// across the taps (a tap row in the vertical padding skipped), then the epilogue.
+constexpr int kDwPix = 4;
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_forward_nhwc_inner(const DwJob& jb, const float* bf, int64_t n, int64_t oh, int64_t ow0,
+                                                int64_t c0) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in);
+  T* y = static_cast<T*>(jb.out);
+  DwVec acc[kDwPix];
+  const DwVec b0 = dw_load16(bf + c0);
+#pragma GCC unroll 4
+  for (int q = 0; q < kDwPix; ++q) acc[q] = b0;
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
+    if (ih < 0 || ih >= s.h) continue;
+    const T* xrow = x + ((n * s.h + ih) * s.w + conv_in_index(ow0, 0, s.stride_w, s.pad_w, s.dil_w)) * s.c + c0;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const DwVec wv = dw_load16(jb.wt + (i * s.kw + j) * s.o + c0);
+      const T* xp = xrow + j * s.dil_w * s.c;
+#pragma GCC unroll 4
+      for (int q = 0; q < kDwPix; ++q) acc[q] += dw_load16(xp + q * s.stride_w * s.c) * wv;
+    }
+  }
+  alignas(64) float out[kDwPix][16];
+#pragma GCC unroll 4
+  for (int q = 0; q < kDwPix; ++q) std::memcpy(out[q], &acc[q], sizeof(DwVec));
+  for (int q = 0; q < kDwPix; ++q) store_act(out[q], y + ((n * s.ho + oh) * s.wo + ow0 + q) * s.o + c0, 16, jb.act);
+}
+
 // NHWC forward over output rows (n, oh) in [b, e): vectorised over channels.
 template <typename T>
 FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e) {
@@ -681,9 +730,20 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   std::vector<float> acc(s.o), bf(s.o, 0.0f);
   if (bias)
     for (int64_t c = 0; c < s.o; ++c) bf[c] = to_float(bias[c]);
+  // output columns [w_lo, w_hi) read no horizontal padding: the register-blocked path
+  int64_t lo0, hi0, lo1, hi1;  // first and last tap
+  valid_range(-s.pad_w, s.stride_w, s.w, s.wo, lo0, hi0);
+  valid_range((s.kw - 1) * s.dil_w - s.pad_w, s.stride_w, s.w, s.wo, lo1, hi1);
+  const int64_t w_lo = std::max(lo0, lo1), w_hi = std::min(hi0, hi1);
+  const bool blocked = mult == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.ho, oh = r % s.ho;
     for (int64_t ow = 0; ow < s.wo; ++ow) {
+      if (blocked && ow >= w_lo && ow + kDwPix <= w_hi) {
+        for (int64_t c0 = 0; c0 < s.c; c0 += 16) dw_forward_nhwc_inner<T>(jb, bf.data(), n, oh, ow, c0);
+        ow += kDwPix - 1;
+        continue;
+      }
       float* a = acc.data();
       std::memcpy(a, bf.data(), s.o * sizeof(float));
       for (int64_t i = 0; i < s.kh; ++i) {
