@@ -688,10 +688,20 @@ FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
   }
 }
 
+constexpr int kDwPix = 4;
+
+// act(acc[q]) to dst + q * ld, 16 channels each, in dst's dtype.
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_store_block(const DwVec* acc, T* dst, int64_t ld, Activation act) {
+  alignas(64) float out[kDwPix][16];
+#pragma GCC unroll 4
+  for (int q = 0; q < kDwPix; ++q) std::memcpy(out[q], &acc[q], sizeof(DwVec));
+  for (int q = 0; q < kDwPix; ++q) store_act(out[q], dst + q * ld, 16, act);
+}
+
 // Multiplier 1, float32 / bfloat16: kDwPix output pixels ow0.. of row (n, oh) whose taps all lie
 // inside the row (no horizontal padding), 16 channels c0.. at a time, the sums in registers
 // across the taps (a tap row in the vertical padding skipped), then the epilogue.
-constexpr int kDwPix = 4;
 template <typename T>
 FASTOPS_FORCE_INLINE void dw_forward_nhwc_inner(const DwJob& jb, const float* bf, int64_t n, int64_t oh, int64_t ow0,
                                                 int64_t c0) {
@@ -713,10 +723,29 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc_inner(const DwJob& jb, const float* bf
       for (int q = 0; q < kDwPix; ++q) acc[q] += dw_load16(xp + q * s.stride_w * s.c) * wv;
     }
   }
-  alignas(64) float out[kDwPix][16];
+  dw_store_block<T>(acc, y + ((n * s.ho + oh) * s.wo + ow0) * s.o + c0, s.o, jb.act);
+}
+
+// Stride-1 dgrad, multiplier 1, float32 / bfloat16: input pixels iw0 .. iw0 + kDwPix of row (n, ih)
+// whose taps all read inside dy's row, 16 channels c0.. at a time, sums in registers (as above).
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_dgrad_nhwc_inner(const DwJob& jb, int64_t n, int64_t ih, int64_t iw0, int64_t c0) {
+  const Conv2dShape& s = jb.s;
+  const T* dy = static_cast<const T*>(jb.in);
+  T* dx = static_cast<T*>(jb.out);
+  DwVec acc[kDwPix] = {};
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t th = ih + s.pad_h - i * s.dil_h;
+    if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.ho) continue;
+    const T* row = dy + ((n * s.ho + th / s.stride_h) * s.wo + iw0 + s.pad_w) * s.o + c0;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const DwVec wv = dw_load16(jb.wt + (i * s.kw + j) * s.o + c0);
+      const T* gp = row - j * s.dil_w * s.o;
 #pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q) std::memcpy(out[q], &acc[q], sizeof(DwVec));
-  for (int q = 0; q < kDwPix; ++q) store_act(out[q], y + ((n * s.ho + oh) * s.wo + ow0 + q) * s.o + c0, 16, jb.act);
+      for (int q = 0; q < kDwPix; ++q) acc[q] += dw_load16(gp + q * s.o) * wv;
+    }
+  }
+  dw_store_block<T>(acc, dx + ((n * s.h + ih) * s.w + iw0) * s.c + c0, s.c, Activation::kNone);
 }
 
 // NHWC forward over output rows (n, oh) in [b, e): vectorised over channels.
@@ -817,9 +846,17 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   T* dx = static_cast<T*>(jb.out);
   const int64_t mult = s.o / s.c;
   std::vector<float> acc(s.c);
+  // input columns [w_lo, w_hi) whose taps all read inside dy's row: the register-blocked path
+  const int64_t w_lo = std::max<int64_t>(0, (s.kw - 1) * s.dil_w - s.pad_w), w_hi = std::min(s.w, s.wo - s.pad_w);
+  const bool blocked = mult == 1 && s.stride_w == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.h, ih = r % s.h;
     for (int64_t iw = 0; iw < s.w; ++iw) {
+      if (blocked && iw >= w_lo && iw + kDwPix <= w_hi) {
+        for (int64_t c0 = 0; c0 < s.c; c0 += 16) dw_dgrad_nhwc_inner<T>(jb, n, ih, iw, c0);
+        iw += kDwPix - 1;
+        continue;
+      }
       float* a = acc.data();
       std::fill(a, a + s.c, 0.0f);
       for (int64_t i = 0; i < s.kh; ++i) {
