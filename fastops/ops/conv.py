@@ -267,19 +267,24 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
     runs, ResNet-50 3x3 layers at batch 8): the implicit-GEMM forward reaches 0.88-0.98x oneDNN in
     NHWC and 0.75-0.94x in NCHW, fused bias+relu 0.83-1.00x of torch's conv then relu; the backward
     (dgrad + wgrad + dbias) 0.90-0.98x at 256 channels and ahead from 512 channels per group on
-    7x7 outputs in NHWC (CPU_BACKWARD_FASTER_FROM): 1.04-1.23x at 512, 1.28-1.53x at 1024. The
-    depthwise kernels are 1.4-3.6x faster than torch (older figures). Drop the rest once
+    7x7 outputs in NHWC (CPU_BACKWARD_FASTER_FROM): 1.04-1.23x at 512, 1.28-1.53x at 1024.
+    Depthwise (2026-11-24 12:20 UTC, quiet machine, 3x3 128@56 batch 8 NHWC, `--quick` twice): with
+    the register-blocked kernels the float32 forward is 0.87-0.89x torch, fused bias+relu 1.10-1.27x,
+    forward+backward 0.69-0.79x; bfloat16 0.35-0.72x (oneDNN's bf16 depthwise is faster), so
+    depthwise stays on torch too (CPU_DEPTHWISE_FASTER). Drop the rest once
     `python -m fastops.bench --ops conv` shows the GEMM path ahead on a shape class.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
     depthwise = groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
-    if depthwise or CPU_GEMM_PATH_FASTER:
+    if (depthwise and CPU_DEPTHWISE_FASTER) or (not depthwise and CPU_GEMM_PATH_FASTER):
         return None
-    if backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
+    if not depthwise and backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
         return None
-    return ("the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; depthwise and the "
-            "NHWC backward of >= 512-channel layers on <= 8x8 outputs only")
+    if depthwise:
+        return "the cpu depthwise kernels were measured slower than torch (oneDNN) here"
+    return ("the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; the NHWC backward of "
+            ">= 512-channel layers on <= 8x8 outputs only")
 
 
 # The NHWC backward (stride 1: dgrad as a flipped-weight forward, wgrad over column ranges per thread)
@@ -297,6 +302,7 @@ def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, str
 
 
 CPU_GEMM_PATH_FASTER = False
+CPU_DEPTHWISE_FASTER = False
 
 # Input elements (N C H W) below which `auto` calls torch on the CPU. `python -m fastops.bench --ops
 # conv_depthwise,conv_bias_relu --quick` on the loaded dev machine (README): at 32 elements torch
