@@ -672,8 +672,8 @@ FASTOPS_FORCE_INLINE void store_act(const float* acc, T* dst, int64_t count, Act
 
 // 16 lanes of float32 as a GCC vector (one zmm on the AVX-512 entry, split on the others).
 typedef float DwVec __attribute__((vector_size(64)));
-typedef int DwVecI __attribute__((vector_size(64)));
 typedef unsigned short DwVecU16 __attribute__((vector_size(32)));
+typedef unsigned short DwVecU16x2 __attribute__((vector_size(64)));
 
 template <typename T>
 FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
@@ -681,10 +681,13 @@ FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
     DwVec v;
     std::memcpy(&v, p, sizeof(v));
     return v;
-  } else {  // bfloat16: the 16 high bits of a float32
+  } else {  // bfloat16: the 16 high bits of a float32, interleaved with zeros (one vpermi2w)
     DwVecU16 u;
     std::memcpy(&u, p, sizeof(u));
-    return reinterpret_cast<DwVec>(__builtin_convertvector(u, DwVecI) << 16);
+    const DwVecU16 zero = {};
+    const DwVecU16x2 w = __builtin_shufflevector(zero, u, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
+                                                 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    return reinterpret_cast<DwVec>(w);
   }
 }
 
