@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "fastops/gemm.h"
@@ -104,9 +103,9 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
     return;
   }
   // uninitialized: every element is written before it is read
-  const std::unique_ptr<float[]> gx(new float[static_cast<size_t>(T * B * GH)]);
-  const std::unique_ptr<float[]> gh(new float[static_cast<size_t>(B * GH)]), pr(new float[static_cast<size_t>(B * P)]);
-  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.get(), GH, 0.0f);  // gx = x W_ih^T
+  const Workspace<float> gx(static_cast<size_t>(T * B * GH)), gh(static_cast<size_t>(B * GH)),
+      pr(static_cast<size_t>(B * P));
+  mm(T * B, GH, I, p.dtype, p.x, I, 1, p.w_ih, 1, I, gx.data(), GH, 0.0f);  // gx = x W_ih^T
   // W_hh^T [P, 4H], one group per gate: B_g[k, j] = W_hh[g*H + j, k]; W_hr^T [H, P]: B[j, q] = W_hr[q, j]
   const PackedB whh(GemmOperand{p.w_hh, 0, 1, P}, P, H, p.dtype, kGates, H * P);
   const PackedB whr(GemmOperand{pp.w_hr, 0, 1, H}, H, P, p.dtype);
@@ -127,8 +126,8 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
       const int64_t t = step_time(p, s);
       char* hf_t = hf + static_cast<size_t>(t * B * H) * es;
       if (j0 < j1) {  // (a) the cell on units [j0, j1) of every gate
-        recurrent_gates(whh, p, r.data(), P, gh.get(), j0, j1, B);  // gh = r W_hh^T
-        RnnStepParams sp = step_params(p, t, gx.get() + t * B * GH, gh.get());
+        recurrent_gates(whh, p, r.data(), P, gh.data(), j0, j1, B);  // gh = r W_hh^T
+        RnnStepParams sp = step_params(p, t, gx.data() + t * B * GH, gh.data());
         sp.h_prev = sp.h_out = hf_t;  // the LSTM body reads h_prev only to carry inactive rows
         sp.y_out = nullptr;
         sp.c_prev = s == 0 ? c0.data() : p.c_all + step_time(p, s - 1) * B * H;
@@ -145,7 +144,7 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
         GemmParams g;
         g.m = B;
         g.a = GemmOperand{hf_t, 0, H, 1};
-        g.c = pr.get();
+        g.c = pr.data();
         g.c_stride_row = P;
         g.ab_dtype = p.dtype;
         g.c_dtype = DType::kFloat32;
@@ -155,7 +154,7 @@ void rnn_proj_layer_forward(const RnnProjLayerParams& pp) {
           char* y_tb = y + static_cast<size_t>((t * B + b) * P) * es + off;
           char* r_b = r.data() + static_cast<size_t>(b * P) * es + off;
           if (active(p.lengths, b, t)) {
-            narrow_any(p.dtype, pr.get() + b * P + q0, r_b, q1 - q0);
+            narrow_any(p.dtype, pr.data() + b * P + q0, r_b, q1 - q0);
             std::memcpy(y_tb, r_b, n);
           } else {
             std::memset(y_tb, 0, n);  // r carries
