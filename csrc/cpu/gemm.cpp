@@ -619,10 +619,12 @@ Plan panel_plan(const GemmParams& p, const Entries& e) {
 // Unit size: the B columns a unit walks (nc x k packed) sized for about half of L2, the A rows
 // (mc x k) for a quarter; then split further until every thread has a few units. Changes the
 // schedule only, never the arithmetic.
+constexpr int64_t kUnitBBytes = int64_t(512) << 10;  // packed B a unit walks: about half of L2
+
 Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item_threads) {
   Plan pl = panel_plan(p, e);
   const int64_t row_bytes = std::max<int64_t>(pl.kq, 1) * 4;
-  int64_t np = std::clamp<int64_t>((int64_t(512) << 10) / (row_bytes * e.nr), 1, 16);
+  int64_t np = std::clamp<int64_t>(kUnitBBytes / (row_bytes * e.nr), 1, 16);
   int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * e.mr), 1, 24);
   np = std::min(np, pl.n_panels);
   mp = std::min(mp, pl.m_panels);
@@ -1017,7 +1019,7 @@ FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t la
   const GemmParams& p = *pl.p;
   alignas(64) float tile[MR * NR];
   const bool direct = stores_plain<C>(p);
-  const int64_t block = std::max<int64_t>(1, (int64_t(512) << 10) / std::max<int64_t>(1, pl.b_panel * 4));
+  const int64_t block = std::max<int64_t>(1, kUnitBBytes / std::max<int64_t>(1, pl.b_panel * 4));
   for (int64_t jb = jr0; jb < jr1; jb += block) {
     for (int64_t i = first; i < last; ++i) {
       const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - i * MR));

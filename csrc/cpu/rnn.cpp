@@ -525,7 +525,7 @@ void rnn_layer_forward(const RnnLayerParams& p) {
     sp.saved = keep ? p.saved + t * B * S * H : (vec_rows ? nullptr : scratch.data());
     for (int64_t b = b0; b < b1; ++b) block(sp, b, j0, j1);
   };
-  const int by_rows = getenv("FB") ? 1 : row_threads(B, B * GH * H);
+  const int by_rows = row_threads(B, B * GH * H);
   if (by_rows > 1) {
 #pragma omp parallel num_threads(by_rows)
     {
