@@ -97,6 +97,9 @@ def test_strided_views(backend, dtype):
     b = make((37, 23), dtype, seed=2, scale=1.0)
     _check_matmul(a[::2], b.t(), dtype, backend)           # row-strided a, transposed b (no copy)
     _check_matmul(a.t()[:, 1:19], a[1:19, :5], dtype, backend)  # transposed a
+    # a column-major a over several panels and k blocks (the CPU packs it 32 k steps at a time), odd k
+    c = make((75, 200), dtype, seed=3, scale=1.0)
+    _check_matmul(c.t(), make((75, 9), dtype, seed=4, scale=1.0), dtype, backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -130,33 +130,6 @@ FASTOPS_FORCE_INLINE uint32_t ld_bits(const void* base, int64_t off) {
 
 // ---- packing -----------------------------------------------------------------------------------
 
-// One panel of `len` (< = width) rows of A (or columns of B) starting at `i0`:
-// dst[q * width + r] = X(i0 + r, q), zero for r >= len. X(i, q) = base[i * si + q * sq].
-template <typename T>
-FASTOPS_FORCE_INLINE void pack_f32(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
-                                   int64_t k, float* dst) {
-  if (len < width) {
-    for (int64_t q = 0; q < k; ++q) std::fill(dst + q * width + len, dst + (q + 1) * width, 0.0f);
-  }
-  const int64_t off0 = i0 * si;
-  if (si == 1 || sq != 1) {  // rows contiguous along i (or neither): walk q outer
-    for (int64_t q = 0; q < k; ++q) {
-      const int64_t o = off0 + q * sq;
-      float* d = dst + q * width;
-#pragma omp simd
-      for (int r = 0; r < len; ++r) d[r] = ld<T>(base, o + r * si);
-    }
-  } else {  // contiguous along q: read rows, write strided, 16 q at a time to stay in cache
-    for (int64_t q0 = 0; q0 < k; q0 += 16) {
-      const int64_t qn = std::min<int64_t>(16, k - q0);
-      for (int r = 0; r < len; ++r) {
-        const int64_t o = off0 + r * si + q0;
-        for (int64_t q = 0; q < qn; ++q) dst[(q0 + q) * width + r] = ld<T>(base, o + q);
-      }
-    }
-  }
-}
-
 #if FASTOPS_HAVE_X86_PATHS
 // dst[q * width + r] = rows[r][q] for r < len (<= width, 14 or 32), q < kq: the 32-bit pairs of
 // `len` rows contiguous along k, transposed 16 x 16 in registers (unpack 32 / 64-bit, then two
@@ -218,6 +191,45 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void interleave_pa
 }
 #endif
 
+constexpr int64_t kPackAhead = 16;  // q rows a strided pack asks for ahead of its reads
+
+// One panel of `len` (< = width) rows of A (or columns of B) starting at `i0`:
+// dst[q * width + r] = X(i0 + r, q), zero for r >= len. X(i, q) = base[i * si + q * sq].
+// kWords: the caller runs on AVX-512, where float32 rows contiguous along q are transposed
+// 16 x 16 in registers (transpose_pairs moves any 32-bit words).
+template <typename T, bool kWords>
+FASTOPS_FORCE_INLINE void pack_f32(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
+                                   int64_t k, float* dst) {
+  if (len < width) {
+    for (int64_t q = 0; q < k; ++q) std::fill(dst + q * width + len, dst + (q + 1) * width, 0.0f);
+  }
+  const int64_t off0 = i0 * si;
+  if (si == 1 || sq != 1) {  // rows contiguous along i (or neither): walk q outer
+    for (int64_t q = 0; q < k; ++q) {
+      const int64_t o = off0 + q * sq;
+      // q rows far apart (a column-major A): each is on its own page, past the hardware prefetcher
+      __builtin_prefetch(static_cast<const T*>(base) + o + kPackAhead * sq, 0, 0);
+      float* d = dst + q * width;
+#pragma omp simd
+      for (int r = 0; r < len; ++r) d[r] = ld<T>(base, o + r * si);
+    }
+#if FASTOPS_HAVE_X86_PATHS
+  } else if (kWords && std::is_same_v<T, float> && len <= 32) {
+    const uint32_t* rows[32];
+    for (int r = 0; r < len; ++r) rows[r] = static_cast<const uint32_t*>(base) + off0 + r * si;
+    transpose_pairs(rows, len, width, k, reinterpret_cast<uint32_t*>(dst));
+#endif
+  } else {  // contiguous along q: read rows, write strided, 16 q at a time to stay in cache
+    for (int64_t q0 = 0; q0 < k; q0 += 16) {
+      const int64_t qn = std::min<int64_t>(16, k - q0);
+      for (int r = 0; r < len; ++r) {
+        const int64_t o = off0 + r * si + q0;
+        for (int64_t q = 0; q < qn; ++q) dst[(q0 + q) * width + r] = ld<T>(base, o + q);
+      }
+    }
+  }
+}
+
 // As pack_f32 for bfloat16 storage into pairs: dst[q2 * width + r] = X(i, 2 q2) | X(i, 2 q2 + 1) << 16.
 template <typename T>
 FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, int64_t i0, int len, int width,
@@ -255,6 +267,7 @@ FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, i
 #endif
     for (int64_t q = 0; q < kfull; ++q) {
       const int64_t o = off0 + 2 * q * sq;
+      __builtin_prefetch(static_cast<const T*>(base) + o + kPackAhead * sq, 0, 0);  // as in pack_f32
       uint32_t* d = dst + q * width;
 #pragma omp simd
       for (int r = 0; r < len; ++r)
@@ -267,9 +280,10 @@ FASTOPS_FORCE_INLINE void pack_pairs(const void* base, int64_t si, int64_t sq, i
   }
 }
 
-// Packs panel `pi` of A (is_a) or B of batch item `b`.
-template <typename T, typename P>
-FASTOPS_FORCE_INLINE void pack_panel(const Plan& pl, bool is_a, int64_t b, int64_t pi, P* dst) {
+// Packs k steps [q0, q1) of panel `pi` of A (is_a) or B of batch item `b` (q0 even for pairs).
+template <typename T, typename P, bool kWords>
+FASTOPS_FORCE_INLINE void pack_panel(const Plan& pl, bool is_a, int64_t b, int64_t pi, P* dst, int64_t q0,
+                                     int64_t q1) {
   const GemmParams& p = *pl.p;
   const GemmOperand& x = is_a ? p.a : p.b;
   const int width = is_a ? pl.mr : pl.nr;
@@ -278,12 +292,25 @@ FASTOPS_FORCE_INLINE void pack_panel(const Plan& pl, bool is_a, int64_t b, int64
   const int len = static_cast<int>(std::min<int64_t>(width, extent - i0));
   const int64_t si = is_a ? x.stride_row : x.stride_col;  // along m (A) or n (B)
   const int64_t sq = is_a ? x.stride_col : x.stride_row;  // along k
-  const void* base = static_cast<const T*>(x.ptr) + b * x.stride_batch;
+  const void* base = static_cast<const T*>(x.ptr) + b * x.stride_batch + q0 * sq;
   if constexpr (std::is_same_v<P, uint32_t>) {
-    if constexpr (std::is_same_v<T, BFloat16>) pack_pairs<T>(base, si, sq, i0, len, width, p.k, dst);
+    if constexpr (std::is_same_v<T, BFloat16>) pack_pairs<T>(base, si, sq, i0, len, width, q1 - q0, dst + q0 / 2 * width);
   } else {
-    pack_f32<T>(base, si, sq, i0, len, width, p.k, dst);
+    pack_f32<T, kWords>(base, si, sq, i0, len, width, q1 - q0, dst + q0 * width);
   }
+}
+
+// Packs A panels [first, last) of batch item b into dst (panel i at (i - first) * a_panel). A
+// column-major A (rows contiguous along m) goes in blocks of k steps across all the panels, so
+// that each k row's run of m is read once, while its page is in the TLB.
+template <typename T, typename P, bool kWords>
+FASTOPS_FORCE_INLINE void pack_a_panels(const Plan& pl, int64_t b, int64_t first, int64_t last, P* dst) {
+  constexpr int64_t kBlock = 32;  // k steps per block: even, for pairs
+  const GemmParams& p = *pl.p;
+  const int64_t step = p.a.stride_row == 1 && last - first > 1 ? kBlock : std::max<int64_t>(p.k, 1);
+  for (int64_t q0 = 0; q0 < p.k; q0 += step)
+    for (int64_t i = first; i < last; ++i)
+      pack_panel<T, P, kWords>(pl, true, b, i, dst + (i - first) * pl.a_panel, q0, std::min(p.k, q0 + step));
 }
 
 // ---- micro-kernels: acc[R][NR] = sum_q A[q][r] * B[q][:] over the packed panels ------------------
@@ -548,7 +575,7 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
 // ---- ISA entry points -------------------------------------------------------------------------
 
 struct Entries {
-  void (*pack_a)(const Plan&, int64_t b, int64_t panel, void* dst, int64_t first);
+  void (*pack_a)(const Plan&, int64_t b, int64_t first, int64_t last, void* dst);  // A panels [first, last)
   void (*pack_b)(const Plan&, int64_t b, int64_t panel, void* dst);
   // register tiles [t0, t1) of a unit; ap holds the packed A panels from number a_first on
   void (*unit)(const Plan&, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap, int64_t a_first,
@@ -559,12 +586,12 @@ struct Entries {
 
 #define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
   template <typename AB>                                                                                \
-  TARGET void pack_a_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst, int64_t first) {         \
-    pack_panel<AB, P>(pl, true, b, pi, static_cast<P*>(dst) + (pi - first) * pl.a_panel);               \
+  TARGET void pack_a_##SUFFIX(const Plan& pl, int64_t b, int64_t first, int64_t last, void* dst) {       \
+    pack_a_panels<AB, P, W == 16>(pl, b, first, last, static_cast<P*>(dst));                            \
   }                                                                                                     \
   template <typename AB>                                                                                \
   TARGET void pack_b_##SUFFIX(const Plan& pl, int64_t b, int64_t pi, void* dst) {                        \
-    pack_panel<AB, P>(pl, false, b, pi, static_cast<P*>(dst) + pi * pl.b_panel);                        \
+    pack_panel<AB, P, W == 16>(pl, false, b, pi, static_cast<P*>(dst) + pi * pl.b_panel, 0, pl.p->k);   \
   }                                                                                                     \
   template <typename C>                                                                                 \
   TARGET void unit_##SUFFIX(const Plan& pl, int64_t b, int64_t u, int64_t t0, int64_t t1, const void* ap, \
@@ -667,7 +694,7 @@ FASTOPS_FORCE_INLINE void run_tiles(const Entries& e, const Plan& pl, int64_t b,
     if (ui != packed_row) {
       first = ui * per_row;
       const int64_t last = std::min(pl.m_panels, first + per_row);
-      for (int64_t i = first; i < last; ++i) e.pack_a(pl, b, i, abuf, first);
+      e.pack_a(pl, b, first, last, abuf);
       packed_row = ui;
     }
     e.unit(pl, b, u, lo, hi, abuf, first, bbuf);
@@ -833,12 +860,11 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   for (int64_t ui = 0; ui < pl.m_units; ++ui) {
     const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
     if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, jr0, jr1, bbuf)) continue;
-    for (int64_t i = first; i < last; ++i) {
-      if (ga) {
+    if (ga) {
+      for (int64_t i = first; i < last; ++i)
         pack_a_gathered<AB>(pl, e.pairs, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
-      } else {
-        e.pack_a(pl, 0, i, abuf, first);
-      }
+    } else {
+      e.pack_a(pl, 0, first, last, abuf);
     }
     for (int64_t grp = 0; grp < groups; ++grp) {
       GemmParams pg = p;
