@@ -28,8 +28,8 @@ CPU_CASES = [
     (3, 5, 13, 11, 7, 5, 5, 2, "valid", 1, 1),
     (None, 3, 10, 9, 4, 3, 2, 1, "same", (2, 1), 1),  # unbatched, non-square, asymmetric "same"
     (1, 16, 5, 5, 16, 3, 3, 1, 1, 2, 16),        # dilated depthwise
-    (2, 32, 13, 13, 32, 3, 3, 1, 1, 1, 32),      # depthwise: NHWC register blocks of 4 pixels x 16 channels
-    (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation
+    (2, 32, 13, 13, 32, 3, 3, 1, 1, 1, 32),      # depthwise: NHWC register blocks of 4 pixels x 32 channels
+    (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation, a 16-channel rest
     (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
 ]
 TRITON_CASES = [
@@ -195,6 +195,23 @@ def test_cpu_results_own_their_memory(c, channels_last):
         for g, r in zip(got, want):
             torch.testing.assert_close(g, r, rtol=RTOL[torch.float32], atol=ATOL[torch.float32])
         assert torch.equal(got[0], kept[0]) and torch.equal(got[1], kept[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("groups", [1, 48])
+def test_cpu_fused_relu_keeps_nan(dtype, groups):
+    # relu(NaN) is NaN in torch: the fused epilogues (the depthwise register blocks, their edge
+    # pixels and the GEMM path) must not turn a NaN sum into 0
+    x = make((2, 48, 9, 13), dtype, seed=1, scale=1.0).contiguous(memory_format=torch.channels_last)
+    x[0, 5, 4, 6] = float("nan")   # inside: read by register blocks
+    x[1, 40, 2, 0] = float("nan")  # left edge column
+    w = make((48, 48 // groups, 3, 3), dtype, seed=2, scale=0.3)
+    b = make((48,), dtype, seed=3, scale=0.3)
+    with fastops.use_backend("cpu"):
+        y = F.conv2d(x, w, b, padding=1, groups=groups, activation="relu")
+    ref = torch.relu(TF.conv2d(x.double(), w.double(), b.double(), padding=1, groups=groups))
+    assert torch.equal(y.isnan(), ref.isnan()) and ref.isnan().any()
+    torch.testing.assert_close(y.double(), ref, rtol=RTOL[dtype], atol=ATOL[dtype] * 4, equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

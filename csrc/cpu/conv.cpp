@@ -654,13 +654,14 @@ struct DwJob {
   void* out = nullptr;
   const float* wt = nullptr;
   Activation act = Activation::kNone;
+  const float* wl = nullptr;  // wt in the lane order of the 32-channel blocks (dw_lanes); null: wt
 };
 
 template <typename T>
 FASTOPS_FORCE_INLINE void store_act(const float* acc, T* dst, int64_t count, Activation act) {
   if (act == Activation::kRelu) {
 #pragma omp simd
-    for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(acc[c] > 0.0f ? acc[c] : 0.0f);
+    for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(acc[c] < 0.0f ? 0.0f : acc[c]);  // NaN stays NaN
   } else if (act == Activation::kNone) {
 #pragma omp simd
     for (int64_t c = 0; c < count; ++c) dst[c] = from_float<T>(acc[c]);
@@ -674,7 +675,9 @@ FASTOPS_FORCE_INLINE void store_act(const float* acc, T* dst, int64_t count, Act
 typedef float DwVec __attribute__((vector_size(64)));
 typedef unsigned short DwVecU16 __attribute__((vector_size(32)));
 typedef unsigned short DwVecU16x2 __attribute__((vector_size(64)));
+typedef unsigned int DwVecU32 __attribute__((vector_size(64)));
 
+// 16 channels from p as float32 lanes in order.
 template <typename T>
 FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
@@ -691,64 +694,139 @@ FASTOPS_FORCE_INLINE DwVec dw_load16(const T* p) {
   }
 }
 
-constexpr int kDwPix = 4;
-
-// act(acc[q]) to dst + q * ld, 16 channels each, in dst's dtype.
+// 32 channels from p as two vectors of float32 lanes: for float32 channels 0-15 and 16-31; for
+// bfloat16 the even channels and the odd ones (the low and high halves of each 32-bit word, one
+// shift and one mask: no shuffle). dw_lanes puts weights and biases in the same order.
 template <typename T>
-FASTOPS_FORCE_INLINE void dw_store_block(const DwVec* acc, T* dst, int64_t ld, Activation act) {
-  alignas(64) float out[kDwPix][16];
-#pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q) std::memcpy(out[q], &acc[q], sizeof(DwVec));
-  for (int q = 0; q < kDwPix; ++q) store_act(out[q], dst + q * ld, 16, act);
+FASTOPS_FORCE_INLINE void dw_load32(const T* p, DwVec& v0, DwVec& v1) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(&v0, p, sizeof(v0));
+    std::memcpy(&v1, p + 16, sizeof(v1));
+  } else {
+    DwVecU32 u;
+    std::memcpy(&u, p, sizeof(u));
+    v0 = reinterpret_cast<DwVec>(u << 16);
+    v1 = reinterpret_cast<DwVec>(u & 0xffff0000u);
+  }
 }
 
-// Multiplier 1, float32 / bfloat16: kDwPix output pixels ow0.. of row (n, oh) whose taps all lie
-// inside the row (no horizontal padding), 16 channels c0.. at a time, the sums in registers
-// across the taps (a tap row in the vertical padding skipped), then the epilogue.
+// src [rows, O] float32 in the lane order dw_load32 gives bfloat16 channels, over the whole
+// 32-channel groups; empty for the other dtypes (float32 is in order, fp16 has no blocks).
 template <typename T>
-FASTOPS_FORCE_INLINE void dw_forward_nhwc_inner(const DwJob& jb, const float* bf, int64_t n, int64_t oh, int64_t ow0,
-                                                int64_t c0) {
-  const Conv2dShape& s = jb.s;
-  const T* x = static_cast<const T*>(jb.in);
-  T* y = static_cast<T*>(jb.out);
-  DwVec acc[kDwPix];
-  const DwVec b0 = dw_load16(bf + c0);
-#pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q) acc[q] = b0;
-  for (int64_t i = 0; i < s.kh; ++i) {
-    const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
-    if (ih < 0 || ih >= s.h) continue;
-    const T* xrow = x + ((n * s.h + ih) * s.w + conv_in_index(ow0, 0, s.stride_w, s.pad_w, s.dil_w)) * s.c + c0;
-    for (int64_t j = 0; j < s.kw; ++j) {
-      const DwVec wv = dw_load16(jb.wt + (i * s.kw + j) * s.o + c0);
-      const T* xp = xrow + j * s.dil_w * s.c;
-#pragma GCC unroll 4
-      for (int q = 0; q < kDwPix; ++q) acc[q] += dw_load16(xp + q * s.stride_w * s.c) * wv;
-    }
-  }
-  dw_store_block<T>(acc, y + ((n * s.ho + oh) * s.wo + ow0) * s.o + c0, s.o, jb.act);
+std::vector<float> dw_lanes(const float* src, int64_t rows, int64_t o) {
+  if constexpr (!std::is_same_v<T, BFloat16>) return {};
+  std::vector<float> out(static_cast<size_t>(rows * o));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c0 = 0; c0 + 32 <= o; c0 += 32)
+      for (int l = 0; l < 16; ++l) {
+        out[r * o + c0 + l] = src[r * o + c0 + 2 * l];
+        out[r * o + c0 + 16 + l] = src[r * o + c0 + 2 * l + 1];
+      }
+  return out;
 }
 
-// Stride-1 dgrad, multiplier 1, float32 / bfloat16: input pixels iw0 .. iw0 + kDwPix of row (n, ih)
-// whose taps all read inside dy's row, 16 channels c0.. at a time, sums in registers (as above).
-template <typename T>
-FASTOPS_FORCE_INLINE void dw_dgrad_nhwc_inner(const DwJob& jb, int64_t n, int64_t ih, int64_t iw0, int64_t c0) {
+constexpr int kDwPix = 4;  // output (dgrad: input) pixels of a register block
+
+// float32 bits rounded to bfloat16 in the high half (nearest even; NaN quieted), as from_float.
+FASTOPS_FORCE_INLINE DwVecU32 dw_bf16_bits(DwVec v) {
+  const DwVecU32 u = reinterpret_cast<DwVecU32>(v);
+  const DwVecU32 nan = reinterpret_cast<DwVecU32>(v != v);
+  return (nan & (u | 0x400000u)) | (~nan & (u + 0x7fffu + ((u >> 16) & 1u)));
+}
+
+// One pixel's kVecs * 16 channels from the lanes of dw_load16 / dw_load32 to dst, in T.
+template <typename T, int kVecs>
+FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, acc, sizeof(acc));
+  } else if constexpr (std::is_same_v<T, BFloat16> && kVecs == 2) {  // even and odd channels: word halves
+    const DwVecU32 w = (dw_bf16_bits(acc[0]) >> 16) | (dw_bf16_bits(acc[1]) & 0xffff0000u);
+    std::memcpy(dst, &w, sizeof(w));
+  } else if constexpr (std::is_same_v<T, BFloat16>) {
+    const DwVecU16 h = __builtin_convertvector(dw_bf16_bits(acc[0]) >> 16, DwVecU16);
+    std::memcpy(dst, &h, sizeof(h));
+  } else {  // channels in order (the blocks do not run for float16)
+    for (int v = 0; v < kVecs; ++v)
+      for (int l = 0; l < 16; ++l) dst[16 * v + l] = from_float<T>(acc[v][l]);
+  }
+}
+
+// A register block of the NHWC depthwise paths (multiplier 1, float32 / bfloat16): kDwPix pixels
+// x kVecs * 16 channels from c0, the sums in registers across the taps, then act() into dst (pixel
+// q at dst + q * ld). row_of(i) is pixel 0's element of tap (i, 0) (null: tap row i reads only
+// padding); tap j adds j * tap_step and pixel q adds q * pix_step elements. The taps must lie
+// inside the row (no horizontal padding). bias: float32 in lane order, or null.
+template <typename T, int kVecs, typename RowOf>
+FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c0, RowOf row_of, int64_t tap_step,
+                                   int64_t pix_step, T* dst, int64_t ld, Activation act) {
   const Conv2dShape& s = jb.s;
-  const T* dy = static_cast<const T*>(jb.in);
-  T* dx = static_cast<T*>(jb.out);
-  DwVec acc[kDwPix] = {};
-  for (int64_t i = 0; i < s.kh; ++i) {
-    const int64_t th = ih + s.pad_h - i * s.dil_h;
-    if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.ho) continue;
-    const T* row = dy + ((n * s.ho + th / s.stride_h) * s.wo + iw0 + s.pad_w) * s.o + c0;
-    for (int64_t j = 0; j < s.kw; ++j) {
-      const DwVec wv = dw_load16(jb.wt + (i * s.kw + j) * s.o + c0);
-      const T* gp = row - j * s.dil_w * s.o;
+  const float* w = kVecs == 2 && jb.wl ? jb.wl : jb.wt;  // 16-channel blocks read the natural order
+  DwVec acc[kDwPix][kVecs];
 #pragma GCC unroll 4
-      for (int q = 0; q < kDwPix; ++q) acc[q] += dw_load16(gp + q * s.o) * wv;
+  for (int q = 0; q < kDwPix; ++q)
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) acc[q][v] = bias ? dw_load16(bias + c0 + 16 * v) : DwVec{};
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const T* row = row_of(i);
+    if (row == nullptr) continue;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      DwVec wv[kVecs];
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) wv[v] = dw_load16(w + (i * s.kw + j) * s.o + c0 + 16 * v);
+      const T* xp = row + j * tap_step;
+#pragma GCC unroll 4
+      for (int q = 0; q < kDwPix; ++q) {
+        if constexpr (kVecs == 2) {
+          DwVec x0, x1;
+          dw_load32(xp + q * pix_step, x0, x1);
+          acc[q][0] += x0 * wv[0];
+          acc[q][1] += x1 * wv[1];
+        } else {
+          acc[q][0] += dw_load16(xp + q * pix_step) * wv[0];
+        }
+      }
     }
   }
-  dw_store_block<T>(acc, dx + ((n * s.h + ih) * s.w + iw0) * s.c + c0, s.c, Activation::kNone);
+  if (act == Activation::kNone || act == Activation::kRelu) {  // straight from the registers
+#pragma GCC unroll 4
+    for (int q = 0; q < kDwPix; ++q) {
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v)
+        if (act == Activation::kRelu) acc[q][v] = acc[q][v] < 0.0f ? DwVec{} : acc[q][v];  // NaN stays NaN
+      dw_store(acc[q], dst + q * ld);
+    }
+    return;
+  }
+  alignas(64) float out[kDwPix][16 * kVecs];
+#pragma GCC unroll 4
+  for (int q = 0; q < kDwPix; ++q) {
+    if constexpr (kVecs == 2 && !std::is_same_v<T, float>) {  // even / odd lanes back into channel order
+      const DwVec lo = __builtin_shufflevector(acc[q][0], acc[q][1], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
+                                               23);
+      const DwVec hi = __builtin_shufflevector(acc[q][0], acc[q][1], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
+                                               30, 15, 31);
+      std::memcpy(out[q], &lo, sizeof(lo));
+      std::memcpy(out[q] + 16, &hi, sizeof(hi));
+    } else {
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) std::memcpy(out[q] + 16 * v, &acc[q][v], sizeof(DwVec));
+    }
+  }
+  for (int q = 0; q < kDwPix; ++q) store_act(out[q], dst + q * ld, 16 * kVecs, act);
+}
+
+// Every channel of one register block's pixels: 32 at a time, then a 16-channel rest (C % 16 == 0).
+template <typename T, typename RowOf>
+FASTOPS_FORCE_INLINE void dw_blocks(const DwJob& jb, const float* bias, const float* bias_lanes, RowOf row_of,
+                                    int64_t tap_step, int64_t pix_step, T* dst, int64_t ld, Activation act) {
+  const int64_t c = jb.s.c;
+  int64_t c0 = 0;
+  for (; c0 + 32 <= c; c0 += 32)
+    dw_block<T, 2>(jb, bias_lanes, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, tap_step,
+                   pix_step, dst + c0, ld, act);
+  if (c0 < c)
+    dw_block<T, 1>(jb, bias, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, tap_step,
+                   pix_step, dst + c0, ld, act);
 }
 
 // NHWC forward over output rows (n, oh) in [b, e): vectorised over channels.
@@ -762,6 +840,8 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   std::vector<float> acc(s.o), bf(s.o, 0.0f);
   if (bias)
     for (int64_t c = 0; c < s.o; ++c) bf[c] = to_float(bias[c]);
+  const std::vector<float> bl = dw_lanes<T>(bf.data(), 1, s.o);
+  const float* bias_lanes = bias ? (bl.empty() ? bf.data() : bl.data()) : nullptr;
   // output columns [w_lo, w_hi) read no horizontal padding: the register-blocked path
   int64_t lo0, hi0, lo1, hi1;  // first and last tap
   valid_range(-s.pad_w, s.stride_w, s.w, s.wo, lo0, hi0);
@@ -771,8 +851,16 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.ho, oh = r % s.ho;
     for (int64_t ow = 0; ow < s.wo; ++ow) {
-      if (blocked && ow >= w_lo && ow + kDwPix <= w_hi) {
-        for (int64_t c0 = 0; c0 < s.c; c0 += 16) dw_forward_nhwc_inner<T>(jb, bf.data(), n, oh, ow, c0);
+      if (blocked && ow >= w_lo && ow < w_hi && w_hi - w_lo >= kDwPix) {
+        // the last block of the range ends at w_hi, recomputing (the same values of) a few pixels
+        ow = std::min(ow, w_hi - kDwPix);
+        const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
+        auto row_of = [&](int64_t i) -> const T* {
+          const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
+          return ih < 0 || ih >= s.h ? nullptr : x + ((n * s.h + ih) * s.w + iw0) * s.c;
+        };
+        dw_blocks<T>(jb, bias ? bf.data() : nullptr, bias_lanes, row_of, s.dil_w * s.c, s.stride_w * s.c,
+                     y + ((n * s.ho + oh) * s.wo + ow) * s.o, s.o, jb.act);
         ow += kDwPix - 1;
         continue;
       }
@@ -855,8 +943,15 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.h, ih = r % s.h;
     for (int64_t iw = 0; iw < s.w; ++iw) {
-      if (blocked && iw >= w_lo && iw + kDwPix <= w_hi) {
-        for (int64_t c0 = 0; c0 < s.c; c0 += 16) dw_dgrad_nhwc_inner<T>(jb, n, ih, iw, c0);
+      if (blocked && iw >= w_lo && iw < w_hi && w_hi - w_lo >= kDwPix) {
+        iw = std::min(iw, w_hi - kDwPix);  // as in the forward
+        auto row_of = [&](int64_t i) -> const T* {  // dy's pixel (th, iw + pad_w) reads x's (ih, iw) at tap (i, 0)
+          const int64_t th = ih + s.pad_h - i * s.dil_h;
+          if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.ho) return nullptr;
+          return dy + ((n * s.ho + th / s.stride_h) * s.wo + iw + s.pad_w) * s.o;
+        };
+        dw_blocks<T>(jb, nullptr, nullptr, row_of, -s.dil_w * s.o, s.o, dx + ((n * s.h + ih) * s.w + iw) * s.c, s.c,
+                     Activation::kNone);
         iw += kDwPix - 1;
         continue;
       }
@@ -967,7 +1062,8 @@ template <typename T>
 void dw_forward(const Conv2dForwardParams& p) {
   const Conv2dShape& s = p.s;
   const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
-  DwJob job{s, p.x, nullptr, p.bias, p.y, wt.data(), p.activation};
+  const std::vector<float> wl = dw_lanes<T>(wt.data(), s.kh * s.kw, s.o);
+  DwJob job{s, p.x, nullptr, p.bias, p.y, wt.data(), p.activation, wl.empty() ? nullptr : wl.data()};
   if (s.channels_last) {
     parallel_range(dw_forward_nhwc_entry<T>(), job, s.n * s.ho);
   } else {
@@ -981,7 +1077,8 @@ void dw_backward(const Conv2dBackwardParams& p) {
   const int64_t taps = s.kh * s.kw;
   if (p.dx) {
     const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
-    DwJob job{s, p.dy, nullptr, nullptr, p.dx, wt.data()};
+    const std::vector<float> wl = dw_lanes<T>(wt.data(), taps, s.o);
+    DwJob job{s, p.dy, nullptr, nullptr, p.dx, wt.data(), Activation::kNone, wl.empty() ? nullptr : wl.data()};
     parallel_range(dw_dgrad_nhwc_entry<T>(), job, s.n * s.h);
   }
   if (p.dw || p.dbias) {
