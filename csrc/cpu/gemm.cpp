@@ -482,37 +482,18 @@ template <typename C, bool kVec512>
 FASTOPS_FORCE_INLINE void store_tile(const GemmParams& p, int64_t b, int64_t i0, int64_t j0, int rows, int cols,
                                      float* t, int ldt) {
   C* c0 = static_cast<C*>(p.c) + b * p.c_stride_batch;
+  // inlined into the caller, so that it is compiled for the caller's ISA target
+  math::with_activation(p.activation, [&](auto act) __attribute__((always_inline)) {
+    constexpr Activation kAct = decltype(act)::value;
 #if FASTOPS_HAVE_X86_PATHS
-  if constexpr (kVec512) {
-    if (p.c_stride_col == 1) {
-      switch (p.activation) {
-        case Activation::kRelu: return store_rows_avx512<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kGelu: return store_rows_avx512<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kGeluTanh:
-          return store_rows_avx512<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kSilu: return store_rows_avx512<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
-        default: return store_rows_avx512<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
-      }
+    if constexpr (kVec512) {
+      if (p.c_stride_col == 1) return store_rows_avx512<C, kAct>(p, c0, i0, j0, rows, cols, t, ldt);
+      if (p.c_stride_row == 1 && p.beta == 0.0f && rows <= 16)
+        return store_cols_avx512<C, kAct>(p, c0, i0, j0, rows, cols, t, ldt);
     }
-    if (p.c_stride_row == 1 && p.beta == 0.0f && rows <= 16) {
-      switch (p.activation) {
-        case Activation::kRelu: return store_cols_avx512<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kGelu: return store_cols_avx512<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kGeluTanh:
-          return store_cols_avx512<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
-        case Activation::kSilu: return store_cols_avx512<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
-        default: return store_cols_avx512<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
-      }
-    }
-  }
 #endif
-  switch (p.activation) {
-    case Activation::kRelu: return store_rows<C, Activation::kRelu>(p, c0, i0, j0, rows, cols, t, ldt);
-    case Activation::kGelu: return store_rows<C, Activation::kGelu>(p, c0, i0, j0, rows, cols, t, ldt);
-    case Activation::kGeluTanh: return store_rows<C, Activation::kGeluTanh>(p, c0, i0, j0, rows, cols, t, ldt);
-    case Activation::kSilu: return store_rows<C, Activation::kSilu>(p, c0, i0, j0, rows, cols, t, ldt);
-    default: return store_rows<C, Activation::kNone>(p, c0, i0, j0, rows, cols, t, ldt);
-  }
+    store_rows<C, kAct>(p, c0, i0, j0, rows, cols, t, ldt);
+  });
 }
 
 // ---- one unit (macro tile) of one batch item ----------------------------------------------------

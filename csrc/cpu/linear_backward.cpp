@@ -92,13 +92,7 @@ RunFn pick() {
 
 template <typename T>
 RunFn pick_act(Activation act) {
-  switch (act) {
-    case Activation::kRelu: return pick<T, Activation::kRelu>();
-    case Activation::kGelu: return pick<T, Activation::kGelu>();
-    case Activation::kGeluTanh: return pick<T, Activation::kGeluTanh>();
-    case Activation::kSilu: return pick<T, Activation::kSilu>();
-    default: return pick<T, Activation::kNone>();
-  }
+  return math::with_activation(act, [](auto a) { return pick<T, decltype(a)::value>(); });
 }
 
 template <typename T>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "fastops/gemm.h"
 #include "fastops/macros.h"
@@ -11,6 +12,19 @@
 
 namespace fastops {
 namespace math {
+
+// f(std::integral_constant<Activation, a>{}) for the runtime a: the one switch from an activation
+// value to a kernel compiled for it (kernels take the activation as a template argument).
+template <typename F>
+FASTOPS_FORCE_INLINE decltype(auto) with_activation(Activation a, F&& f) {
+  switch (a) {
+    case Activation::kRelu: return f(std::integral_constant<Activation, Activation::kRelu>{});
+    case Activation::kGelu: return f(std::integral_constant<Activation, Activation::kGelu>{});
+    case Activation::kGeluTanh: return f(std::integral_constant<Activation, Activation::kGeluTanh>{});
+    case Activation::kSilu: return f(std::integral_constant<Activation, Activation::kSilu>{});
+    default: return f(std::integral_constant<Activation, Activation::kNone>{});
+  }
+}
 
 FASTOPS_HOST_DEVICE FASTOPS_FORCE_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
