@@ -30,6 +30,8 @@ CPU_CASES = [
     (1, 16, 5, 5, 16, 3, 3, 1, 1, 2, 16),        # dilated depthwise
     (2, 32, 13, 13, 32, 3, 3, 1, 1, 1, 32),      # depthwise: NHWC register blocks of 4 pixels x 32 channels
     (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation, a 16-channel rest
+    (2, 80, 9, 11, 80, 3, 3, 1, 1, 1, 80),       # depthwise 3x3: wgrad blocks of 32 + 16 channels per thread
+    (1, 64, 10, 9, 64, 3, 3, 2, 1, 1, 64),       # depthwise 3x3 stride 2: wgrad blocks of strided pixels
     (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
 ]
 TRITON_CASES = [

@@ -734,6 +734,19 @@ FASTOPS_FORCE_INLINE DwVecU32 dw_bf16_bits(DwVec v) {
   return (nan & (u | 0x400000u)) | (~nan & (u + 0x7fffu + ((u >> 16) & 1u)));
 }
 
+// kVecs * 16 float32 from the lanes of dw_load16 / dw_load32 (for T's channels) to out in channel order.
+template <typename T, int kVecs>
+FASTOPS_FORCE_INLINE void dw_channel_order(const DwVec (&v)[kVecs], float* out) {
+  if constexpr (kVecs == 2 && std::is_same_v<T, BFloat16>) {  // even / odd lanes interleaved back
+    const DwVec lo = __builtin_shufflevector(v[0], v[1], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const DwVec hi = __builtin_shufflevector(v[0], v[1], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    std::memcpy(out, &lo, sizeof(lo));
+    std::memcpy(out + 16, &hi, sizeof(hi));
+  } else {
+    std::memcpy(out, v, sizeof(v));
+  }
+}
+
 // One pixel's kVecs * 16 channels from the lanes of dw_load16 / dw_load32 to dst, in T.
 template <typename T, int kVecs>
 FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
@@ -799,19 +812,7 @@ FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c
   }
   alignas(64) float out[kDwPix][16 * kVecs];
 #pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q) {
-    if constexpr (kVecs == 2 && !std::is_same_v<T, float>) {  // even / odd lanes back into channel order
-      const DwVec lo = __builtin_shufflevector(acc[q][0], acc[q][1], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
-                                               23);
-      const DwVec hi = __builtin_shufflevector(acc[q][0], acc[q][1], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
-                                               30, 15, 31);
-      std::memcpy(out[q], &lo, sizeof(lo));
-      std::memcpy(out[q] + 16, &hi, sizeof(hi));
-    } else {
-#pragma GCC unroll 2
-      for (int v = 0; v < kVecs; ++v) std::memcpy(out[q] + 16 * v, &acc[q][v], sizeof(DwVec));
-    }
-  }
+  for (int q = 0; q < kDwPix; ++q) dw_channel_order<T>(acc[q], out[q]);
   for (int q = 0; q < kDwPix; ++q) store_act(out[q], dst + q * ld, 16 * kVecs, act);
 }
 
@@ -983,6 +984,54 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   }
 }
 
+// Register-blocked 3x3 wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs):
+// the sums of dy x per tap and of dy over the pixels of rows [h_lo, h_hi) x columns [w_lo, w_hi)
+// (every tap inside x) of every image, in registers, then added to acc ([taps, O]) and bacc.
+template <typename T, int kVecs>
+FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t h_lo, int64_t h_hi, int64_t w_lo,
+                                            int64_t w_hi, float* acc, float* bacc) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in) + c0;
+  const T* dy = static_cast<const T*>(jb.in2) + c0;
+  DwVec sum[9][kVecs] = {}, bsum[kVecs] = {};
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t oh = h_lo; oh < h_hi; ++oh) {
+      const T* xr[3];
+      for (int i = 0; i < 3; ++i) xr[i] = x + (n * s.h + conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h)) * s.w * s.c;
+      for (int64_t ow = w_lo; ow < w_hi; ++ow) {
+        DwVec g[kVecs];
+        const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
+        if constexpr (kVecs == 2) dw_load32(gp, g[0], g[1]); else g[0] = dw_load16(gp);
+#pragma GCC unroll 2
+        for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
+        const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 3
+          for (int j = 0; j < 3; ++j) {
+            const T* xp = xr[i] + (iw0 + j * s.dil_w) * s.c;
+            if constexpr (kVecs == 2) {
+              DwVec x0, x1;
+              dw_load32(xp, x0, x1);
+              sum[i * 3 + j][0] += g[0] * x0;
+              sum[i * 3 + j][1] += g[1] * x1;
+            } else {
+              sum[i * 3 + j][0] += g[0] * dw_load16(xp);
+            }
+          }
+        }
+      }
+    }
+  }
+  alignas(64) float out[16 * kVecs];
+  for (int t = 0; t < 9; ++t) {
+    dw_channel_order<T>(sum[t], out);
+    for (int l = 0; l < 16 * kVecs; ++l) acc[t * s.o + c0 + l] += out[l];
+  }
+  dw_channel_order<T>(bsum, out);
+  for (int l = 0; l < 16 * kVecs; ++l) bacc[c0 + l] += out[l];
+}
+
 // NHWC wgrad (and dbias) for output channels [b, e): every pixel in order, float32 sums.
 // out: float32 [KH KW, O] tap-major accumulators (this range's columns); bias sums into out + taps O.
 template <typename T>
@@ -993,9 +1042,30 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   float* acc = static_cast<float*>(jb.out);
   const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
   float* bacc = acc + taps * s.o;
+  // pixels whose taps all lie inside x: the register blocks (3x3), then the rest here
+  int64_t h_lo = 0, h_hi = 0, w_lo = 0, w_hi = 0;
+  const bool blocked = mult == 1 && s.kh == 3 && s.kw == 3 && b % 16 == 0 && (e - b) % 16 == 0 &&
+                       !std::is_same_v<T, Half>;
+  if (blocked) {
+    int64_t lo0, hi0, lo1, hi1;
+    valid_range(-s.pad_h, s.stride_h, s.h, s.ho, lo0, hi0);
+    valid_range(2 * s.dil_h - s.pad_h, s.stride_h, s.h, s.ho, lo1, hi1);
+    h_lo = std::max(lo0, lo1), h_hi = std::max(h_lo, std::min(hi0, hi1));
+    valid_range(-s.pad_w, s.stride_w, s.w, s.wo, lo0, hi0);
+    valid_range(2 * s.dil_w - s.pad_w, s.stride_w, s.w, s.wo, lo1, hi1);
+    w_lo = std::max(lo0, lo1), w_hi = std::max(w_lo, std::min(hi0, hi1));
+    int64_t c0 = b;
+    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block3x3<T, 2>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
+    if (c0 < e) dw_wgrad_block3x3<T, 1>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
+  }
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t oh = 0; oh < s.ho; ++oh) {
+      const bool inner_row = oh >= h_lo && oh < h_hi;
       for (int64_t ow = 0; ow < s.wo; ++ow) {
+        if (inner_row && ow >= w_lo && ow < w_hi) {  // done by the blocks
+          ow = w_hi - 1;
+          continue;
+        }
         const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
 #pragma omp simd
         for (int64_t o = b; o < e; ++o) bacc[o] += to_float(gp[o]);
