@@ -343,7 +343,8 @@ def test_explain_names_fallback_for_float64():
 
 def test_auto_policy_on_cpu():
     """With the measured crossovers on, auto keeps the GEMM path and the depthwise kernels on torch
-    (slower here, README); a forced backend always runs."""
+    (slower here, README), except a depthwise forward with relu fused outside autograd; a forced
+    backend always runs."""
     _dispatch.set_crossovers_enabled(True)
     x = make((2, 8, 20, 20), torch.float32, scale=1.0)
     F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
@@ -351,6 +352,12 @@ def test_auto_policy_on_cpu():
     F.conv2d(x, make((8, 1, 3, 3), torch.float32, seed=1), padding=1, groups=8)
     assert _dispatch.last_choice("conv2d_forward").backend == ("cpu" if C.CPU_DEPTHWISE_FASTER else "torch")
     assert "depthwise" in fastops.explain() or C.CPU_DEPTHWISE_FASTER
+    # depthwise with relu fused, no graph (measured ahead of torch's conv then relu): fastops
+    wd = make((8, 1, 3, 3), torch.float32, seed=1)
+    with torch.no_grad():
+        y = F.conv2d(x, wd, make((8,), torch.float32, seed=2), padding=1, groups=8, activation="relu")
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    torch.testing.assert_close(y, torch.relu(TF.conv2d(x, wd, make((8,), torch.float32, seed=2), padding=1, groups=8)))
     with fastops.use_backend("cpu"):
         F.conv2d(x, make((8, 8, 3, 3), torch.float32, seed=1), padding=1)
     assert _dispatch.last_choice("conv2d_forward").backend == "cpu"

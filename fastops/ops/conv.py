@@ -259,25 +259,27 @@ def _supports_cuda_backward(grad, x, weight, stride, padding, dilation, groups, 
 
 
 def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
-                       backward_stride: Optional[tuple] = None) -> Optional[str]:
+                       backward_stride: Optional[tuple] = None, fused_relu_inference: bool = False) -> Optional[str]:
     """Why `auto` sends a CPU call to torch whatever its size, or None. backward_stride: the
-    stride of a backward call (conv2d_backward), None for a forward.
+    stride of a backward call (conv2d_backward), None for a forward. fused_relu_inference: a forward
+    with relu fused and no autograd graph, which runs on fastops when depthwise (README, 2026-11-24
+    15:30 UTC: 0.99-1.29x torch's conv then relu, 3x3 batch 8 NHWC, in one process, medians).
 
     Measured (README, 2026-11-24 08:40-09:00, 2-core Zen 4, load 0.4-1, medians of 7 interleaved
     runs, ResNet-50 3x3 layers at batch 8): the implicit-GEMM forward reaches 0.88-0.98x oneDNN in
     NHWC and 0.75-0.94x in NCHW, fused bias+relu 0.83-1.00x of torch's conv then relu; the backward
     (dgrad + wgrad + dbias) 0.90-0.98x at 256 channels and ahead from 512 channels per group on
     7x7 outputs in NHWC (CPU_BACKWARD_FASTER_FROM): 1.04-1.23x at 512, 1.28-1.53x at 1024.
-    Depthwise (2026-11-24 12:20 UTC, quiet machine, 3x3 128@56 batch 8 NHWC, `--quick` twice): with
-    the register-blocked kernels the float32 forward is 0.87-0.89x torch, fused bias+relu 1.10-1.27x,
-    forward+backward 0.69-0.79x; bfloat16 0.35-0.72x (oneDNN's bf16 depthwise is faster), so
-    depthwise stays on torch too (CPU_DEPTHWISE_FASTER). Drop the rest once
+    Depthwise (2026-11-24 15:25 UTC, quiet machine, 3x3 batch 8 NHWC, in one process with the
+    allocator's pages kept): the forward is 0.60-0.88x torch in float32 and 0.66-0.79x in bfloat16,
+    forward+backward 0.68-0.92x; only the fused bias+relu is ahead (README), so depthwise stays on
+    torch too (CPU_DEPTHWISE_FASTER). Drop the rest once
     `python -m fastops.bench --ops conv` shows the GEMM path ahead on a shape class.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
     depthwise = groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
-    if (depthwise and CPU_DEPTHWISE_FASTER) or (not depthwise and CPU_GEMM_PATH_FASTER):
+    if (depthwise and (CPU_DEPTHWISE_FASTER or fused_relu_inference)) or (not depthwise and CPU_GEMM_PATH_FASTER):
         return None
     if not depthwise and backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
         return None
@@ -413,11 +415,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if torch.compiler.is_compiling():
         y = conv2d_op(*args, a.act, "auto")
     else:
-        why = auto_prefers_torch(a.x4, weight, a.groups)
-        choice = _dispatch.fallback("conv2d_forward", a.x4, why) if why else \
-            _dispatch.select("conv2d_forward", *args, a.act)
         needs_graph = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias))
+        why = auto_prefers_torch(a.x4, weight, a.groups, fused_relu_inference=a.act == 1 and not needs_graph)
+        choice = _dispatch.fallback("conv2d_forward", a.x4, why) if why else \
+            _dispatch.select("conv2d_forward", *args, a.act)
         if choice.kernel.backend == "torch" and needs_graph and a.act != 4 and \
                 _cpu_backward_faster(a.x4, weight, a.groups, a.stride):
             y = conv2d_op(*args, a.act, "auto:torch")  # torch forward; _conv2d_bwd decides the backward
