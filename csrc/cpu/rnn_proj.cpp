@@ -191,9 +191,11 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   // bf16: the GEMM operands are bfloat16 (dgi_n, dr_n: rounded once); else float32.
   const bool narrow_ops = p.dtype == DType::kBFloat16;
   const DType ab = narrow_ops ? DType::kBFloat16 : DType::kFloat32;
-  std::vector<float> dgi(static_cast<size_t>(TB * GH)), dr_all(static_cast<size_t>(TB * P));
-  std::vector<float> dhf(static_cast<size_t>(B * H));
-  std::vector<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dr_n(narrow_ops ? dr_all.size() : 0);
+  // uninitialized (workspace cache): every element is written before it is read, inactive rows
+  // included (their gate gradients and dr_t are zeros)
+  const Workspace<float> dgi(static_cast<size_t>(TB * GH)), dr_all(static_cast<size_t>(TB * P));
+  const Workspace<float> dhf(static_cast<size_t>(B * H));
+  const Workspace<BFloat16> dgi_n(narrow_ops ? dgi.size() : 0), dr_n(narrow_ops ? dr_all.size() : 0);
   std::vector<float> c0(static_cast<size_t>(B * H));
   widen_any(p.dtype, p.c0, c0.data(), B * H);
   const F32View whh32(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : p.w_hh, narrow_ops ? 0 : GH * P);
@@ -268,12 +270,12 @@ void rnn_proj_layer_backward(const RnnProjLayerBackwardParams& q) {
   }
   {  // [dW_ih | dW_hh] = dgi^T [x | r_prev]
     const int64_t ld = I + P;
-    std::vector<char> raw(static_cast<size_t>(TB * ld) * es);
+    const Workspace<char> raw(static_cast<size_t>(TB * ld) * es);
     input_and_state_rows(pp, raw.data());
     const F32View cat32(narrow_ops ? DType::kFloat32 : p.dtype, narrow_ops ? nullptr : raw.data(),
                         narrow_ops ? 0 : TB * ld);  // float32: the rows themselves
     const void* cat = narrow_ops ? static_cast<const void*>(raw.data()) : cat32.ptr;
-    std::vector<float> dw(static_cast<size_t>(GH * ld));
+    const Workspace<float> dw(static_cast<size_t>(GH * ld));
     mm(GH, ld, TB, ab, dgi_ab, 1, GH, cat, ld, 1, dw.data(), ld, 0.0f);
     for (int64_t row = 0; row < GH; ++row) {
       std::memcpy(q.dw_ih + row * I, dw.data() + row * ld, sizeof(float) * I);
