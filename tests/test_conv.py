@@ -32,6 +32,8 @@ CPU_CASES = [
     (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation, a 16-channel rest
     (2, 80, 9, 11, 80, 3, 3, 1, 1, 1, 80),       # depthwise 3x3: wgrad blocks of 32 + 16 channels per thread
     (1, 64, 10, 9, 64, 3, 3, 2, 1, 1, 64),       # depthwise 3x3 stride 2: wgrad blocks of strided pixels
+    (1, 16, 6, 70, 16, 3, 3, 1, 1, 1, 16),       # depthwise NCHW rows of 64 + 6 pixels (4 and 1 vectors)
+    (2, 8, 5, 37, 8, 3, 3, 1, 1, 2, 8),          # depthwise NCHW, dilated: rows of 35 pixels (3 vectors)
     (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
 ]
 TRITON_CASES = [
