@@ -769,9 +769,14 @@ FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
 // q at dst + q * ld). row_of(i) is pixel 0's element of tap (i, 0) (null: tap row i reads only
 // padding); tap j adds j * tap_step and pixel q adds q * pix_step elements. The taps must lie
 // inside the row (no horizontal padding). bias: float32 in lane order, or null.
+// The columns j0, j0 + js, ... of the kernel a block reads (a strided dgrad reads one residue class).
+struct DwTaps {
+  int64_t j0 = 0, js = 1;
+};
+
 template <typename T, int kVecs, typename RowOf>
-FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c0, RowOf row_of, int64_t tap_step,
-                                   int64_t pix_step, T* dst, int64_t ld, Activation act) {
+FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c0, RowOf row_of, DwTaps taps,
+                                   int64_t tap_step, int64_t pix_step, T* dst, int64_t ld, Activation act) {
   const Conv2dShape& s = jb.s;
   const float* w = kVecs == 2 && jb.wl ? jb.wl : jb.wt;  // 16-channel blocks read the natural order
   DwVec acc[kDwPix][kVecs];
@@ -782,11 +787,11 @@ FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c
   for (int64_t i = 0; i < s.kh; ++i) {
     const T* row = row_of(i);
     if (row == nullptr) continue;
-    for (int64_t j = 0; j < s.kw; ++j) {
+    for (int64_t j = taps.j0, k = 0; j < s.kw; j += taps.js, ++k) {
       DwVec wv[kVecs];
 #pragma GCC unroll 2
       for (int v = 0; v < kVecs; ++v) wv[v] = dw_load16(w + (i * s.kw + j) * s.o + c0 + 16 * v);
-      const T* xp = row + j * tap_step;
+      const T* xp = row + k * tap_step;
 #pragma GCC unroll 4
       for (int q = 0; q < kDwPix; ++q) {
         if constexpr (kVecs == 2) {
@@ -819,14 +824,15 @@ FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c
 // Every channel of one register block's pixels: 32 at a time, then a 16-channel rest (C % 16 == 0).
 template <typename T, typename RowOf>
 FASTOPS_FORCE_INLINE void dw_blocks(const DwJob& jb, const float* bias, const float* bias_lanes, RowOf row_of,
-                                    int64_t tap_step, int64_t pix_step, T* dst, int64_t ld, Activation act) {
+                                    DwTaps taps, int64_t tap_step, int64_t pix_step, T* dst, int64_t ld,
+                                    Activation act) {
   const int64_t c = jb.s.c;
   int64_t c0 = 0;
   for (; c0 + 32 <= c; c0 += 32)
-    dw_block<T, 2>(jb, bias_lanes, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, tap_step,
-                   pix_step, dst + c0, ld, act);
+    dw_block<T, 2>(jb, bias_lanes, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, taps,
+                   tap_step, pix_step, dst + c0, ld, act);
   if (c0 < c)
-    dw_block<T, 1>(jb, bias, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, tap_step,
+    dw_block<T, 1>(jb, bias, c0, [&](int64_t i) { const T* r = row_of(i); return r ? r + c0 : r; }, taps, tap_step,
                    pix_step, dst + c0, ld, act);
 }
 
@@ -860,7 +866,7 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
           const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
           return ih < 0 || ih >= s.h ? nullptr : x + ((n * s.h + ih) * s.w + iw0) * s.c;
         };
-        dw_blocks<T>(jb, bias ? bf.data() : nullptr, bias_lanes, row_of, s.dil_w * s.c, s.stride_w * s.c,
+        dw_blocks<T>(jb, bias ? bf.data() : nullptr, bias_lanes, row_of, DwTaps{}, s.dil_w * s.c, s.stride_w * s.c,
                      y + ((n * s.ho + oh) * s.wo + ow) * s.o, s.o, jb.act);
         ow += kDwPix - 1;
         continue;
@@ -994,23 +1000,52 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   T* dx = static_cast<T*>(jb.out);
   const int64_t mult = s.o / s.c;
   std::vector<float> acc(s.c);
-  // input columns [w_lo, w_hi) whose taps all read inside dy's row: the register-blocked path
-  const int64_t w_lo = std::max<int64_t>(0, (s.kw - 1) * s.dil_w - s.pad_w), w_hi = std::min(s.w, s.wo - s.pad_w);
-  const bool blocked = mult == 1 && s.stride_w == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
+  // The register-blocked path, per residue class rho of (iw + pad_w) mod stride_w: the class's
+  // pixels iw = c_rho + m stride_w read the kernel columns j0, j0 + js, ... (j dil_w = rho mod
+  // stride_w), whose dy columns step by one from pixel to pixel; m in [m_lo, m_hi) reads inside
+  // dy's row for all of them.
+  const int64_t S = s.stride_w, d = s.dil_w;
+  const bool blocked = mult == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
+  struct Class {
+    DwTaps taps;
+    int64_t c = 0, m_lo = 0, m_hi = 0;
+  };
+  std::vector<Class> cls(static_cast<size_t>(S));
+  for (int64_t rho = 0; rho < S && blocked; ++rho) {
+    Class& k = cls[rho];
+    int64_t j0 = 0;
+    while (j0 < s.kw && (j0 * d) % S != rho) ++j0;
+    if (j0 == s.kw) continue;  // no tap reaches these pixels: zeros, from the loop below
+    k.taps = DwTaps{j0, S / std::gcd(S, d)};
+    const int64_t j_last = j0 + (s.kw - 1 - j0) / k.taps.js * k.taps.js;
+    k.c = ((rho - s.pad_w) % S + S) % S;
+    const int64_t lo = std::max<int64_t>(0, j_last * d - s.pad_w);           // first tap's column >= 0
+    const int64_t hi = std::min(s.w - 1, (s.wo - 1) * S + j0 * d - s.pad_w);  // last tap's column < wo
+    k.m_lo = lo <= k.c ? 0 : (lo - k.c + S - 1) / S;
+    k.m_hi = hi < k.c ? 0 : (hi - k.c) / S + 1;
+    if (k.m_hi - k.m_lo < kDwPix) k.m_hi = k.m_lo;  // too few for a block: the loop below
+  }
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.h, ih = r % s.h;
-    for (int64_t iw = 0; iw < s.w; ++iw) {
-      if (blocked && iw >= w_lo && iw < w_hi && w_hi - w_lo >= kDwPix) {
-        iw = std::min(iw, w_hi - kDwPix);  // as in the forward
-        auto row_of = [&](int64_t i) -> const T* {  // dy's pixel (th, iw + pad_w) reads x's (ih, iw) at tap (i, 0)
+    for (int64_t rho = 0; rho < S && blocked; ++rho) {
+      const Class& k = cls[rho];
+      for (int64_t m = k.m_lo; m < k.m_hi; m += kDwPix) {
+        const int64_t iw = k.c + std::min(m, k.m_hi - kDwPix) * S;  // the last block ends at m_hi
+        const int64_t ow = (iw + s.pad_w - k.taps.j0 * d) / S;      // dy's column for tap j0
+        auto row_of = [&](int64_t i) -> const T* {
           const int64_t th = ih + s.pad_h - i * s.dil_h;
           if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.ho) return nullptr;
-          return dy + ((n * s.ho + th / s.stride_h) * s.wo + iw + s.pad_w) * s.o;
+          return dy + ((n * s.ho + th / s.stride_h) * s.wo + ow) * s.o;
         };
-        dw_blocks<T>(jb, nullptr, nullptr, row_of, -s.dil_w * s.o, s.o, dx + ((n * s.h + ih) * s.w + iw) * s.c, s.c,
-                     Activation::kNone);
-        iw += kDwPix - 1;
-        continue;
+        dw_blocks<T>(jb, nullptr, nullptr, row_of, k.taps, -(k.taps.js * d / S) * s.o, s.o,
+                     dx + ((n * s.h + ih) * s.w + iw) * s.c, S * s.c, Activation::kNone);
+      }
+    }
+    for (int64_t iw = 0; iw < s.w; ++iw) {
+      if (blocked) {  // done by the blocks
+        const Class& k = cls[(iw + s.pad_w) % S];
+        const int64_t m = (iw - k.c) / S;
+        if (m >= k.m_lo && m < k.m_hi) continue;
       }
       float* a = acc.data();
       std::fill(a, a + s.c, 0.0f);
