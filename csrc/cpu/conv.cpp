@@ -897,10 +897,10 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   }
 }
 
-// Output pixels ow0 .. ow0 + 16 kV of row oh (dw_plane_nchw_s1), in kV vectors across the taps.
+// Output pixels ow0 .. ow0 + 16 kV of row oh (dw_plane_nchw), in kV vectors across the taps.
 template <typename T, int kV>
-FASTOPS_FORCE_INLINE void dw_chunk_nchw_s1(const DwJob& jb, const float* pad, int64_t wp, float b0,
-                                           const float* wo_taps, int64_t oh, int64_t ow0, T* out) {
+FASTOPS_FORCE_INLINE void dw_chunk_nchw(const DwJob& jb, const float* pad, int64_t len, const int64_t* col_of,
+                                        float b0, const float* wo_taps, int64_t oh, int64_t ow0, T* out) {
   const Conv2dShape& s = jb.s;
   DwVec acc[kV];
 #pragma GCC unroll 4
@@ -908,11 +908,12 @@ FASTOPS_FORCE_INLINE void dw_chunk_nchw_s1(const DwJob& jb, const float* pad, in
   for (int64_t i = 0; i < s.kh; ++i) {
     const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
     if (ih < 0 || ih >= s.h) continue;
-    const float* row = pad + ih * wp + ow0;
+    const float* row = pad + ih * s.stride_w * len + ow0;
     for (int64_t j = 0; j < s.kw; ++j) {
+      const float* src = row + col_of[j];
       const DwVec wv = DwVec{} + wo_taps[(i * s.kw + j) * s.o];
 #pragma GCC unroll 4
-      for (int v = 0; v < kV; ++v) acc[v] += dw_load16(row + j * s.dil_w + 16 * v) * wv;
+      for (int v = 0; v < kV; ++v) acc[v] += dw_load16(src + 16 * v) * wv;
     }
   }
   alignas(64) float buf[16 * kV];
@@ -920,27 +921,41 @@ FASTOPS_FORCE_INLINE void dw_chunk_nchw_s1(const DwJob& jb, const float* pad, in
   store_act(buf, out + oh * s.wo + ow0, std::min<int64_t>(16 * kV, s.wo - ow0), jb.act);
 }
 
-// Stride-1 (along w) NCHW forward of one output plane: the input plane widened once into float32
-// rows padded with zeros (pad: [h, wp], row ih at pad + ih * wp, x's column iw at iw + pad_w, zeros
-// up to the last vector's last tap), then each output row in chunks of up to 64 pixels held in
-// registers across the taps.
+// NCHW forward of one output plane: the input plane widened once into float32 rows padded with
+// zeros and split into stride_w phases (pad: row ih at pad + ih stride_w len, phase p holding the
+// padded columns q = k stride_w + p at k < len, q = iw + pad_w), so that every tap reads a run of
+// consecutive floats; then each output row in chunks of up to 64 pixels held in registers across
+// the taps.
+// col_of[j]: where tap column j of output column 0 sits in a padded row (the phase of j dil_w, then
+// its place in the phase).
 template <typename T>
-FASTOPS_FORCE_INLINE void dw_plane_nchw_s1(const DwJob& jb, const T* plane, float b0, const float* wo_taps, float* pad,
-                                           int64_t wp, T* out) {
+FASTOPS_FORCE_INLINE void dw_plane_nchw(const DwJob& jb, const T* plane, float b0, const float* wo_taps, float* pad,
+                                        int64_t len, const int64_t* col_of, T* out) {
   const Conv2dShape& s = jb.s;
-  for (int64_t ih = 0; ih < s.h; ++ih) {
-    float* row = pad + ih * wp;
-    std::fill(row, row + s.pad_w, 0.0f);
-    for (int64_t iw = 0; iw < s.w; ++iw) row[s.pad_w + iw] = to_float(plane[ih * s.w + iw]);
-    std::fill(row + s.pad_w + s.w, row + wp, 0.0f);
+  const int64_t S = s.stride_w;
+  for (int64_t p = 0; p < S; ++p) {
+    int64_t k0, k1;  // k with iw = k S + p - pad_w inside [0, w)
+    valid_range(p - s.pad_w, S, s.w, len, k0, k1);
+    for (int64_t ih = 0; ih < s.h; ++ih) {
+      float* row = pad + (ih * S + p) * len;
+      const T* src = plane + ih * s.w + p - s.pad_w;
+      std::fill(row, row + k0, 0.0f);
+      if (S == 1) {
+#pragma omp simd
+        for (int64_t k = k0; k < k1; ++k) row[k] = to_float(src[k]);
+      } else {
+        for (int64_t k = k0; k < k1; ++k) row[k] = to_float(src[k * S]);
+      }
+      std::fill(row + k1, row + len, 0.0f);
+    }
   }
   for (int64_t oh = 0; oh < s.ho; ++oh) {
     for (int64_t ow0 = 0; ow0 < s.wo; ow0 += 64) {
       switch (std::min<int64_t>(4, (s.wo - ow0 + 15) / 16)) {  // vectors that hold the chunk
-        case 1: dw_chunk_nchw_s1<T, 1>(jb, pad, wp, b0, wo_taps, oh, ow0, out); break;
-        case 2: dw_chunk_nchw_s1<T, 2>(jb, pad, wp, b0, wo_taps, oh, ow0, out); break;
-        case 3: dw_chunk_nchw_s1<T, 3>(jb, pad, wp, b0, wo_taps, oh, ow0, out); break;
-        default: dw_chunk_nchw_s1<T, 4>(jb, pad, wp, b0, wo_taps, oh, ow0, out); break;
+        case 1: dw_chunk_nchw<T, 1>(jb, pad, len, col_of, b0, wo_taps, oh, ow0, out); break;
+        case 2: dw_chunk_nchw<T, 2>(jb, pad, len, col_of, b0, wo_taps, oh, ow0, out); break;
+        case 3: dw_chunk_nchw<T, 3>(jb, pad, len, col_of, b0, wo_taps, oh, ow0, out); break;
+        default: dw_chunk_nchw<T, 4>(jb, pad, len, col_of, b0, wo_taps, oh, ow0, out); break;
       }
     }
   }
@@ -953,42 +968,16 @@ FASTOPS_FORCE_INLINE void dw_forward_nchw(const DwJob& jb, int64_t b, int64_t e)
   const T* x = static_cast<const T*>(jb.in);
   const T* bias = static_cast<const T*>(jb.bias);
   T* y = static_cast<T*>(jb.out);
-  const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
-  std::vector<float> acc(s.wo);
-  // padded rows of dw_plane_nchw_s1: every tap of every vector of a chunk inside
-  const int64_t wp = std::max(s.pad_w + s.w, (s.wo + 15) / 16 * 16 + (s.kw - 1) * s.dil_w);
-  std::vector<float> pad(s.stride_w == 1 ? static_cast<size_t>(s.h * wp) : 0);
+  const int64_t mult = s.o / s.c;
+  // phase length of dw_plane_nchw: every tap of every vector of a chunk inside
+  const int64_t len = (s.wo + 15) / 16 * 16 + (s.kw - 1) * s.dil_w / s.stride_w + 1;
+  std::vector<float> pad(static_cast<size_t>(s.h * s.stride_w * len));
+  std::vector<int64_t> col_of(static_cast<size_t>(s.kw));
+  for (int64_t j = 0; j < s.kw; ++j) col_of[j] = (j * s.dil_w) % s.stride_w * len + j * s.dil_w / s.stride_w;
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.o, o = r % s.o, c = o / mult;
-    const T* plane = x + (n * s.c + c) * s.h * s.w;
-    const float b0 = bias ? to_float(bias[o]) : 0.0f;
-    if (s.stride_w == 1) {
-      dw_plane_nchw_s1<T>(jb, plane, b0, jb.wt + o, pad.data(), wp, y + (n * s.o + o) * s.ho * s.wo);
-      continue;
-    }
-    for (int64_t oh = 0; oh < s.ho; ++oh) {
-      float* a = acc.data();
-      for (int64_t ow = 0; ow < s.wo; ++ow) a[ow] = b0;
-      for (int64_t i = 0; i < s.kh; ++i) {
-        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
-        if (ih < 0 || ih >= s.h) continue;
-        for (int64_t j = 0; j < s.kw; ++j) {
-          const int64_t offw = j * s.dil_w - s.pad_w;
-          int64_t lo, hi;
-          valid_range(offw, s.stride_w, s.w, s.wo, lo, hi);
-          const float wv = jb.wt[(i * s.kw + j) * s.o + o];
-          const T* row = plane + ih * s.w + offw;
-          if (s.stride_w == 1) {
-#pragma omp simd
-            for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * to_float(row[ow]);
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * to_float(row[ow * s.stride_w]);
-          }
-        }
-      }
-      (void)taps;
-      store_act(a, y + ((n * s.o + o) * s.ho + oh) * s.wo, s.wo, jb.act);
-    }
+    dw_plane_nchw<T>(jb, x + (n * s.c + c) * s.h * s.w, bias ? to_float(bias[o]) : 0.0f, jb.wt + o, pad.data(), len,
+                     col_of.data(), y + (n * s.o + o) * s.ho * s.wo);
   }
 }
 
