@@ -201,6 +201,23 @@ def test_cpu_results_own_their_memory(c, channels_last):
         assert torch.equal(got[0], kept[0]) and torch.equal(got[1], kept[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_depthwise_nchw_kernel(dtype):
+    # Small NCHW depthwise planes run channels_last internally (C.DEPTHWISE_NHWC_MAX_PIXELS): the
+    # NCHW kernel itself, asked for through the binding's layout flag, on strides, dilation, a
+    # multiplier and rows of 1-4 vectors, forward with bias and relu
+    from fastops import _ext
+    for (n, c, h, w, o, stride, dil) in ((2, 6, 7, 9, 12, 2, 1), (1, 8, 10, 9, 8, 2, 1), (2, 8, 5, 37, 8, 1, 2),
+                                         (1, 4, 6, 70, 4, 1, 1), (1, 4, 5, 23, 4, 3, 2)):
+        x = make((n, c, h, w), dtype, seed=1, scale=1.0)
+        wt = make((o, 1, 3, 3), dtype, seed=2, scale=0.5)
+        b = make((o,), dtype, seed=3, scale=0.5)
+        y = _ext.C.conv2d_forward(x, wt, b, [stride] * 2, [1, 1], [dil] * 2, c, 1, False)
+        ref = torch.relu(TF.conv2d(x.double(), wt.double(), b.double(), stride, 1, dil, c))
+        assert y.is_contiguous()
+        torch.testing.assert_close(y.double(), ref, rtol=RTOL[dtype], atol=ATOL[dtype] * 4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("groups", [1, 48])
 def test_cpu_fused_relu_keeps_nan(dtype, groups):
