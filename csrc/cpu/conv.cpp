@@ -61,6 +61,17 @@ FASTOPS_FORCE_INLINE void valid_range(int64_t off, int64_t stride, int64_t in, i
   lo = std::min(lo, hi);
 }
 
+// Output indices [lo, hi) along one axis (hi >= lo) whose first and last taps (0 and k - 1) both
+// read inside the input: every tap of them does, no padding.
+FASTOPS_FORCE_INLINE void inner_range(int64_t pad, int64_t stride, int64_t dil, int64_t k, int64_t in, int64_t out,
+                                      int64_t& lo, int64_t& hi) {
+  int64_t lo0, hi0, lo1, hi1;
+  valid_range(-pad, stride, in, out, lo0, hi0);
+  valid_range((k - 1) * dil - pad, stride, in, out, lo1, hi1);
+  lo = std::max(lo0, lo1);
+  hi = std::max(lo, std::min(hi0, hi1));
+}
+
 // ---- im2col panels ---------------------------------------------------------------------------
 
 // NHWC panel [rows, K] of output pixels m0 .. m0 + rows (index over N HO WO), group g.
@@ -850,10 +861,8 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   const std::vector<float> bl = dw_lanes<T>(bf.data(), 1, s.o);
   const float* bias_lanes = bias ? (bl.empty() ? bf.data() : bl.data()) : nullptr;
   // output columns [w_lo, w_hi) read no horizontal padding: the register-blocked path
-  int64_t lo0, hi0, lo1, hi1;  // first and last tap
-  valid_range(-s.pad_w, s.stride_w, s.w, s.wo, lo0, hi0);
-  valid_range((s.kw - 1) * s.dil_w - s.pad_w, s.stride_w, s.w, s.wo, lo1, hi1);
-  const int64_t w_lo = std::max(lo0, lo1), w_hi = std::min(hi0, hi1);
+  int64_t w_lo, w_hi;
+  inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
   const bool blocked = mult == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.ho, oh = r % s.ho;
@@ -1127,13 +1136,8 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   const bool blocked = mult == 1 && s.kh == 3 && s.kw == 3 && b % 16 == 0 && (e - b) % 16 == 0 &&
                        !std::is_same_v<T, Half>;
   if (blocked) {
-    int64_t lo0, hi0, lo1, hi1;
-    valid_range(-s.pad_h, s.stride_h, s.h, s.ho, lo0, hi0);
-    valid_range(2 * s.dil_h - s.pad_h, s.stride_h, s.h, s.ho, lo1, hi1);
-    h_lo = std::max(lo0, lo1), h_hi = std::max(h_lo, std::min(hi0, hi1));
-    valid_range(-s.pad_w, s.stride_w, s.w, s.wo, lo0, hi0);
-    valid_range(2 * s.dil_w - s.pad_w, s.stride_w, s.w, s.wo, lo1, hi1);
-    w_lo = std::max(lo0, lo1), w_hi = std::max(w_lo, std::min(hi0, hi1));
+    inner_range(s.pad_h, s.stride_h, s.dil_h, s.kh, s.h, s.ho, h_lo, h_hi);
+    inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
     int64_t c0 = b;
     for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block3x3<T, 2>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
     if (c0 < e) dw_wgrad_block3x3<T, 1>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
