@@ -190,6 +190,17 @@ def test_cpu_thread_count_does_not_change_bits():
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_tile_height_does_not_change_bits(dtype):
+    """15-30 rows run as register tiles of 8-11 rows (two or three even tiles, not 14 + a sliver:
+    tile_rows in gemm.cpp), 56 rows as tiles of 14: every row is the same sum either way."""
+    a = make((56, 300), dtype, seed=1, scale=1.0)
+    b = make((300, 70), dtype, seed=2, scale=1.0)
+    full = _ext.C.gemm(a, b)
+    for m in (15, 16, 17, 29, 30):
+        assert torch.equal(_ext.C.gemm(a[:m], b), full[:m]), m
+
+
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
 def test_narrower_isa_paths(isa):
     """The AVX2 and SSE micro-kernels (picked once per process, so in a child process)."""

@@ -1,7 +1,8 @@
 // CPU GEMM (fastops/gemm.h): packed panels, a register-tiled micro-kernel, fused epilogue.
 //
 //   1. Pack: B (k x n, any strides) into NR-column panels [k][NR] and A (m x k) into MR-row
-//      panels [k][MR], zero-padded at the edges, converted to the compute type once:
+//      panels [k][MR] (fewer rows where that evens the tiles out: tile_rows), zero-padded at
+//      the edges, converted to the compute type once:
 //      float32 for the FMA kernel (float16 and bfloat16 widened), or, when the CPU has
 //      AVX512-BF16, bfloat16 pairs [k/2][MR or NR] of 32 bits for `vdpbf16ps` (rows contiguous
 //      along k, as a row-major A or a linear weight, are transposed 16 x 16 pairs in registers).
@@ -532,24 +533,24 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
   constexpr int NR = kBf16 ? kBf16NR : Tile<(kBf16 ? 16 : W)>::NV * (kBf16 ? 16 : W);
   using P = std::conditional_t<kBf16, uint32_t, float>;
   alignas(64) float tile[MR * NR];
-  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units;
-  const int64_t ir0 = ui * (pl.mc / MR);
+  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
+  const int64_t ir0 = ui * (pl.mc / mr);
   const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
   const int64_t width = jr1 - jr0;
   const bool direct = stores_plain<C>(p);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
-    const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - ir * MR));
+    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
     const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
     const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
     const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
     if (direct && cols == NR) {
-      float* c = static_cast<float*>(p.c) + b * p.c_stride_batch + ir * MR * p.c_stride_row + jr * NR;
-      micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, c, p.c_stride_row);
+      float* c = static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * NR;
+      micro_rows<W, MR, P>(rows, pl.kq, a, mr, bq, c, p.c_stride_row);
       continue;
     }
-    micro_rows<W, MR, P>(rows, pl.kq, a, MR, bq, tile, NR);
-    store_tile<C, W == 0 || W == 16>(p, b, ir * MR, jr * NR, rows, cols, tile, NR);
+    micro_rows<W, MR, P>(rows, pl.kq, a, mr, bq, tile, NR);
+    store_tile<C, W == 0 || W == 16>(p, b, ir * mr, jr * NR, rows, cols, tile, NR);
   }
 }
 
@@ -609,17 +610,26 @@ Entries entries(DType ab) {
 
 // ---- blocking and threads ---------------------------------------------------------------------
 
+// Rows of the register tiles (A panels) for m rows: the kernel's mr, or fewer where that evens
+// the tiles out. 16 rows run as 8 + 8, not 14 + 2: each tile streams the whole B panel, so a
+// 2-row tile costs a panel read for a seventh of the work (the RNN's per-step products).
+// Any height computes every element as the same sum in the same order.
+int tile_rows(int64_t m, int mr) {
+  const int64_t rows = std::max<int64_t>(m, 1);
+  return static_cast<int>(ceil_div(rows, ceil_div(rows, mr)));
+}
+
 // The panel geometry of a product (register tile, K extent in compute elements, panel sizes);
 // the unit blocking is left to the caller.
 Plan panel_plan(const GemmParams& p, const Entries& e) {
   Plan pl{};
   pl.p = &p;
-  pl.mr = e.mr;
+  pl.mr = tile_rows(p.m, e.mr);
   pl.nr = e.nr;
   pl.kq = e.pairs ? ceil_div(p.k, 2) : p.k;
-  pl.m_panels = ceil_div(p.m, e.mr);
+  pl.m_panels = ceil_div(p.m, pl.mr);
   pl.n_panels = ceil_div(p.n, e.nr);
-  pl.a_panel = std::max<int64_t>(pl.kq, 1) * e.mr;
+  pl.a_panel = std::max<int64_t>(pl.kq, 1) * pl.mr;
   pl.b_panel = std::max<int64_t>(pl.kq, 1) * e.nr;
   return pl;
 }
@@ -633,7 +643,7 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
   Plan pl = panel_plan(p, e);
   const int64_t row_bytes = std::max<int64_t>(pl.kq, 1) * 4;
   int64_t np = std::clamp<int64_t>(kUnitBBytes / (row_bytes * e.nr), 1, 16);
-  int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * e.mr), 1, 24);
+  int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * pl.mr), 1, 24);
   np = std::min(np, pl.n_panels);
   mp = std::min(mp, pl.m_panels);
   if (per_item_threads) {
@@ -642,7 +652,7 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
       if (mp >= np && mp > 1) mp = ceil_div(mp, 2); else np = ceil_div(np, 2);
     }
   }
-  pl.mc = mp * e.mr;
+  pl.mc = mp * pl.mr;
   pl.nc = np * e.nr;
   pl.m_units = ceil_div(pl.m_panels, mp);
   pl.n_units = ceil_div(pl.n_panels, np);
@@ -764,9 +774,9 @@ constexpr int64_t kPackedChunk = 8;
 
 Plan packed_plan(const GemmParams& p, const Entries& e) {
   Plan pl = panel_plan(p, e);
-  pl.mc = std::min<int64_t>(std::max<int64_t>(pl.m_panels, 1), kPackedChunk) * e.mr;
+  pl.mc = std::min<int64_t>(std::max<int64_t>(pl.m_panels, 1), kPackedChunk) * pl.mr;
   pl.nc = e.nr;
-  pl.m_units = ceil_div(pl.m_panels, pl.mc / e.mr);
+  pl.m_units = ceil_div(pl.m_panels, pl.mc / pl.mr);
   pl.n_units = pl.n_panels;
   return pl;
 }
@@ -914,7 +924,7 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
   table.assign(static_cast<size_t>(ga.segments * width), nullptr);
   ga.rows(ga.ctx, i0, len, width, table.data());
 #if FASTOPS_HAVE_X86_PATHS
-  const bool words = width == Tile<16>::MR && len <= 32 &&
+  const bool words = (bf16_pairs || active_isa() == Isa::kAvx512) && len <= 32 &&
                      ((bf16_pairs && std::is_same_v<AB, BFloat16> && seg % 2 == 0) ||
                       (!bf16_pairs && std::is_same_v<AB, float>));
   if (words) {
@@ -1029,17 +1039,17 @@ FASTOPS_FORCE_INLINE void direct_chunk(const Plan& pl, int64_t first, int64_t la
   const int64_t block = std::max<int64_t>(1, kUnitBBytes / std::max<int64_t>(1, pl.b_panel * 4));
   for (int64_t jb = jr0; jb < jr1; jb += block) {
     for (int64_t i = first; i < last; ++i) {
-      const int rows = static_cast<int>(std::min<int64_t>(MR, p.m - i * MR));
+      const int rows = static_cast<int>(std::min<int64_t>(pl.mr, p.m - i * pl.mr));
       const P* const* ri = rp + (i - first) * segs * MR;
       for (int64_t jr = jb; jr < std::min(jr1, jb + block); ++jr) {
         const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
         if (direct && cols == NR) {
-          float* c = static_cast<float*>(p.c) + i * MR * p.c_stride_row + jr * NR;
+          float* c = static_cast<float*>(p.c) + i * pl.mr * p.c_stride_row + jr * NR;
           micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, c, p.c_stride_row);
           continue;
         }
         micro_direct_rows<MR, P>(rows, segs, wq, ri, bp + jr * pl.b_panel, tile, NR);
-        store_tile<C, true>(p, 0, i * MR, jr * NR, rows, cols, tile, NR);
+        store_tile<C, true>(p, 0, i * pl.mr, jr * NR, rows, cols, tile, NR);
       }
     }
   }
@@ -1069,7 +1079,7 @@ bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int6
   const bool f32 = std::is_same_v<AB, float> && !e.pairs && e.mr == Tile<16>::MR && e.nr == Tile<16>::NV * 16;
   const bool bf16 = std::is_same_v<AB, BFloat16> && e.pairs && ga.seg_len % 2 == 0;
   if (!f32 && !bf16) return false;
-  const int mr = e.mr;
+  const int mr = e.mr, rows = pl.mr;  // rp: e.mr pointers per segment, of which the tile's rows are set
   const int64_t wq = bf16 ? ga.seg_len / 2 : ga.seg_len, segs = ga.segments, m = pl.p->m;
   thread_local std::vector<uint32_t> zeros;
   thread_local std::vector<const void*> rp;
@@ -1077,7 +1087,8 @@ bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int6
   rp.resize((last - first) * segs * mr);
   std::fill(rp.begin(), rp.end(), nullptr);
   for (int64_t i = first; i < last; ++i)
-    ga.rows(ga.ctx, i * mr, static_cast<int>(std::min<int64_t>(mr, m - i * mr)), mr, rp.data() + (i - first) * segs * mr);
+    ga.rows(ga.ctx, i * rows, static_cast<int>(std::min<int64_t>(rows, m - i * rows)), mr,
+            rp.data() + (i - first) * segs * mr);
   for (const void*& row : rp)
     if (!row) row = zeros.data();
   if (f32) {
