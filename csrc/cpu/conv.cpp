@@ -1019,8 +1019,7 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
     k.c = ((rho - s.pad_w) % S + S) % S;
     const int64_t lo = std::max<int64_t>(0, j_last * d - s.pad_w);           // first tap's column >= 0
     const int64_t hi = std::min(s.w - 1, (s.wo - 1) * S + j0 * d - s.pad_w);  // last tap's column < wo
-    k.m_lo = lo <= k.c ? 0 : (lo - k.c + S - 1) / S;
-    k.m_hi = hi < k.c ? 0 : (hi - k.c) / S + 1;
+    valid_range(k.c - lo, S, hi - lo + 1, (s.w - k.c + S - 1) / S, k.m_lo, k.m_hi);  // lo <= c + m S <= hi
     if (k.m_hi - k.m_lo < kDwPix) k.m_hi = k.m_lo;  // too few for a block: the loop below
   }
   for (int64_t r = b; r < e; ++r) {
