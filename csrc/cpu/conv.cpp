@@ -775,16 +775,17 @@ FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
   }
 }
 
-// A register block of the NHWC depthwise paths (multiplier 1, float32 / bfloat16): kDwPix pixels
-// x kVecs * 16 channels from c0, the sums in registers across the taps, then act() into dst (pixel
-// q at dst + q * ld). row_of(i) is pixel 0's element of tap (i, 0) (null: tap row i reads only
-// padding); tap j adds j * tap_step and pixel q adds q * pix_step elements. The taps must lie
-// inside the row (no horizontal padding). bias: float32 in lane order, or null.
 // The columns j0, j0 + js, ... of the kernel a block reads (a strided dgrad reads one residue class).
 struct DwTaps {
   int64_t j0 = 0, js = 1;
 };
 
+// A register block of the NHWC depthwise paths (multiplier 1, float32 / bfloat16): kDwPix pixels
+// x kVecs * 16 channels from c0, the sums in registers across the taps, then act() into dst (pixel
+// q at dst + q * ld). row_of(i) is pixel 0's element of tap (i, taps.j0) (null: tap row i reads
+// only padding); the k-th column of `taps` adds k * tap_step and pixel q adds q * pix_step
+// elements. The taps must lie inside the row (no horizontal padding). bias: float32 in lane
+// order, or null.
 template <typename T, int kVecs, typename RowOf>
 FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c0, RowOf row_of, DwTaps taps,
                                    int64_t tap_step, int64_t pix_step, T* dst, int64_t ld, Activation act) {
