@@ -35,7 +35,13 @@ CPU_CASES = [
     (1, 16, 6, 70, 16, 3, 3, 1, 1, 1, 16),       # depthwise NCHW rows of 64 + 6 pixels (4 and 1 vectors)
     (2, 8, 5, 37, 8, 3, 3, 1, 1, 2, 8),          # depthwise NCHW, dilated: rows of 35 pixels (3 vectors)
     (2, 6, 5, 8, 6, 2, 4, 1, "same", 1, 3),      # even kernel "same"
+    (1, 32, 9, 12, 32, 5, 5, 1, 2, 1, 32),       # depthwise 5x5: NHWC row blocks of 8 pixels
+    (2, 48, 11, 19, 48, 5, 5, 2, 2, 1, 48),      # depthwise 5x5 stride 2: row blocks and a 16-channel rest
+    (1, 32, 8, 10, 32, 7, 7, 1, 3, 1, 32),       # depthwise 7x7 row blocks
+    (2, 32, 6, 6, 32, 3, 3, 1, 1, 1, 32),        # depthwise rows of 6 pixels: row blocks of 4
+    (1, 32, 7, 13, 32, 3, 3, 1, 0, 1, 32),       # depthwise unpadded: no edge blocks
 ]
+DW_ROWS_CASE = CPU_CASES[-4]  # the depthwise forward's row blocks, 32 + 16 channels
 TRITON_CASES = [
     (2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 1),
     (1, 3, 11, 10, 5, 5, 3, (2, 1), (2, 0), (1, 2), 1),
@@ -105,7 +111,7 @@ def test_cpu_matches_torch(case, dtype, fmt):
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("case", [CPU_CASES[0], CPU_CASES[2], CPU_CASES[5]], ids=str)
+@pytest.mark.parametrize("case", [CPU_CASES[0], CPU_CASES[2], CPU_CASES[5], DW_ROWS_CASE], ids=str)
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_fused_activation(backend, case, fmt, activation):
     _check_case(case, torch.float32, fmt, backend, activation)
@@ -216,6 +222,28 @@ def test_cpu_depthwise_nchw_kernel(dtype):
         ref = torch.relu(TF.conv2d(x.double(), wt.double(), b.double(), stride, 1, dil, c))
         assert y.is_contiguous()
         torch.testing.assert_close(y.double(), ref, rtol=RTOL[dtype], atol=ATOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_cpu_depthwise_streaming_stores(dtype, activation):
+    # A depthwise output of a quarter of the last-level cache or more is written with streaming
+    # stores (conv.cpp, dw_stream32): against torch, and each image bitwise as a one-image call
+    # (stored normally) gives it
+    from fastops import _ext
+    c, hw = 64, 64
+    image = c * hw * hw * torch.empty((), dtype=dtype).element_size()
+    n = _ext.C.build_meta()["cpu_last_level_cache_bytes"] // 4 // image + 2
+    x = make((n, c, hw, hw), dtype, seed=1, scale=1.0).contiguous(memory_format=CL)
+    w = make((c, 1, 3, 3), dtype, seed=2, scale=0.5)
+    b = make((c,), dtype, seed=3, scale=0.5)
+    with fastops.use_backend("cpu"):
+        y = F.conv2d(x, w, b, padding=1, groups=c, activation=activation)
+        ones = [F.conv2d(x[i:i + 1], w, b, padding=1, groups=c, activation=activation) for i in (0, n - 1)]
+    ref = TF.conv2d(x.double(), w.double(), b.double(), padding=1, groups=c)
+    ref = torch.relu(ref) if activation == "relu" else ref
+    torch.testing.assert_close(y.double(), ref, rtol=RTOL[dtype], atol=ATOL[dtype] * 4)
+    assert torch.equal(y[:1], ones[0]) and torch.equal(y[n - 1:], ones[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

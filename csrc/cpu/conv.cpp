@@ -28,6 +28,9 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#if FASTOPS_HAVE_X86_PATHS
+#include <immintrin.h>  // _mm512_stream_ps (AVX-512 entries only)
+#endif
 #include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
@@ -666,6 +669,7 @@ struct DwJob {
   const float* wt = nullptr;
   Activation act = Activation::kNone;
   const float* wl = nullptr;  // wt in the lane order of the 32-channel blocks (dw_lanes); null: wt
+  bool stream = false;        // the output is too large to stay in cache: streaming stores where they apply
 };
 
 template <typename T>
@@ -775,6 +779,64 @@ FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
   }
 }
 
+// The sums of a register block of kPix pixels start at the bias (lane order; null: zero).
+template <int kPix, int kVecs>
+FASTOPS_FORCE_INLINE void dw_init(DwVec (&acc)[kPix][kVecs], const float* bias) {
+#pragma GCC unroll 8
+  for (int q = 0; q < kPix; ++q)
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) acc[q][v] = bias ? dw_load16(bias + 16 * v) : DwVec{};
+}
+
+// One pixel's 32 channels from the lanes of dw_load32 to dst (64-byte aligned) with streaming
+// stores: the line goes to memory without being read first or kept in the caches. Called from
+// AVX-512 entries only.
+#if FASTOPS_HAVE_X86_PATHS
+template <typename T>
+inline __attribute__((target("avx512f"))) void dw_stream32(const DwVec (&acc)[2], T* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(dst, acc[0]);
+    _mm512_stream_ps(dst + 16, acc[1]);
+  } else {
+    const DwVecU32 w = (dw_bf16_bits(acc[0]) >> 16) | (dw_bf16_bits(acc[1]) & 0xffff0000u);
+    _mm512_stream_ps(reinterpret_cast<float*>(dst), reinterpret_cast<DwVec>(w));
+  }
+}
+#else
+template <typename T>
+FASTOPS_FORCE_INLINE void dw_stream32(const DwVec (&acc)[2], T* dst) {
+  dw_store(acc, dst);
+}
+#endif
+
+// act() of a register block's sums into dst (pixel q at dst + q * ld): relu and no activation
+// straight from the registers, the others through store_act in channel order. stream (AVX-512
+// entries, dst and ld 64-byte aligned): 32-channel blocks go through dw_stream32.
+template <typename T, int kPix, int kVecs>
+FASTOPS_FORCE_INLINE void dw_finish(DwVec (&acc)[kPix][kVecs], T* dst, int64_t ld, Activation act,
+                                    bool stream = false) {
+  if (act == Activation::kNone || act == Activation::kRelu) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kPix; ++q) {
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v)
+        if (act == Activation::kRelu) acc[q][v] = acc[q][v] < 0.0f ? DwVec{} : acc[q][v];  // NaN stays NaN
+      if constexpr (kVecs == 2) {
+        if (stream) {
+          dw_stream32(acc[q], dst + q * ld);
+          continue;
+        }
+      }
+      dw_store(acc[q], dst + q * ld);
+    }
+    return;
+  }
+  alignas(64) float out[kPix][16 * kVecs];
+#pragma GCC unroll 8
+  for (int q = 0; q < kPix; ++q) dw_channel_order<T>(acc[q], out[q]);
+  for (int q = 0; q < kPix; ++q) store_act(out[q], dst + q * ld, 16 * kVecs, act);
+}
+
 // The columns j0, j0 + js, ... of the kernel a block reads (a strided dgrad reads one residue class).
 struct DwTaps {
   int64_t j0 = 0, js = 1;
@@ -792,10 +854,7 @@ FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c
   const Conv2dShape& s = jb.s;
   const float* w = kVecs == 2 && jb.wl ? jb.wl : jb.wt;  // 16-channel blocks read the natural order
   DwVec acc[kDwPix][kVecs];
-#pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q)
-#pragma GCC unroll 2
-    for (int v = 0; v < kVecs; ++v) acc[q][v] = bias ? dw_load16(bias + c0 + 16 * v) : DwVec{};
+  dw_init(acc, bias ? bias + c0 : nullptr);
   for (int64_t i = 0; i < s.kh; ++i) {
     const T* row = row_of(i);
     if (row == nullptr) continue;
@@ -817,20 +876,7 @@ FASTOPS_FORCE_INLINE void dw_block(const DwJob& jb, const float* bias, int64_t c
       }
     }
   }
-  if (act == Activation::kNone || act == Activation::kRelu) {  // straight from the registers
-#pragma GCC unroll 4
-    for (int q = 0; q < kDwPix; ++q) {
-#pragma GCC unroll 2
-      for (int v = 0; v < kVecs; ++v)
-        if (act == Activation::kRelu) acc[q][v] = acc[q][v] < 0.0f ? DwVec{} : acc[q][v];  // NaN stays NaN
-      dw_store(acc[q], dst + q * ld);
-    }
-    return;
-  }
-  alignas(64) float out[kDwPix][16 * kVecs];
-#pragma GCC unroll 4
-  for (int q = 0; q < kDwPix; ++q) dw_channel_order<T>(acc[q], out[q]);
-  for (int q = 0; q < kDwPix; ++q) store_act(out[q], dst + q * ld, 16 * kVecs, act);
+  dw_finish<T>(acc, dst, ld, act);
 }
 
 // Every channel of one register block's pixels: 32 at a time, then a 16-channel rest (C % 16 == 0).
@@ -848,8 +894,94 @@ FASTOPS_FORCE_INLINE void dw_blocks(const DwJob& jb, const float* bias, const fl
                    pix_step, dst + c0, ld, act);
 }
 
-// NHWC forward over output rows (n, oh) in [b, e): vectorised over channels.
-template <typename T>
+// A register block of the NHWC depthwise forward with kernel width KW, stride S and dilation 1
+// (multiplier 1, float32 / bfloat16, AVX-512: up to 16 vectors of sums): kPix output pixels x
+// kVecs * 16 channels from c0. Each input pixel of a kernel row is loaded once and multiplied into
+// every output pixel that reads it (dw_block loads it once per tap), the taps of each sum in the
+// same order. row_of(i): the input row of kernel row i at column 0 and channel c0 (null: padding);
+// iw0: the input column of pixel 0's first tap. kEdge: some of the S (kPix - 1) + KW columns from
+// iw0 lie outside [0, w) and are skipped (padding). stream: as dw_finish.
+template <typename T, int kVecs, int KW, int S, int kPix, bool kEdge, typename RowOf>
+FASTOPS_FORCE_INLINE void dw_row_block(const DwJob& jb, const float* bias, int64_t c0, RowOf row_of, int64_t iw0,
+                                       T* dst, Activation act, bool stream) {
+  constexpr int kCols = S * (kPix - 1) + KW;
+  const Conv2dShape& s = jb.s;
+  const float* w = (kVecs == 2 && jb.wl ? jb.wl : jb.wt) + c0;  // 16-channel blocks read the natural order
+  DwVec acc[kPix][kVecs];
+  dw_init(acc, bias ? bias + c0 : nullptr);
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const T* row = row_of(i);
+    if (row == nullptr) continue;
+    DwVec wv[KW][kVecs];
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j)
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) wv[j][v] = dw_load16(w + (i * KW + j) * s.o + 16 * v);
+#pragma GCC unroll 32
+    for (int p = 0; p < kCols; ++p) {
+      if (kEdge && (iw0 + p < 0 || iw0 + p >= s.w)) continue;
+      DwVec xv[kVecs];
+      const T* xp = row + (iw0 + p) * s.c;
+      if constexpr (kVecs == 2) dw_load32(xp, xv[0], xv[1]); else xv[0] = dw_load16(xp);
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; ++j) {
+        if (p < j || (p - j) % S != 0 || (p - j) / S >= kPix) continue;  // pixel (p - j) / S reads column p at tap j
+#pragma GCC unroll 2
+        for (int v = 0; v < kVecs; ++v) acc[(p - j) / S][v] += xv[v] * wv[j][v];
+      }
+    }
+  }
+  dw_finish<T>(acc, dst, s.o, act, stream);
+}
+
+// Output row oh of image n by dw_row_block: blocks of kPix pixels (the last one ends at the row's
+// end, recomputing the same values of a few pixels), each over every 32 channels, then a
+// 16-channel rest. Needs wo >= kPix, kw == KW, stride_w == S, dil_w == 1.
+template <typename T, int KW, int S, int kPix>
+FASTOPS_FORCE_INLINE void dw_forward_row(const DwJob& jb, const float* bias, const float* bias_lanes, int64_t n,
+                                         int64_t oh, T* y_row, bool stream) {
+  const Conv2dShape& s = jb.s;
+  const T* x = static_cast<const T*>(jb.in) + n * s.h * s.w * s.c;
+  for (int64_t ow0 = 0; ow0 < s.wo; ow0 += kPix) {
+    const int64_t ow = std::min(ow0, s.wo - kPix), iw0 = ow * S - s.pad_w;
+    const bool edge = iw0 < 0 || iw0 + S * (kPix - 1) + KW > s.w;
+    T* dst = y_row + ow * s.o;
+    for (int64_t c0 = 0; c0 < s.c; c0 += 32) {
+      auto row_of = [&](int64_t i) -> const T* {
+        const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
+        return ih < 0 || ih >= s.h ? nullptr : x + ih * s.w * s.c + c0;
+      };
+      if (c0 + 32 > s.c) {
+        if (edge) dw_row_block<T, 1, KW, S, kPix, true>(jb, bias, c0, row_of, iw0, dst + c0, jb.act, false);
+        else dw_row_block<T, 1, KW, S, kPix, false>(jb, bias, c0, row_of, iw0, dst + c0, jb.act, false);
+      } else if (edge) {
+        dw_row_block<T, 2, KW, S, kPix, true>(jb, bias_lanes, c0, row_of, iw0, dst + c0, jb.act, stream);
+      } else {
+        dw_row_block<T, 2, KW, S, kPix, false>(jb, bias_lanes, c0, row_of, iw0, dst + c0, jb.act, stream);
+      }
+    }
+  }
+}
+
+// The dw_forward_row instance for s (1-7 by kernel width, stride and output width), 0: none.
+int dw_row_kind(const Conv2dShape& s) {
+  if (s.dil_w != 1) return 0;
+  const int64_t kw = s.kw, st = s.stride_w;
+  if (s.wo >= 8) {
+    if (kw == 3 && st == 1) return 1;
+    if (kw == 3 && st == 2) return 2;
+    if (kw == 5 && st == 1) return 3;
+    if (kw == 5 && st == 2) return 4;
+    if (kw == 7 && st == 1) return 5;
+  }
+  if (s.wo >= 4 && kw == 3 && st == 1) return 6;
+  if (s.wo >= 4 && kw == 3 && st == 2) return 7;
+  return 0;
+}
+
+// NHWC forward over output rows (n, oh) in [b, e): vectorised over channels. kRows: the AVX-512
+// entry, which runs dw_forward_row where it applies.
+template <typename T, bool kRows = false>
 FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in);
@@ -865,8 +997,24 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
   int64_t w_lo, w_hi;
   inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
   const bool blocked = mult == 1 && s.c % 16 == 0 && !std::is_same_v<T, Half>;
+  const int kind = kRows && blocked ? dw_row_kind(s) : 0;
+  const bool stream = kind && jb.stream && s.o % 32 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0;
   for (int64_t r = b; r < e; ++r) {
     const int64_t n = r / s.ho, oh = r % s.ho;
+    if constexpr (kRows && !std::is_same_v<T, Half>) {
+      const float* bs = bias ? bf.data() : nullptr;
+      T* y_row = y + (n * s.ho + oh) * s.wo * s.o;
+      switch (kind) {
+        case 1: dw_forward_row<T, 3, 1, 8>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 2: dw_forward_row<T, 3, 2, 8>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 3: dw_forward_row<T, 5, 1, 8>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 4: dw_forward_row<T, 5, 2, 8>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 5: dw_forward_row<T, 7, 1, 8>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 6: dw_forward_row<T, 3, 1, 4>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        case 7: dw_forward_row<T, 3, 2, 4>(jb, bs, bias_lanes, n, oh, y_row, stream); continue;
+        default: break;
+      }
+    }
     for (int64_t ow = 0; ow < s.wo; ++ow) {
       if (blocked && ow >= w_lo && ow < w_hi && w_hi - w_lo >= kDwPix) {
         // the last block of the range ends at w_hi, recomputing (the same values of) a few pixels
@@ -1176,9 +1324,13 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
 
 using DwFn = void (*)(const DwJob&, int64_t, int64_t);
 
-#define FASTOPS_CONV_ENTRIES(name)                                                                     \
+// The optional arguments: the kernel's further template arguments on the AVX-512 entry (the
+// others take their defaults).
+#define FASTOPS_CONV_ENTRIES(name, ...)                                                                \
   template <typename T>                                                                                \
-  FASTOPS_TARGET_AVX512 void name##_avx512(const DwJob& j, int64_t b, int64_t e) { name<T>(j, b, e); } \
+  FASTOPS_TARGET_AVX512 void name##_avx512(const DwJob& j, int64_t b, int64_t e) {                     \
+    name<T __VA_OPT__(, ) __VA_ARGS__>(j, b, e);                                                       \
+  }                                                                                                    \
   template <typename T>                                                                                \
   FASTOPS_TARGET_AVX2 void name##_avx2(const DwJob& j, int64_t b, int64_t e) { name<T>(j, b, e); }     \
   template <typename T>                                                                                \
@@ -1186,7 +1338,7 @@ using DwFn = void (*)(const DwJob&, int64_t, int64_t);
   template <typename T>                                                                                \
   DwFn name##_entry() { return select_isa<DwFn>(name##_base<T>, name##_avx2<T>, name##_avx512<T>); }
 
-FASTOPS_CONV_ENTRIES(dw_forward_nhwc)
+FASTOPS_CONV_ENTRIES(dw_forward_nhwc, true)
 FASTOPS_CONV_ENTRIES(dw_forward_nchw)
 FASTOPS_CONV_ENTRIES(dw_dgrad_nhwc)
 FASTOPS_CONV_ENTRIES(dw_wgrad_nhwc)
@@ -1218,6 +1370,9 @@ void dw_forward(const Conv2dForwardParams& p) {
   const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
   const std::vector<float> wl = dw_lanes<T>(wt.data(), s.kh * s.kw, s.o);
   DwJob job{s, p.x, nullptr, p.bias, p.y, wt.data(), p.activation, wl.empty() ? nullptr : wl.data()};
+  // An output of a quarter of the last-level cache or more is not there when the next layer reads
+  // it (measured, README): it is written with streaming stores, without reading its lines first.
+  job.stream = s.n * s.ho * s.wo * s.o * int64_t(sizeof(T)) >= last_level_cache_bytes() / 4;
   if (s.channels_last) {
     parallel_range(dw_forward_nhwc_entry<T>(), job, s.n * s.ho);
   } else {

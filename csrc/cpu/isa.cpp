@@ -1,7 +1,11 @@
 #include "isa.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 namespace fastops {
 namespace cpu {
@@ -46,6 +50,29 @@ bool has_avx512_bf16() {
 #else
   return false;
 #endif
+}
+
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    // cpu0's caches in sysfs ("32768K"): the largest is the L3 its cores share. glibc's
+    // sysconf(_SC_LEVEL3_CACHE_SIZE) can report the whole package instead (320 MB on the 2-core
+    // EPYC VM where lscpu shows 32 MiB), so it is only the fallback.
+    int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {
+      std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
+      std::string size;
+      if (!(f >> size)) continue;
+      int64_t v = std::atoll(size.c_str());
+      if (size.back() == 'K') v <<= 10;
+      if (size.back() == 'M') v <<= 20;
+      best = std::max(best, v);
+    }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    if (best <= 0) best = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return best > 0 ? best : int64_t(32) << 20;
+  }();
+  return bytes;
 }
 
 const char* isa_name(Isa isa) {

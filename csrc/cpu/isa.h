@@ -7,6 +7,7 @@
 // library runs on any x86-64 and picks the widest path the CPU supports at run time.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -36,6 +37,8 @@ Isa active_isa();
 const char* isa_name(Isa isa);
 // True when the active path is AVX-512 and the CPU has AVX512-BF16 (bfloat16 dot products).
 bool has_avx512_bf16();
+// Bytes of the largest cache cpu0 has (its L3, shared by its core complex); 32 MiB if unknown.
+int64_t last_level_cache_bytes();
 // Names of the paths compiled into this build, e.g. "baseline,avx2,avx512".
 std::string compiled_isas();
 
