@@ -16,7 +16,8 @@
 // sum in a fixed order (no atomics): results are the same run to run.
 // dbias: float32 sums over pixels in a fixed order, one thread per channel range.
 // Depthwise (groups == C, O = multiplier C): direct loops, vectorised over channels (NHWC) or
-// over output width (NCHW forward); the backward runs on NHWC (the binding converts NCHW).
+// over output width (NCHW forward); the backward runs on NHWC (the binding converts NCHW). The
+// stride-1 dgrad (multiplier 1) is the forward of dy with the taps flipped.
 #include "fastops/conv.h"
 
 #include <omp.h>
@@ -1364,12 +1365,12 @@ std::vector<float> taps_major(const Conv2dShape& s, const T* w) {
   return wt;
 }
 
+// y = act(depthwise conv(x) + bias) for shape s, with the weight as float32 taps-major (taps_major).
 template <typename T>
-void dw_forward(const Conv2dForwardParams& p) {
-  const Conv2dShape& s = p.s;
-  const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
+void dw_forward_taps(const Conv2dShape& s, const void* x, const std::vector<float>& wt, const void* bias, void* y,
+                     Activation act) {
   const std::vector<float> wl = dw_lanes<T>(wt.data(), s.kh * s.kw, s.o);
-  DwJob job{s, p.x, nullptr, p.bias, p.y, wt.data(), p.activation, wl.empty() ? nullptr : wl.data()};
+  DwJob job{s, x, nullptr, bias, y, wt.data(), act, wl.empty() ? nullptr : wl.data()};
   // An output of a quarter of the last-level cache or more is not there when the next layer reads
   // it (measured, README): it is written with streaming stores, without reading its lines first.
   job.stream = s.n * s.ho * s.wo * s.o * int64_t(sizeof(T)) >= last_level_cache_bytes() / 4;
@@ -1381,10 +1382,27 @@ void dw_forward(const Conv2dForwardParams& p) {
 }
 
 template <typename T>
+void dw_forward(const Conv2dForwardParams& p) {
+  dw_forward_taps<T>(p.s, p.x, taps_major(p.s, static_cast<const T*>(p.w)), p.bias, p.y, p.activation);
+}
+
+template <typename T>
 void dw_backward(const Conv2dBackwardParams& p) {
   const Conv2dShape& s = p.s;
   const int64_t taps = s.kh * s.kw;
-  if (p.dx) {
+  const bool as_forward = s.o == s.c && s.stride_h == 1 && s.stride_w == 1 &&
+                          s.pad_h <= (s.kh - 1) * s.dil_h && s.pad_w <= (s.kw - 1) * s.dil_w;
+  if (p.dx && as_forward) {
+    // stride 1: dx is the forward convolution of dy with the taps flipped in both directions and
+    // padding (k - 1) dil - pad, so it runs on the forward's kernels
+    const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
+    std::vector<float> flipped(wt.size());
+    for (int64_t t = 0; t < taps; ++t) std::copy_n(&wt[(taps - 1 - t) * s.o], s.o, &flipped[t * s.o]);
+    Conv2dShape f = s;
+    f.h = s.ho, f.w = s.wo, f.ho = s.h, f.wo = s.w;
+    f.pad_h = (s.kh - 1) * s.dil_h - s.pad_h, f.pad_w = (s.kw - 1) * s.dil_w - s.pad_w;
+    dw_forward_taps<T>(f, p.dy, flipped, nullptr, p.dx, Activation::kNone);
+  } else if (p.dx) {
     const std::vector<float> wt = taps_major(s, static_cast<const T*>(p.w));
     const std::vector<float> wl = dw_lanes<T>(wt.data(), taps, s.o);
     DwJob job{s, p.dy, nullptr, nullptr, p.dx, wt.data(), Activation::kNone, wl.empty() ? nullptr : wl.data()};
