@@ -1223,20 +1223,24 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
 }
 
 // Register-blocked 3x3 wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs):
-// the sums of dy x per tap and of dy over the pixels of rows [h_lo, h_hi) x columns [w_lo, w_hi)
-// (every tap inside x) of every image, in registers, then added to acc ([taps, O]) and bacc.
+// the sums of dy x per tap and of dy over every output pixel of every image, in registers, then
+// added to acc ([taps, O]) and bacc. Taps that read padding are skipped: kernel rows per output
+// row, kernel columns on the pixels outside [w_lo, w_hi) (all three columns inside x there).
 template <typename T, int kVecs>
-FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t h_lo, int64_t h_hi, int64_t w_lo,
-                                            int64_t w_hi, float* acc, float* bacc) {
+FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t w_lo, int64_t w_hi, float* acc,
+                                            float* bacc) {
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in) + c0;
   const T* dy = static_cast<const T*>(jb.in2) + c0;
   DwVec sum[9][kVecs] = {}, bsum[kVecs] = {};
   for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t oh = h_lo; oh < h_hi; ++oh) {
-      const T* xr[3];
-      for (int i = 0; i < 3; ++i) xr[i] = x + (n * s.h + conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h)) * s.w * s.c;
-      for (int64_t ow = w_lo; ow < w_hi; ++ow) {
+    for (int64_t oh = 0; oh < s.ho; ++oh) {
+      const T* xr[3];  // x's row of each kernel row, null: padding
+      for (int i = 0; i < 3; ++i) {
+        const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
+        xr[i] = ih < 0 || ih >= s.h ? nullptr : x + (n * s.h + ih) * s.w * s.c;
+      }
+      auto pixel = [&](int64_t ow, auto edge) {
         DwVec g[kVecs];
         const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
         if constexpr (kVecs == 2) dw_load32(gp, g[0], g[1]); else g[0] = dw_load16(gp);
@@ -1245,9 +1249,12 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t
         const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
 #pragma GCC unroll 3
         for (int i = 0; i < 3; ++i) {
+          if (xr[i] == nullptr) continue;
 #pragma GCC unroll 3
           for (int j = 0; j < 3; ++j) {
-            const T* xp = xr[i] + (iw0 + j * s.dil_w) * s.c;
+            const int64_t iw = iw0 + j * s.dil_w;
+            if (decltype(edge)::value && (iw < 0 || iw >= s.w)) continue;
+            const T* xp = xr[i] + iw * s.c;
             if constexpr (kVecs == 2) {
               DwVec x0, x1;
               dw_load32(xp, x0, x1);
@@ -1258,7 +1265,10 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t
             }
           }
         }
-      }
+      };
+      for (int64_t ow = 0; ow < w_lo; ++ow) pixel(ow, std::true_type{});
+      for (int64_t ow = w_lo; ow < w_hi; ++ow) pixel(ow, std::false_type{});
+      for (int64_t ow = w_hi; ow < s.wo; ++ow) pixel(ow, std::true_type{});
     }
   }
   alignas(64) float out[16 * kVecs];
@@ -1280,25 +1290,17 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   float* acc = static_cast<float*>(jb.out);
   const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
   float* bacc = acc + taps * s.o;
-  // pixels whose taps all lie inside x: the register blocks (3x3), then the rest here
-  int64_t h_lo = 0, h_hi = 0, w_lo = 0, w_hi = 0;
-  const bool blocked = mult == 1 && s.kh == 3 && s.kw == 3 && b % 16 == 0 && (e - b) % 16 == 0 &&
-                       !std::is_same_v<T, Half>;
-  if (blocked) {
-    inner_range(s.pad_h, s.stride_h, s.dil_h, s.kh, s.h, s.ho, h_lo, h_hi);
+  if (mult == 1 && s.kh == 3 && s.kw == 3 && b % 16 == 0 && (e - b) % 16 == 0 && !std::is_same_v<T, Half>) {
+    int64_t w_lo, w_hi;  // output columns whose taps all lie inside x (w_lo <= w_hi)
     inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
     int64_t c0 = b;
-    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block3x3<T, 2>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
-    if (c0 < e) dw_wgrad_block3x3<T, 1>(jb, c0, h_lo, h_hi, w_lo, w_hi, acc, bacc);
+    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block3x3<T, 2>(jb, c0, w_lo, w_hi, acc, bacc);
+    if (c0 < e) dw_wgrad_block3x3<T, 1>(jb, c0, w_lo, w_hi, acc, bacc);
+    return;
   }
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t oh = 0; oh < s.ho; ++oh) {
-      const bool inner_row = oh >= h_lo && oh < h_hi;
       for (int64_t ow = 0; ow < s.wo; ++ow) {
-        if (inner_row && ow >= w_lo && ow < w_hi) {  // done by the blocks
-          ow = w_hi - 1;
-          continue;
-        }
         const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
 #pragma omp simd
         for (int64_t o = b; o < e; ++o) bacc[o] += to_float(gp[o]);
