@@ -410,6 +410,34 @@ def test_auto_policy_on_cpu():
     assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
 
 
+def test_auto_policy_float16_and_depthwise_backward_on_cpu():
+    """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower here, README), and
+    the depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5,
+    float32 5x5); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
+    _dispatch.set_crossovers_enabled(True)
+    x16 = make((2, 8, 20, 20), torch.float16, scale=1.0)
+    w16 = make((8, 8, 3, 3), torch.float16, seed=1)
+    y16 = F.conv2d(x16, w16, padding=1)
+    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
+    torch.testing.assert_close(y16.double(), TF.conv2d(x16.double(), w16.double(), padding=1),
+                               rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 4)
+    for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
+                                   (torch.float32, 5, 1, "cpu"), (torch.float32, 3, 1, "torch"),
+                                   (torch.bfloat16, 3, 1, "torch")):
+        x = make((2, 32, 20, 20), dtype, scale=1.0).contiguous(memory_format=CL).requires_grad_()
+        w = make((32, 1, k, k), dtype, seed=1, scale=0.5).requires_grad_()
+        gy_shape = TF.conv2d(x.detach(), w.detach(), padding=k // 2, stride=stride, groups=32).shape
+        gy = make(tuple(gy_shape), dtype, seed=2, scale=1.0)
+        _dispatch.clear_history()
+        F.conv2d(x, w, padding=k // 2, stride=stride, groups=32).backward(gy)
+        chosen = _dispatch.last_choice("conv2d_backward")
+        assert (chosen.backend if chosen is not None else "torch") == want, (dtype, k, stride)
+        xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        TF.conv2d(xr, wr, padding=k // 2, stride=stride, groups=32).backward(gy.double())
+        torch.testing.assert_close(x.grad.double(), xr.grad, rtol=RTOL[dtype], atol=ATOL[dtype] * 4)
+        torch.testing.assert_close(w.grad.double(), wr.grad, rtol=RTOL[dtype], atol=ATOL[dtype] * 4)
+
+
 @pytest.mark.parametrize("fmt", ["nchw", "nhwc"])
 def test_auto_backward_policy_on_cpu(fmt):
     """auto runs the forward of a dense conv on torch, and its NHWC backward from 512 channels on

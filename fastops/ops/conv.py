@@ -279,21 +279,29 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
     NHWC and 0.75-0.94x in NCHW, fused bias+relu 0.83-1.00x of torch's conv then relu; the backward
     (dgrad + wgrad + dbias) 0.90-0.98x at 256 channels and ahead from 512 channels per group on
     7x7 outputs in NHWC (CPU_BACKWARD_FASTER_FROM): 1.04-1.23x at 512, 1.28-1.53x at 1024.
-    Depthwise (2026-11-24 15:25 UTC, quiet machine, 3x3 batch 8 NHWC, in one process with the
-    allocator's pages kept): the forward is 0.60-0.88x torch in float32 and 0.66-0.79x in bfloat16,
-    forward+backward 0.68-0.92x; only the fused bias+relu is ahead (README), so depthwise stays on
-    torch too (CPU_DEPTHWISE_FASTER). Drop the rest once
-    `python -m fastops.bench --ops conv` shows the GEMM path ahead on a shape class.
+    Depthwise (2026-11-24 20:30-21:20 UTC, 3x3 batch 8 NHWC, in one process with the allocator's
+    pages kept, after the row blocks): the forward is 0.62-1.12x torch in float32 and 0.71-0.97x in
+    bfloat16, forward+backward through autograd 0.63-1.10x; the fused bias+relu is ahead (README),
+    and so is the backward where torch's own kernels are slow (_cpu_depthwise_backward_faster);
+    the rest stays on torch (CPU_DEPTHWISE_FASTER). float16 runs on fastops (below). Drop the rest
+    once `python -m fastops.bench --ops conv` shows the GEMM path ahead on a shape class.
     """
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
-    depthwise = groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
+    if x.dtype == torch.float16:
+        # torch's float16 CPU convolutions take a slow generic path here (no oneDNN float16): measured
+        # 2026-11-24 21:20 UTC, batch 8, through the bindings, torch / fastops: depthwise forward
+        # 41-56x, depthwise backward 10-26x, dense 3x3 64@28 forward 3.6x (NHWC) / 16x (NCHW), its
+        # backward 6-16x
+        return None
+    depthwise = _is_depthwise(x, weight, groups)
     if (depthwise and (CPU_DEPTHWISE_FASTER or fused_relu_inference)) or (not depthwise and CPU_GEMM_PATH_FASTER):
         return None
-    if not depthwise and backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
+    if backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
         return None
     if depthwise:
-        return "the cpu depthwise kernels were measured slower than torch (oneDNN) here"
+        return ("the cpu depthwise kernels were measured slower than torch (oneDNN) here, except the backward "
+                "of bfloat16 strided or 5x5 / 7x7 and float32 5x5 convolutions")
     return ("the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; the NHWC backward of "
             ">= 512-channel layers on <= 8x8 outputs only")
 
@@ -305,7 +313,25 @@ CPU_BACKWARD_FASTER_FROM = 512
 CPU_BACKWARD_FASTER_MAX_PIXELS = 64
 
 
+def _is_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    return groups > 1 and groups == x.shape[1] and weight.shape[0] % groups == 0
+
+
+def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride) -> bool:
+    """Depthwise backward calls where torch's CPU kernels were measured behind fastops' (README,
+    2026-11-24 21:20 UTC, batch 8 NHWC, dgrad + wgrad + dbias through the bindings, min of 15 rounds):
+    bfloat16 with stride 2 (9-33x: torch leaves oneDNN there) or 5x5 / 7x7 kernels (1.4-4.2x), float32
+    5x5 (2.2-2.4x). The 3x3 stride-1 backward is within 0.9-1.5x either way (and behind through
+    autograd, 0.69-1.10x), float32 7x7 0.92x, float32 strided 0.92-0.98x: those stay on torch."""
+    k = (weight.shape[2], weight.shape[3])
+    if x.dtype == torch.bfloat16:
+        return tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))
+    return x.dtype == torch.float32 and k == (5, 5) and tuple(stride) == (1, 1)
+
+
 def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
+    if _is_depthwise(x, weight, groups):
+        return weight.shape[0] == x.shape[1] and _cpu_depthwise_backward_faster(x, weight, stride)
     return (_is_cl(x) and tuple(stride) == (1, 1) and weight.shape[2] * weight.shape[3] > 1
             and x.shape[1] // groups >= CPU_BACKWARD_FASTER_FROM
             and weight.shape[0] // groups >= CPU_BACKWARD_FASTER_FROM
