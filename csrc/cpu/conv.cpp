@@ -1394,6 +1394,23 @@ void dw_backward(const Conv2dBackwardParams& p) {
   const int64_t taps = s.kh * s.kw;
   const bool as_forward = s.o == s.c && s.stride_h == 1 && s.stride_w == 1 &&
                           s.pad_h <= (s.kh - 1) * s.dil_h && s.pad_w <= (s.kw - 1) * s.dil_w;
+  // wgrad first: dgrad then reads dy again while it is still in cache, and dx's fresh lines do not
+  // evict x and dy before wgrad reads them (one call, 3x3 batch 8 NHWC: 0.548 -> 0.481 ms at 512@14
+  // float32, 1.582 -> 1.490 ms at 128@56 bfloat16)
+  if (p.dw || p.dbias) {
+    std::vector<float> acc((taps + 1) * s.o, 0.0f);
+    DwJob job{s, p.x, p.dy, nullptr, acc.data(), nullptr};
+    parallel_range(dw_wgrad_nhwc_entry<T>(), job, s.o, 16);
+    if (p.dw) {
+      T* dw = static_cast<T*>(p.dw);
+      for (int64_t o = 0; o < s.o; ++o)
+        for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = from_float<T>(acc[t * s.o + o]);
+    }
+    if (p.dbias) {
+      T* db = static_cast<T*>(p.dbias);
+      for (int64_t o = 0; o < s.o; ++o) db[o] = from_float<T>(acc[taps * s.o + o]);
+    }
+  }
   if (p.dx && as_forward) {
     // stride 1: dx is the forward convolution of dy with the taps flipped in both directions and
     // padding (k - 1) dil - pad, so it runs on the forward's kernels
@@ -1409,20 +1426,6 @@ void dw_backward(const Conv2dBackwardParams& p) {
     const std::vector<float> wl = dw_lanes<T>(wt.data(), taps, s.o);
     DwJob job{s, p.dy, nullptr, nullptr, p.dx, wt.data(), Activation::kNone, wl.empty() ? nullptr : wl.data()};
     parallel_range(dw_dgrad_nhwc_entry<T>(), job, s.n * s.h);
-  }
-  if (p.dw || p.dbias) {
-    std::vector<float> acc((taps + 1) * s.o, 0.0f);
-    DwJob job{s, p.x, p.dy, nullptr, acc.data(), nullptr};
-    parallel_range(dw_wgrad_nhwc_entry<T>(), job, s.o, 16);
-    if (p.dw) {
-      T* dw = static_cast<T*>(p.dw);
-      for (int64_t o = 0; o < s.o; ++o)
-        for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = from_float<T>(acc[t * s.o + o]);
-    }
-    if (p.dbias) {
-      T* db = static_cast<T*>(p.dbias);
-      for (int64_t o = 0; o < s.o; ++o) db[o] = from_float<T>(acc[taps * s.o + o]);
-    }
   }
 }
 
