@@ -1054,6 +1054,9 @@ FASTOPS_FORCE_INLINE void dw_forward_nhwc(const DwJob& jb, int64_t b, int64_t e)
       store_act(a, y + ((n * s.ho + oh) * s.wo + ow) * s.o, s.o, jb.act);
     }
   }
+#if FASTOPS_HAVE_X86_PATHS
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: drain them before the region ends
+#endif
 }
 
 // Output pixels ow0 .. ow0 + 16 kV of row oh (dw_plane_nchw), in kV vectors across the taps.
