@@ -750,6 +750,11 @@ FASTOPS_FORCE_INLINE DwVecU32 dw_bf16_bits(DwVec v) {
   return (nan & (u | 0x400000u)) | (~nan & (u + 0x7fffu + ((u >> 16) & 1u)));
 }
 
+// 32 bfloat16 channels from the even / odd lanes of dw_load32: the rounded words, as stored.
+FASTOPS_FORCE_INLINE DwVecU32 dw_bf16_words(const DwVec (&acc)[2]) {
+  return (dw_bf16_bits(acc[0]) >> 16) | (dw_bf16_bits(acc[1]) & 0xffff0000u);
+}
+
 // kVecs * 16 float32 from the lanes of dw_load16 / dw_load32 (for T's channels) to out in channel order.
 template <typename T, int kVecs>
 FASTOPS_FORCE_INLINE void dw_channel_order(const DwVec (&v)[kVecs], float* out) {
@@ -768,8 +773,8 @@ template <typename T, int kVecs>
 FASTOPS_FORCE_INLINE void dw_store(const DwVec (&acc)[kVecs], T* dst) {
   if constexpr (std::is_same_v<T, float>) {
     std::memcpy(dst, acc, sizeof(acc));
-  } else if constexpr (std::is_same_v<T, BFloat16> && kVecs == 2) {  // even and odd channels: word halves
-    const DwVecU32 w = (dw_bf16_bits(acc[0]) >> 16) | (dw_bf16_bits(acc[1]) & 0xffff0000u);
+  } else if constexpr (std::is_same_v<T, BFloat16> && kVecs == 2) {
+    const DwVecU32 w = dw_bf16_words(acc);
     std::memcpy(dst, &w, sizeof(w));
   } else if constexpr (std::is_same_v<T, BFloat16>) {
     const DwVecU16 h = __builtin_convertvector(dw_bf16_bits(acc[0]) >> 16, DwVecU16);
@@ -799,8 +804,7 @@ inline __attribute__((target("avx512f"))) void dw_stream32(const DwVec (&acc)[2]
     _mm512_stream_ps(dst, acc[0]);
     _mm512_stream_ps(dst + 16, acc[1]);
   } else {
-    const DwVecU32 w = (dw_bf16_bits(acc[0]) >> 16) | (dw_bf16_bits(acc[1]) & 0xffff0000u);
-    _mm512_stream_ps(reinterpret_cast<float*>(dst), reinterpret_cast<DwVec>(w));
+    _mm512_stream_ps(reinterpret_cast<float*>(dst), reinterpret_cast<DwVec>(dw_bf16_words(acc)));
   }
 }
 #else
