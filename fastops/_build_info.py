@@ -48,6 +48,7 @@ def build_info() -> dict:
         "built_against_torch": meta.get("torch_version"),
         "cpu_isas_compiled": _split(meta.get("cpu_isas_compiled")),
         "cpu_isa": meta.get("cpu_isa"),
+        "cpu_amx_bf16": bool(meta.get("cpu_amx_bf16")),
         "cuda_archs": _split(meta.get("cuda_archs")),
         "backends": backends,
     }

@@ -37,7 +37,8 @@ def render() -> str:
         f"python {info['python']}",
         f"extension fastops._C: {'loaded' if info['extension_loaded'] else 'NOT loaded: ' + str(info['extension_error'])}",
         f"  built against torch {info['built_against_torch'] or '-'}",
-        f"  CPU ISA paths compiled: {', '.join(info['cpu_isas_compiled']) or '-'}; in use: {info['cpu_isa'] or '-'}",
+        f"  CPU ISA paths compiled: {', '.join(info['cpu_isas_compiled']) or '-'}; in use: {info['cpu_isa'] or '-'}"
+        f"{' + AMX (bfloat16 GEMMs)' if info['cpu_amx_bf16'] else ''}",
         f"  CUDA archs compiled: {', '.join(info['cuda_archs']) or 'none'}",
         f"GPU: {_gpu()}",
         f"backend setting: {_dispatch.get_backend()}  strict: {_dispatch.strict()}",

@@ -219,6 +219,46 @@ def test_narrower_isa_paths(isa):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+_BF16_PATHS_RUN = """
+import torch
+from fastops import _ext
+assert _ext.C.build_meta()['cpu_amx_bf16'] == {amx}
+g = torch.Generator().manual_seed(0)
+def rnd(*s):
+    return torch.randn(*s, generator=g).bfloat16()
+# (m, k, n): one 16-row tile, 17 rows (two), odd k, k past one AMX step with a rest, k = 1
+for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 33)):
+    a, b, bias = rnd(m, k), rnd(k, n), rnd(n)
+    for aa, bb in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t())):  # row- and column-major
+        for act in (0, 1):
+            c = _ext.C.gemm(aa, bb, bias, act)
+            ref = a.double() @ b.double() + bias.double()
+            ref = ref.relu() if act else ref
+            err = ((c.double() - ref).abs().max() / ref.abs().max()).item()
+            assert err < 1e-2, (m, k, n, act, err)
+    out = torch.full((n, m), float("nan")).t()  # column-major float32 C, beta 0: NaN must not leak
+    _ext.C.gemm_out(a, b, out)
+    assert ((out.double() - a.double() @ b.double()).abs().max() / (a.double() @ b.double()).abs().max()) < 1e-5
+    # batched, B shared (stride 0)
+    a3 = rnd(3, m, k)
+    c3 = _ext.C.gemm(a3, b.expand(3, k, n))
+    assert torch.allclose(c3.double(), a3.double() @ b.double(), rtol=2e-2, atol=2e-2 * k ** 0.5)
+"""
+
+
+@pytest.mark.skipif(not (_ext.C.build_meta()["cpu_amx_bf16"] if _ext.C is not None else False),
+                    reason="this CPU (or Linux) does not give AMX-BF16 tiles")
+@pytest.mark.parametrize("isa", ["amx", "avx512"])
+def test_bfloat16_gemm_amx_and_avx512_paths(isa):
+    """bfloat16 GEMMs on the AMX tiles (the default where the CPU has them) and on the AVX512-BF16
+    kernel (FASTOPS_CPU_ISA=avx512), each in a fresh process: every shape edge of the tiles (16 /
+    17 rows, odd k, k padded to whole tiles), both layouts of A and B, epilogue, strided C."""
+    env = dict(os.environ, FASTOPS_CPU_ISA=isa)
+    code = _BF16_PATHS_RUN.replace("{amx}", str(isa == "amx"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_gemm_out_beta_alpha_strided(out_dtype):
     """The binding's in-place form: out = act(alpha a b + beta out + bias) into a strided view."""

@@ -20,6 +20,7 @@ py::dict build_meta() {
 #endif
   d["cpu_isas_compiled"] = cpu::compiled_isas();
   d["cpu_isa"] = std::string(cpu::isa_name(cpu::active_isa()));
+  d["cpu_amx_bf16"] = cpu::has_amx_bf16();
   d["cpu_last_level_cache_bytes"] = cpu::last_level_cache_bytes();
   return d;
 }

@@ -17,7 +17,8 @@
 //      thread count or blocking.
 //
 // Paths (csrc/cpu/isa.h): AVX-512 (16 x 32 floats per tile... see Tile<16>), AVX2, SSE
-// baseline, plus the AVX512-BF16 kernel for bfloat16 inputs.
+// baseline, plus the AVX512-BF16 kernel for bfloat16 inputs, or, where the CPU has AMX, the AMX
+// tiles (csrc/cpu/amx.h: 32 x 32 per register tile, A panels row-major, k padded to whole tiles).
 #include <omp.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include "fastops/gemm_packed.h"
 #include "fastops/math/activation.h"
 #include "fastops/storage.h"
+#include "amx.h"
 #include "isa.h"
 #include "vec_math.h"
 
@@ -564,6 +566,7 @@ struct Entries {
                const void* bp);
   int mr, nr;
   bool pairs;
+  bool amx = false;  // AMX tiles: A panels [mr][kq], kq padded to whole tiles (amx.h)
 };
 
 #define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
@@ -589,11 +592,91 @@ FASTOPS_GEMM_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, 0, uint32_t)
 #endif
 #undef FASTOPS_GEMM_ENTRIES
 
+#if FASTOPS_HAVE_X86_PATHS
+// ---- AMX entries (amx.h): the AVX512-BF16 panels of B padded to whole tiles, A panels row-major --
+
+// dst[r * kq + q] = src[q * mr + r] (r < mr, q < kq_real): A pairs packed as for `vdpbf16ps`
+// ([kq_real][mr]) turned into the AMX layout, zero for q in [kq_real, kq).
+void amx_rows_from_pairs(const uint32_t* src, int mr, int64_t kq_real, int64_t kq, uint32_t* dst) {
+  for (int64_t q0 = 0; q0 < kq_real; q0 += 32) {
+    const int len = static_cast<int>(std::min<int64_t>(32, kq_real - q0));
+    const uint32_t* rows[32];
+    for (int j = 0; j < len; ++j) rows[j] = src + (q0 + j) * mr;
+    transpose_pairs(rows, len, static_cast<int>(kq), mr, dst + q0);  // dst[r * kq + q0 + j] = rows[j][r]
+  }
+  for (int r = 0; r < mr; ++r) std::fill(dst + r * kq + kq_real, dst + (r + 1) * kq, 0u);
+}
+
+// A panels [first, last): rows contiguous along k are copied as they are (a pair is one 32-bit
+// word of the row); any other A goes through the `vdpbf16ps` packing, then amx_rows_from_pairs.
+template <typename AB>
+FASTOPS_TARGET_AMX void pack_a_amx(const Plan& pl, int64_t b, int64_t first, int64_t last, void* dst) {
+  const GemmParams& p = *pl.p;
+  const int64_t kq_real = ceil_div(p.k, 2), kq = pl.kq;
+  thread_local std::vector<uint32_t> pairs;
+  for (int64_t i = first; i < last; ++i) {
+    uint32_t* d = static_cast<uint32_t*>(dst) + (i - first) * pl.a_panel;
+    const int64_t i0 = i * pl.mr;
+    const int len = static_cast<int>(std::min<int64_t>(pl.mr, p.m - i0));
+    if (p.a.stride_col == 1) {
+      std::fill(d, d + pl.a_panel, 0u);
+      const AB* base = static_cast<const AB*>(p.a.ptr) + b * p.a.stride_batch;
+      for (int r = 0; r < len; ++r) std::memcpy(d + r * kq, base + (i0 + r) * p.a.stride_row, sizeof(AB) * p.k);
+      continue;
+    }
+    pairs.resize(static_cast<size_t>(std::max<int64_t>(kq_real, 1) * pl.mr));
+    pack_panel<AB, uint32_t, false>(pl, true, b, i, pairs.data(), 0, p.k);
+    amx_rows_from_pairs(pairs.data(), pl.mr, kq_real, kq, d);
+  }
+}
+
+// B panel pi as for `vdpbf16ps` ([kq][32] pairs), its rows past ceil(k / 2) zero.
+template <typename AB>
+FASTOPS_TARGET_AMX void pack_b_amx(const Plan& pl, int64_t b, int64_t pi, void* dst) {
+  uint32_t* d = static_cast<uint32_t*>(dst) + pi * pl.b_panel;
+  pack_panel<AB, uint32_t, false>(pl, false, b, pi, d, 0, pl.p->k);
+  std::fill(d + ceil_div(pl.p->k, 2) * pl.nr, d + pl.kq * pl.nr, 0u);
+}
+
+// Register tiles [t0, t1) of a unit, as run_unit: each 32 (or 16) x 32 tile on amx_tile, then the
+// epilogue from a tile buffer, or straight into C for a plain full tile.
+template <typename C>
+FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap,
+                                 int64_t a_first, const void* bp) {
+  const GemmParams& p = *pl.p;
+  alignas(64) float tile[kAmxMR * kAmxNR];
+  const AmxConfig cfg;
+  _tile_loadconfig(&cfg);
+  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
+  const int64_t ir0 = ui * (pl.mc / mr);
+  const int64_t jr0 = uj * (pl.nc / kAmxNR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / kAmxNR);
+  const int64_t width = jr1 - jr0, lda = pl.kq * 4;
+  const bool plain = stores_plain<C>(p);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
+    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
+    const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
+    const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
+    const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
+    const bool direct = plain && rows == mr && cols == kAmxNR;
+    float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
+                        : tile;
+    const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
+    if (mr == kAmxMR) amx_tile<2>(pl.kq, a, lda, bq, out, ldo);
+    else amx_tile<1>(pl.kq, a, lda, bq, out, ldo);
+    if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
+  }
+  _tile_release();
+}
+#endif
+
 bool cpu_has_bf16_dot() { return has_avx512_bf16(); }
 
 template <typename AB, typename C>
 Entries entries(DType ab) {
 #if FASTOPS_HAVE_X86_PATHS
+  if (ab == DType::kBFloat16 && has_amx_bf16())
+    return {pack_a_amx<AB>, pack_b_amx<AB>, unit_amx<C>, kAmxMR, kAmxNR, true, true};
   if (ab == DType::kBFloat16 && cpu_has_bf16_dot())
     return {pack_a_bf16dp<AB>, pack_b_bf16dp<AB>, unit_bf16dp<C>, kBf16MR, kBf16NR, true};
 #endif
@@ -624,9 +707,10 @@ int tile_rows(int64_t m, int mr) {
 Plan panel_plan(const GemmParams& p, const Entries& e) {
   Plan pl{};
   pl.p = &p;
-  pl.mr = tile_rows(p.m, e.mr);
+  pl.mr = e.amx ? (p.m <= 16 ? 16 : kAmxMR) : tile_rows(p.m, e.mr);
   pl.nr = e.nr;
   pl.kq = e.pairs ? ceil_div(p.k, 2) : p.k;
+  if (e.amx) pl.kq = round_up(std::max<int64_t>(pl.kq, 1), kAmxK);
   pl.m_panels = ceil_div(p.m, pl.mr);
   pl.n_panels = ceil_div(p.n, e.nr);
   pl.a_panel = std::max<int64_t>(pl.kq, 1) * pl.mr;
@@ -830,7 +914,7 @@ std::shared_ptr<char> pack_b_groups(const GemmOperand& b, int64_t k, int64_t n, 
 }
 
 template <typename AB>
-void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64_t pi, void* dst);
+void pack_a_gathered_for(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t pi, void* dst);
 template <typename AB, typename C>
 bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t first, int64_t last, int64_t jr0,
                      int64_t jr1, const char* bp);
@@ -853,7 +937,7 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
     if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, jr0, jr1, bbuf)) continue;
     if (ga) {
       for (int64_t i = first; i < last; ++i)
-        pack_a_gathered<AB>(pl, e.pairs, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
+        pack_a_gathered_for<AB>(pl, e, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
     } else {
       e.pack_a(pl, 0, first, last, abuf);
     }
@@ -963,6 +1047,23 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
       }
     }
   }
+}
+
+// pack_a_gathered in the layout of the kernel e: for AMX, the `vdpbf16ps` pairs (k unpadded)
+// turned into row-major panels.
+template <typename AB>
+void pack_a_gathered_for(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t pi, void* dst) {
+#if FASTOPS_HAVE_X86_PATHS
+  if (e.amx) {
+    thread_local std::vector<uint32_t> pairs;
+    Plan pq = pl;
+    pq.kq = ceil_div(pl.p->k, 2);
+    pairs.resize(static_cast<size_t>(std::max<int64_t>(pq.kq, 1) * pl.mr));
+    pack_a_gathered<AB>(pq, true, ga, pi, pairs.data());
+    return amx_rows_from_pairs(pairs.data(), pl.mr, pq.kq, pl.kq, static_cast<uint32_t*>(dst));
+  }
+#endif
+  pack_a_gathered<AB>(pl, e.pairs, ga, pi, dst);
 }
 
 // Direct product (the AVX-512 kernels): A is not packed at all. The micro-kernel broadcasts A's
@@ -1077,7 +1178,7 @@ bool direct_gathered(const Plan& pl, const Entries& e, const GatheredA& ga, int6
                      int64_t jr1, const char* bp) {
 #if FASTOPS_HAVE_X86_PATHS
   const bool f32 = std::is_same_v<AB, float> && !e.pairs && e.mr == Tile<16>::MR && e.nr == Tile<16>::NV * 16;
-  const bool bf16 = std::is_same_v<AB, BFloat16> && e.pairs && ga.seg_len % 2 == 0;
+  const bool bf16 = std::is_same_v<AB, BFloat16> && e.pairs && !e.amx && ga.seg_len % 2 == 0;
   if (!f32 && !bf16) return false;
   const int mr = e.mr, rows = pl.mr;  // rp: e.mr pointers per segment, of which the tile's rows are set
   const int64_t wq = bf16 ? ga.seg_len / 2 : ga.seg_len, segs = ga.segments, m = pl.p->m;
@@ -1139,6 +1240,7 @@ std::shared_ptr<char> pack_b_segments(const GemmOperand* segs, int64_t nsegs, in
   const int64_t bytes = std::max<int64_t>(*group_elems * 4, 64);
   std::shared_ptr<char> mem(static_cast<char*>(::operator new[](bytes, std::align_val_t(64))), PackedFree());
   char* dst = mem.get();
+  if (e.amx) std::memset(dst, 0, bytes);  // the k padding of every panel (the segments fill the rest)
   const int64_t seg_words = e.pairs ? seg_k / 2 : seg_k;  // packed k steps per segment
   const int64_t total = pl.n_panels * nsegs;
   const bool par = !omp_in_parallel() && g.k * n >= (1 << 15);
@@ -1152,6 +1254,7 @@ std::shared_ptr<char> pack_b_segments(const GemmOperand* segs, int64_t nsegs, in
     gg.b.ptr = static_cast<const AB*>(segs[sg].ptr) + pi * e.nr * segs[sg].stride_col;
     Plan pg = panel_plan(gg, e);
     pg.p = &gg;
+    pg.kq = seg_words;  // no padding inside the panel (pack_b_amx zeroes rows [seg_words, kq) only)
     e.pack_b(pg, 0, 0, dst + (pi * pl.b_panel + sg * seg_words * e.nr) * 4);
   }
   return mem;

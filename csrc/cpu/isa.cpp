@@ -1,5 +1,6 @@
 #include "isa.h"
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,21 @@ bool has_avx512_bf16() {
   static const bool has = [] {
     __builtin_cpu_init();
     return active_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool has_amx_bf16() {
+#if FASTOPS_HAVE_X86_PATHS && defined(__linux__) && defined(SYS_arch_prctl)
+  static const bool has = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // asm/prctl.h, the XSAVE component
+    const char* cap = std::getenv("FASTOPS_CPU_ISA");
+    if (!has_avx512_bf16() || (cap != nullptr && std::strcmp(cap, "amx") != 0)) return false;
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   return has;
 #else

@@ -31,12 +31,16 @@ namespace cpu {
 
 enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// The widest path this CPU supports, capped by FASTOPS_CPU_ISA=baseline|avx2|avx512 if set.
-// Decided once per process.
+// The widest path this CPU supports, capped by FASTOPS_CPU_ISA=baseline|avx2|avx512 if set
+// (avx512 also turns AMX off; amx, or no cap, leaves it on). Decided once per process.
 Isa active_isa();
 const char* isa_name(Isa isa);
 // True when the active path is AVX-512 and the CPU has AVX512-BF16 (bfloat16 dot products).
 bool has_avx512_bf16();
+// True when bfloat16 GEMMs can run on AMX tiles: AVX512-BF16 in use, the CPU has AMX-TILE and
+// AMX-BF16, FASTOPS_CPU_ISA is unset or "amx", and Linux gave this process the tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here).
+bool has_amx_bf16();
 // Bytes of the largest cache cpu0 has (its L3, shared by its core complex); 32 MiB if unknown.
 int64_t last_level_cache_bytes();
 // Names of the paths compiled into this build, e.g. "baseline,avx2,avx512".
