@@ -226,8 +226,9 @@ assert _ext.C.build_meta()['cpu_amx_bf16'] == {amx}
 g = torch.Generator().manual_seed(0)
 def rnd(*s):
     return torch.randn(*s, generator=g).bfloat16()
-# (m, k, n): one 16-row tile, 17 rows (two), odd k, k past one AMX step with a rest, k = 1
-for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 33)):
+# (m, k, n): one 16-row tile, 17 rows (two), odd k, k past one AMX step with a rest, k = 1, and
+# k in blocks of 128 pairs with a partial last block (k = 801), on 16 and 32-row tiles
+for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 33), (64, 801, 64), (16, 1000, 40)):
     a, b, bias = rnd(m, k), rnd(k, n), rnd(n)
     for aa, bb in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t())):  # row- and column-major
         for act in (0, 1):
@@ -236,9 +237,10 @@ for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 3
             ref = ref.relu() if act else ref
             err = ((c.double() - ref).abs().max() / ref.abs().max()).item()
             assert err < 1e-2, (m, k, n, act, err)
-    out = torch.full((n, m), float("nan")).t()  # column-major float32 C, beta 0: NaN must not leak
-    _ext.C.gemm_out(a, b, out)
-    assert ((out.double() - a.double() @ b.double()).abs().max() / (a.double() @ b.double()).abs().max()) < 1e-5
+    ref = a.double() @ b.double()
+    for out in (torch.full((n, m), float("nan")).t(), torch.full((m, n), float("nan"))):
+        _ext.C.gemm_out(a, b, out)  # float32 C, column- and row-major (full tiles go straight to C)
+        assert ((out.double() - ref).abs().max() / ref.abs().max()) < 1e-5, (m, k, n)
     # batched, B shared (stride 0)
     a3 = rnd(3, m, k)
     c3 = _ext.C.gemm(a3, b.expand(3, k, n))

@@ -37,22 +37,33 @@ struct alignas(64) AmxConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// out[r, c] = sum over q < kq of the pair products of A row r and B column c, r < 16 H, c < 32;
-// a: the A panel (row stride lda bytes), b: the B panel, out: float32 rows ldo bytes apart.
-// Every element is one float32 sum over q in increasing order, whatever H.
+// out[r, c] = in[r, c] + the pair products of A row r and B column c over q < kq, r < 16 H,
+// c < 32 (in null: zero); a: the A panel (row stride lda bytes), b: the B panel, in / out:
+// float32 rows ldo bytes apart (in may be out). Every element is one float32 sum over q in
+// increasing order, whatever H, and split over calls (in = the last out) it is the same sum.
 template <int H>
-FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, int64_t lda, const uint32_t* b, float* out,
-                                   int64_t ldo) {
+FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, int64_t lda, const uint32_t* b, const float* in,
+                                   float* out, int64_t ldo) {
   static_assert(H == 1 || H == 2, "16 or 32 rows");
   const uint32_t* a1 = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(a) + 16 * lda);
   // The tile intrinsics are asm statements that name their pointers but not the memory behind
   // them: compiler barriers keep the panel stores before the loads and the output reads after.
   asm volatile("" ::: "memory");
-  _tile_zero(0);
-  _tile_zero(1);
-  if constexpr (H == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+  if (in != nullptr) {
+    const float* in1 = reinterpret_cast<const float*>(reinterpret_cast<const char*>(in) + 16 * ldo);
+    _tile_loadd(0, in, ldo);
+    _tile_loadd(1, in + 16, ldo);
+    if constexpr (H == 2) {
+      _tile_loadd(2, in1, ldo);
+      _tile_loadd(3, in1 + 16, ldo);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (H == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
   for (int64_t q = 0; q < kq; q += kAmxK) {
     _tile_loadd(4, a + q, lda);

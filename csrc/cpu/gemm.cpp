@@ -638,13 +638,21 @@ FASTOPS_TARGET_AMX void pack_b_amx(const Plan& pl, int64_t b, int64_t pi, void* 
   std::fill(d + ceil_div(pl.p->k, 2) * pl.nr, d + pl.kq * pl.nr, 0u);
 }
 
+// k pairs per block of a long k: a 32-row A block (16 KB) stays in L1 while the unit's B panels
+// pass, instead of every tile streaming a whole A panel and B panel from L2.
+constexpr int64_t kAmxKBlock = 128;
+
 // Register tiles [t0, t1) of a unit, as run_unit: each 32 (or 16) x 32 tile on amx_tile, then the
-// epilogue from a tile buffer, or straight into C for a plain full tile.
+// epilogue from a tile buffer, or straight into C for a plain full tile. A k of more than 1.5
+// blocks goes block by block over all the unit's tiles, their partial sums kept in a float32
+// buffer between blocks (the same sum in the same order).
 template <typename C>
 FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap,
                                  int64_t a_first, const void* bp) {
+  constexpr int64_t kTile = kAmxMR * kAmxNR;
   const GemmParams& p = *pl.p;
-  alignas(64) float tile[kAmxMR * kAmxNR];
+  alignas(64) float tile[kTile];
+  thread_local std::vector<float> partial;
   const AmxConfig cfg;
   _tile_loadconfig(&cfg);
   const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
@@ -652,19 +660,31 @@ FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_
   const int64_t jr0 = uj * (pl.nc / kAmxNR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / kAmxNR);
   const int64_t width = jr1 - jr0, lda = pl.kq * 4;
   const bool plain = stores_plain<C>(p);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
-    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
-    const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
-    const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
-    const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
-    const bool direct = plain && rows == mr && cols == kAmxNR;
-    float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
-                        : tile;
-    const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
-    if (mr == kAmxMR) amx_tile<2>(pl.kq, a, lda, bq, out, ldo);
-    else amx_tile<1>(pl.kq, a, lda, bq, out, ldo);
-    if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
+  const int64_t kb = pl.kq * 2 > 3 * kAmxKBlock ? kAmxKBlock : pl.kq;
+  if (kb < pl.kq) partial.resize(static_cast<size_t>((t1 - t0) * kTile));
+  for (int64_t q0 = 0; q0 < pl.kq; q0 += kb) {
+    const int64_t qn = std::min(kb, pl.kq - q0);
+    const bool last = q0 + qn == pl.kq;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
+      const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
+      const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
+      const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel + q0;
+      const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel + q0 * kAmxNR;
+      float* part = kb < pl.kq ? partial.data() + (t - t0) * kTile : nullptr;
+      const float* in = q0 == 0 ? nullptr : part;
+      const bool direct = last && plain && rows == mr && cols == kAmxNR;
+      float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
+                          : (last ? tile : part);
+      const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
+      if (in != nullptr && ldo != kAmxNR * 4) {  // the last block of a direct tile: partial sums to C first
+        for (int r = 0; r < mr; ++r) std::memcpy(out + r * p.c_stride_row, in + r * kAmxNR, sizeof(float) * kAmxNR);
+        in = out;
+      }
+      if (mr == kAmxMR) amx_tile<2>(qn, a, lda, bq, in, out, ldo);
+      else amx_tile<1>(qn, a, lda, bq, in, out, ldo);
+      if (last && !direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
+    }
   }
   _tile_release();
 }
