@@ -30,6 +30,31 @@ AUTO_ORDER = ("cuda", "triton", "cpu")
 log = logging.getLogger("fastops")
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The CPU feature flags Linux lists in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    """True where the cpu kernels' bfloat16 GEMMs run on AMX tiles (torch's oneDNN has AMX there
+    too, which moves several CPU policies: see fastops.ops.matmul / rnn)."""
+    from fastops import _ext
+    return bool(_ext.BUILD_META.get("cpu_amx_bf16"))
+
+
+def cpu_has_avx512_fp16() -> bool:
+    """True on CPUs with AVX512-FP16, where torch's (oneDNN's) float16 convolution forward is fast."""
+    return "avx512_fp16" in cpu_flags()
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One implementation of one op.

@@ -411,18 +411,27 @@ def test_auto_policy_on_cpu():
 
 
 def test_auto_policy_float16_and_depthwise_backward_on_cpu():
-    """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower here, README), and
-    the depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5,
-    float32 5x5); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
+    """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower without AVX512-FP16,
+    README), except the forward on CPUs with AVX512-FP16 (torch's is faster there), and the
+    depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5); a 3x3
+    stride-1 and a float32 5x5 depthwise backward stay on torch. Gradients against float64."""
     _dispatch.set_crossovers_enabled(True)
-    x16 = make((2, 8, 20, 20), torch.float16, scale=1.0)
-    w16 = make((8, 8, 3, 3), torch.float16, seed=1)
+    x16 = make((2, 8, 20, 20), torch.float16, scale=1.0).requires_grad_()
+    w16 = make((8, 8, 3, 3), torch.float16, seed=1).requires_grad_()
     y16 = F.conv2d(x16, w16, padding=1)
-    assert _dispatch.last_choice("conv2d_forward").backend == "cpu"
-    torch.testing.assert_close(y16.double(), TF.conv2d(x16.double(), w16.double(), padding=1),
-                               rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 4)
+    fp16_forward = "torch" if _dispatch.cpu_has_avx512_fp16() else "cpu"
+    assert _dispatch.last_choice("conv2d_forward").backend == fp16_forward
+    xr16, wr16 = x16.detach().double().requires_grad_(), w16.detach().double().requires_grad_()
+    yr16 = TF.conv2d(xr16, wr16, padding=1)
+    torch.testing.assert_close(y16.double(), yr16, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 4)
+    _dispatch.clear_history()
+    y16.backward(torch.ones_like(y16))
+    assert _dispatch.last_choice("conv2d_backward").backend == "cpu"  # torch's float16 backward is slow
+    yr16.backward(torch.ones_like(yr16))
+    torch.testing.assert_close(x16.grad.double(), xr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 16)
+    torch.testing.assert_close(w16.grad.double(), wr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 64)
     for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
-                                   (torch.float32, 5, 1, "cpu"), (torch.float32, 3, 1, "torch"),
+                                   (torch.float32, 5, 1, "torch"), (torch.float32, 3, 1, "torch"),
                                    (torch.bfloat16, 3, 1, "torch")):
         x = make((2, 32, 20, 20), dtype, scale=1.0).contiguous(memory_format=CL).requires_grad_()
         w = make((32, 1, k, k), dtype, seed=1, scale=0.5).requires_grad_()

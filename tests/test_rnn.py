@@ -599,9 +599,13 @@ def test_modules_follow_the_auto_policy_through_the_eager_fast_path():
 
 def test_auto_policy_is_batch_aware():
     """The policy depends on the batch and on whether a backward follows (bf16 LSTM: the cpu layer
-    wins its fwd+bwd at small batch only, and not its forward alone)."""
-    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 1, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 32, True)
+    wins its fwd+bwd at small batch only without AMX, at every batch with it, and its forward alone
+    at small batch only)."""
+    amx = _dispatch.cpu_has_amx()
+    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 32, True) == amx
+    assert R.cpu_preferred(R.LSTM, torch.bfloat16, 1, True) and R.cpu_preferred(R.LSTM, torch.bfloat16, 1, False)
     assert R.cpu_preferred(R.LSTM, torch.bfloat16, 8, True) != R.cpu_preferred(R.LSTM, torch.bfloat16, 8, False)
+    assert R.cpu_preferred(R.LSTM, torch.float32, 1, False) != R.cpu_preferred(R.LSTM, torch.float32, 32, False)
     assert R.cpu_preferred(R.GRU, torch.float32, 32, False) and R.cpu_preferred(R.TANH, torch.float32, 32, False)
     assert not R.cpu_preferred(R.LSTM, torch.float16, 1, True)  # not measured: torch
 

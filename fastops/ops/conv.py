@@ -289,10 +289,14 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
     if _dispatch.get_backend() != "auto" or x.is_cuda or not _dispatch._crossovers_enabled:
         return None
     if x.dtype == torch.float16:
-        # torch's float16 CPU convolutions take a slow generic path here (no oneDNN float16): measured
-        # 2026-11-24 21:20 UTC, batch 8, through the bindings, torch / fastops: depthwise forward
-        # 41-56x, depthwise backward 10-26x, dense 3x3 64@28 forward 3.6x (NHWC) / 16x (NCHW), its
-        # backward 6-16x
+        # torch's float16 CPU convolutions take a slow generic path without AVX512-FP16 (no oneDNN
+        # float16): measured 2026-11-24 21:20 UTC on the Zen 4, batch 8, through the bindings, torch /
+        # fastops: depthwise forward 41-56x, depthwise backward 10-26x, dense 3x3 64@28 forward 3.6x
+        # (NHWC) / 16x (NCHW), its backward 6-16x. With AVX512-FP16 (the AMX Xeon, 2026-11-25 00:50
+        # UTC, batch 8, through autograd) torch's forward is the faster one (dense 3x3 64@28 0.65-0.67x,
+        # depthwise 128@56 0.17x) and its backward still slow (fwd+bwd 6-75x).
+        if backward_stride is None and _dispatch.cpu_has_avx512_fp16():
+            return "torch's float16 forward runs on AVX512-FP16 (oneDNN) on this CPU and was measured faster"
         return None
     depthwise = _is_depthwise(x, weight, groups)
     if (depthwise and (CPU_DEPTHWISE_FASTER or fused_relu_inference)) or (not depthwise and CPU_GEMM_PATH_FASTER):
@@ -320,16 +324,18 @@ def _is_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
 def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride) -> bool:
     """Depthwise backward calls where torch's CPU kernels were measured behind fastops' (README,
     2026-11-24 21:20 UTC, batch 8 NHWC, dgrad + wgrad + dbias through the bindings, min of 15 rounds):
-    bfloat16 with stride 2 (9-33x: torch leaves oneDNN there) or 5x5 / 7x7 kernels (1.4-4.2x), float32
-    5x5 (2.2-2.4x). The 3x3 stride-1 backward is within 0.9-1.5x either way (and behind through
-    autograd, 0.69-1.10x), float32 7x7 0.92x, float32 strided 0.92-0.98x: those stay on torch."""
+    bfloat16 with stride 2 (9-33x: torch leaves oneDNN there) or 5x5 / 7x7 kernels (1.4-4.2x); on the
+    AMX Xeon (2026-11-25 00:50 UTC, through autograd) 7x at 96@112 stride 2 and 144@56 5x5. The 3x3
+    stride-1 backward is within 0.9-1.5x either way (and behind through autograd, 0.69-1.10x),
+    float32 7x7 0.92x, float32 strided 0.92-0.98x: those stay on torch, and so does float32 5x5 (2.2x
+    ahead on the Zen 4, 0.23x on the Xeon: its wgrad has no register blocks, 39 ms at 144@56)."""
     k = (weight.shape[2], weight.shape[3])
-    if x.dtype == torch.bfloat16:
-        return tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))
-    return x.dtype == torch.float32 and k == (5, 5) and tuple(stride) == (1, 1)
+    return x.dtype == torch.bfloat16 and (tuple(stride) != (1, 1) or k in ((5, 5), (7, 7)))
 
 
 def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
+    if x.dtype == torch.float16:  # torch's float16 backward is slow on every CPU measured (auto_prefers_torch)
+        return True
     if _is_depthwise(x, weight, groups):
         return weight.shape[0] == x.shape[1] and _cpu_depthwise_backward_faster(x, weight, stride)
     return (_is_cl(x) and tuple(stride) == (1, 1) and weight.shape[2] * weight.shape[3] > 1

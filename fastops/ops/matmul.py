@@ -154,8 +154,11 @@ def _gemm_torch(a, b, bias, act):
 # machine (2-core AMD EPYC Zen 4, 2026-11-24; single-thread CPU time, the machine being shared):
 # linear-shaped float32 calls reach torch's speed at x = 64 x 4096 or 256 x 1024 (1.09-1.14x; 0.24x
 # at 1 x 4096 -> 4096, 0.9x at 128 x 1024), bfloat16 ones only near 1024 x 1024 (0.45-0.8x below:
-# packing the transposed weight costs more than torch's whole GEMV-like call).
-CROSSOVER = {"cpu": 1 << 18, "cpu:bfloat16": 1 << 20}
+# packing the transposed weight costs more than torch's whole GEMV-like call). On CPUs with AMX
+# (2-core Xeon, 2026-11-25 00:45 UTC, bfloat16, medians of 7 in one process, torch / fastops on AMX
+# tiles): 1.24x at 1024^3 and 1.5-1.7x at 32 x 256 x 1024, but 0.58x at 2048 x 256 x 1024, 0.68x at
+# 4096 x 1024 x 1024 and 0.86x at 512 x 4096 x 512, so bfloat16 stays on torch's AMX kernels there.
+CROSSOVER = {"cpu": 1 << 18, "cpu:bfloat16": _dispatch.NEVER if _dispatch.cpu_has_amx() else 1 << 20}
 
 # cuda and cpu are the same binding: it runs fastops::cuda::gemm (csrc/cuda/matmul.cu) on CUDA tensors.
 _KERNELS = {"cuda": _gemm_c, "triton": _gemm_triton, "cpu": _gemm_c, "torch": _gemm_torch}

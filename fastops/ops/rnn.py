@@ -220,9 +220,13 @@ def _backward_loop(backend):
 #   relu fp32  B=1 1.44/3.64  B=8 1.45/2.01  B=32 0.91/1.07, now 1.06/1.22  -> cpu
 #   relu bf16  B=1 6.80/8.20  B=8 3.65/3.85  B=32 1.56/1.67, now 1.10/1.51  -> cpu
 # float16 was not measured (torch). README "RNN" has the figures.
+# On CPUs with AMX (the bf16 GEMMs on AMX tiles; 2-core Xeon, 2026-11-25 00:55 UTC, T=64 H=256,
+# medians of 5 in one process, torch / fastops fwd / fwd+bwd): LSTM bf16 B=1 1.20/3.04, B=8
+# 0.94/1.73, B=32 0.98/1.26 -> cpu for training at every batch; LSTM fp32 B=1 1.25/1.29, B=8
+# 1.07/1.04, B=32 1.00/0.96; GRU bf16 3.9-7.4 / 3.1-8.9, fp32 1.7-2.4 / 1.7-4.4.
 # (inference, training): the largest batch the cpu layer runs at; None: any batch, 0: never.
 CPU_MAX_BATCH = {
-    (LSTM, torch.float32): (4, 0), (LSTM, torch.bfloat16): (4, 8),
+    (LSTM, torch.float32): (4, 0), (LSTM, torch.bfloat16): (4, None if _dispatch.cpu_has_amx() else 8),
     (GRU, torch.float32): (None, None), (GRU, torch.bfloat16): (None, None),
     (TANH, torch.float32): (None, None), (TANH, torch.bfloat16): (None, None),
     (RELU, torch.float32): (None, None), (RELU, torch.bfloat16): (None, None),
