@@ -6,7 +6,8 @@
 // Tile registers: tmm0-3 the accumulators (rows 0-15 / 16-31 x columns 0-15 / 16-31), tmm4-5 the
 // A tiles, tmm6-7 the B tiles. Panels (packed by gemm.cpp, k in pairs of bfloat16, one 32-bit
 // word per pair, zero-padded to whole tiles of kAmxK pairs):
-//   A: [32 or 16 rows][kq words]   (rows contiguous along k: a tile is 16 rows x 64 bytes)
+//   A: per 16-row half, kq / 16 tile steps of [16 rows][16 words]: each tile load is 1 KB in
+//      one run (16 rows strided through memory are 16 streams, past what the L1 prefetcher follows)
 //   B: [kq words][32 columns]      (the AVX512-BF16 kernel's B panel, padded: a tile is
 //                                   16 pairs x 16 columns, rows 128 bytes apart)
 #pragma once
@@ -28,7 +29,6 @@ namespace cpu {
 
 constexpr int kAmxMR = 32, kAmxNR = 32;
 constexpr int64_t kAmxK = 16;  // k pairs per tile step
-
 // Palette 1, every tile register 16 rows x 64 bytes. Tile configuration is per thread and other
 // libraries (oneDNN) set their own, so every GEMM call loads it and releases the tiles after.
 struct alignas(64) AmxConfig {
@@ -37,42 +37,31 @@ struct alignas(64) AmxConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// out[r, c] = in[r, c] + the pair products of A row r and B column c over q < kq, r < 16 H,
-// c < 32 (in null: zero); a: the A panel (row stride lda bytes), b: the B panel, in / out:
-// float32 rows ldo bytes apart (in may be out). Every element is one float32 sum over q in
-// increasing order, whatever H, and split over calls (in = the last out) it is the same sum.
+// out[r, c] = the pair products of A row r and B column c summed over q < kq, r < 16 H, c < 32; a: the
+// A panel, b: the B panel, out: float32 rows ldo bytes apart. Every element is one float32 sum
+// over q in increasing order, whatever H.
 template <int H>
-FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, int64_t lda, const uint32_t* b, const float* in,
-                                   float* out, int64_t ldo) {
+FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, const uint32_t* b, float* out, int64_t ldo) {
   static_assert(H == 1 || H == 2, "16 or 32 rows");
-  const uint32_t* a1 = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(a) + 16 * lda);
+  constexpr int64_t kStepA = 16 * kAmxK, kStepB = kAmxK * kAmxNR;  // words per tile step
+  const uint32_t* a1 = a + 16 * kq;
   // The tile intrinsics are asm statements that name their pointers but not the memory behind
   // them: compiler barriers keep the panel stores before the loads and the output reads after.
   asm volatile("" ::: "memory");
-  if (in != nullptr) {
-    const float* in1 = reinterpret_cast<const float*>(reinterpret_cast<const char*>(in) + 16 * ldo);
-    _tile_loadd(0, in, ldo);
-    _tile_loadd(1, in + 16, ldo);
-    if constexpr (H == 2) {
-      _tile_loadd(2, in1, ldo);
-      _tile_loadd(3, in1 + 16, ldo);
-    }
-  } else {
-    _tile_zero(0);
-    _tile_zero(1);
-    if constexpr (H == 2) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (H == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
   }
-  for (int64_t q = 0; q < kq; q += kAmxK) {
-    _tile_loadd(4, a + q, lda);
-    _tile_loadd(6, b + q * kAmxNR, kAmxNR * 4);
-    _tile_loadd(7, b + q * kAmxNR + 16, kAmxNR * 4);
+  for (int64_t s = 0; s < kq / kAmxK; ++s) {
+    _tile_loadd(4, a + s * kStepA, kAmxK * 4);
+    _tile_loadd(6, b + s * kStepB, kAmxNR * 4);
+    _tile_loadd(7, b + s * kStepB + 16, kAmxNR * 4);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     if constexpr (H == 2) {
-      _tile_loadd(5, a1 + q, lda);
+      _tile_loadd(5, a1 + s * kStepA, kAmxK * 4);
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
     }

@@ -595,38 +595,58 @@ FASTOPS_GEMM_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, 0, uint32_t)
 #if FASTOPS_HAVE_X86_PATHS
 // ---- AMX entries (amx.h): the AVX512-BF16 panels of B padded to whole tiles, A panels row-major --
 
-// dst[r * kq + q] = src[q * mr + r] (r < mr, q < kq_real): A pairs packed as for `vdpbf16ps`
-// ([kq_real][mr]) turned into the AMX layout, zero for q in [kq_real, kq).
-void amx_rows_from_pairs(const uint32_t* src, int mr, int64_t kq_real, int64_t kq, uint32_t* dst) {
+// The A panel of the AMX kernel (amx.h): 16-row halves, each a run of kq / 16 tile steps of 16 rows
+// x 16 words (1 KB, one tile load): word q of row r at amx_a_offset(r, q, kq).
+FASTOPS_FORCE_INLINE int64_t amx_a_offset(int r, int64_t q, int64_t kq) {
+  return (r / 16) * 16 * kq + (q / kAmxK) * 16 * kAmxK + (r % 16) * kAmxK + q % kAmxK;
+}
+
+// Row r of an A panel from `len` words at src (zero past len): 16-word runs into their tile steps.
+FASTOPS_FORCE_INLINE void amx_put_row(uint32_t* panel, int r, int64_t kq, const void* src, int64_t bytes) {
+  const char* s = static_cast<const char*>(src);
+  for (int64_t q0 = 0; q0 < kq; q0 += kAmxK) {
+    uint32_t* d = panel + amx_a_offset(r, q0, kq);
+    const int64_t n = std::clamp<int64_t>(bytes - q0 * 4, 0, kAmxK * 4);
+    if (n > 0) std::memcpy(d, s + q0 * 4, n);
+    if (n < kAmxK * 4) std::memset(reinterpret_cast<char*>(d) + n, 0, kAmxK * 4 - n);
+  }
+}
+
+// An A panel from A pairs packed as for `vdpbf16ps` (src[q * mr + r], q < kq_real): rows back by
+// 16 x 16 register transposes (through a row-major scratch), then into their tile steps.
+void amx_panel_from_pairs(const uint32_t* src, int mr, int64_t kq_real, int64_t kq, uint32_t* dst) {
+  thread_local std::vector<uint32_t> rows_buf;
+  const int64_t ld = round_up(std::max<int64_t>(kq_real, 1), kAmxK);  // the transposes write whole 16-word runs
+  rows_buf.resize(static_cast<size_t>(mr * ld));
   for (int64_t q0 = 0; q0 < kq_real; q0 += 32) {
     const int len = static_cast<int>(std::min<int64_t>(32, kq_real - q0));
     const uint32_t* rows[32];
     for (int j = 0; j < len; ++j) rows[j] = src + (q0 + j) * mr;
-    transpose_pairs(rows, len, static_cast<int>(kq), mr, dst + q0);  // dst[r * kq + q0 + j] = rows[j][r]
+    transpose_pairs(rows, len, static_cast<int>(ld), mr, rows_buf.data() + q0);  // [r * ld + q0 + j] = rows[j][r]
   }
-  for (int r = 0; r < mr; ++r) std::fill(dst + r * kq + kq_real, dst + (r + 1) * kq, 0u);
+  for (int r = 0; r < mr; ++r) amx_put_row(dst, r, kq, rows_buf.data() + r * ld, kq_real * 4);
 }
 
 // A panels [first, last): rows contiguous along k are copied as they are (a pair is one 32-bit
-// word of the row); any other A goes through the `vdpbf16ps` packing, then amx_rows_from_pairs.
+// word of the row); any other A goes through the `vdpbf16ps` packing ([kq][mr] pairs), transposed
+// 16 x 16 in registers back to rows. Rows past m are zero.
 template <typename AB>
 FASTOPS_TARGET_AMX void pack_a_amx(const Plan& pl, int64_t b, int64_t first, int64_t last, void* dst) {
   const GemmParams& p = *pl.p;
-  const int64_t kq_real = ceil_div(p.k, 2), kq = pl.kq;
   thread_local std::vector<uint32_t> pairs;
   for (int64_t i = first; i < last; ++i) {
     uint32_t* d = static_cast<uint32_t*>(dst) + (i - first) * pl.a_panel;
     const int64_t i0 = i * pl.mr;
     const int len = static_cast<int>(std::min<int64_t>(pl.mr, p.m - i0));
     if (p.a.stride_col == 1) {
-      std::fill(d, d + pl.a_panel, 0u);
       const AB* base = static_cast<const AB*>(p.a.ptr) + b * p.a.stride_batch;
-      for (int r = 0; r < len; ++r) std::memcpy(d + r * kq, base + (i0 + r) * p.a.stride_row, sizeof(AB) * p.k);
+      for (int r = 0; r < pl.mr; ++r)
+        amx_put_row(d, r, pl.kq, base + (i0 + r) * p.a.stride_row, r < len ? sizeof(AB) * p.k : 0);
       continue;
     }
-    pairs.resize(static_cast<size_t>(std::max<int64_t>(kq_real, 1) * pl.mr));
+    pairs.resize(static_cast<size_t>(std::max<int64_t>(ceil_div(p.k, 2), 1) * pl.mr));
     pack_panel<AB, uint32_t, false>(pl, true, b, i, pairs.data(), 0, p.k);
-    amx_rows_from_pairs(pairs.data(), pl.mr, kq_real, kq, d);
+    amx_panel_from_pairs(pairs.data(), pl.mr, ceil_div(p.k, 2), pl.kq, d);
   }
 }
 
@@ -638,53 +658,33 @@ FASTOPS_TARGET_AMX void pack_b_amx(const Plan& pl, int64_t b, int64_t pi, void* 
   std::fill(d + ceil_div(pl.p->k, 2) * pl.nr, d + pl.kq * pl.nr, 0u);
 }
 
-// k pairs per block of a long k: a 32-row A block (16 KB) stays in L1 while the unit's B panels
-// pass, instead of every tile streaming a whole A panel and B panel from L2.
-constexpr int64_t kAmxKBlock = 128;
-
 // Register tiles [t0, t1) of a unit, as run_unit: each 32 (or 16) x 32 tile on amx_tile, then the
-// epilogue from a tile buffer, or straight into C for a plain full tile. A k of more than 1.5
-// blocks goes block by block over all the unit's tiles, their partial sums kept in a float32
-// buffer between blocks (the same sum in the same order).
+// epilogue from a tile buffer, or straight into C for a plain full tile.
 template <typename C>
 FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap,
                                  int64_t a_first, const void* bp) {
-  constexpr int64_t kTile = kAmxMR * kAmxNR;
   const GemmParams& p = *pl.p;
-  alignas(64) float tile[kTile];
-  thread_local std::vector<float> partial;
+  alignas(64) float tile[kAmxMR * kAmxNR];
   const AmxConfig cfg;
   _tile_loadconfig(&cfg);
   const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
   const int64_t ir0 = ui * (pl.mc / mr);
   const int64_t jr0 = uj * (pl.nc / kAmxNR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / kAmxNR);
-  const int64_t width = jr1 - jr0, lda = pl.kq * 4;
+  const int64_t width = jr1 - jr0;
   const bool plain = stores_plain<C>(p);
-  const int64_t kb = pl.kq * 2 > 3 * kAmxKBlock ? kAmxKBlock : pl.kq;
-  if (kb < pl.kq) partial.resize(static_cast<size_t>((t1 - t0) * kTile));
-  for (int64_t q0 = 0; q0 < pl.kq; q0 += kb) {
-    const int64_t qn = std::min(kb, pl.kq - q0);
-    const bool last = q0 + qn == pl.kq;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
-      const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
-      const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
-      const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel + q0;
-      const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel + q0 * kAmxNR;
-      float* part = kb < pl.kq ? partial.data() + (t - t0) * kTile : nullptr;
-      const float* in = q0 == 0 ? nullptr : part;
-      const bool direct = last && plain && rows == mr && cols == kAmxNR;
-      float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
-                          : (last ? tile : part);
-      const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
-      if (in != nullptr && ldo != kAmxNR * 4) {  // the last block of a direct tile: partial sums to C first
-        for (int r = 0; r < mr; ++r) std::memcpy(out + r * p.c_stride_row, in + r * kAmxNR, sizeof(float) * kAmxNR);
-        in = out;
-      }
-      if (mr == kAmxMR) amx_tile<2>(qn, a, lda, bq, in, out, ldo);
-      else amx_tile<1>(qn, a, lda, bq, in, out, ldo);
-      if (last && !direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
-    }
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
+    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
+    const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
+    const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
+    const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
+    const bool direct = plain && rows == mr && cols == kAmxNR;
+    float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
+                        : tile;
+    const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
+    if (mr == kAmxMR) amx_tile<2>(pl.kq, a, bq, out, ldo);
+    else amx_tile<1>(pl.kq, a, bq, out, ldo);
+    if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
   }
   _tile_release();
 }
@@ -1080,7 +1080,7 @@ void pack_a_gathered_for(const Plan& pl, const Entries& e, const GatheredA& ga, 
     pq.kq = ceil_div(pl.p->k, 2);
     pairs.resize(static_cast<size_t>(std::max<int64_t>(pq.kq, 1) * pl.mr));
     pack_a_gathered<AB>(pq, true, ga, pi, pairs.data());
-    return amx_rows_from_pairs(pairs.data(), pl.mr, pq.kq, pl.kq, static_cast<uint32_t*>(dst));
+    return amx_panel_from_pairs(pairs.data(), pl.mr, pq.kq, pl.kq, static_cast<uint32_t*>(dst));
   }
 #endif
   pack_a_gathered<AB>(pl, e.pairs, ga, pi, dst);
