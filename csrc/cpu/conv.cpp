@@ -1229,21 +1229,23 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   }
 }
 
-// Register-blocked 3x3 wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs):
-// the sums of dy x per tap and of dy over every output pixel of every image, in registers, then
-// added to acc ([taps, O]) and bacc. Taps that read padding are skipped: kernel rows per output
-// row, kernel columns on the pixels outside [w_lo, w_hi) (all three columns inside x there).
-template <typename T, int kVecs>
-FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t w_lo, int64_t w_hi, float* acc,
-                                            float* bacc) {
+// Register-blocked K x K wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs):
+// the sums of dy x per tap and of dy over every output pixel of every image, in registers (K K
+// kVecs accumulators: 3x3 on 32 channels, 5x5 on 16), then added to acc ([taps, O]) and bacc. Taps
+// that read padding are skipped: kernel rows per output row, kernel columns on the pixels outside
+// [w_lo, w_hi) (all K columns inside x there). Every sum runs over the pixels in order, as the
+// generic loop's.
+template <typename T, int K, int kVecs>
+FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t w_lo, int64_t w_hi, float* acc,
+                                         float* bacc) {
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in) + c0;
   const T* dy = static_cast<const T*>(jb.in2) + c0;
-  DwVec sum[9][kVecs] = {}, bsum[kVecs] = {};
+  DwVec sum[K * K][kVecs] = {}, bsum[kVecs] = {};
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t oh = 0; oh < s.ho; ++oh) {
-      const T* xr[3];  // x's row of each kernel row, null: padding
-      for (int i = 0; i < 3; ++i) {
+      const T* xr[K];  // x's row of each kernel row, null: padding
+      for (int i = 0; i < K; ++i) {
         const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
         xr[i] = ih < 0 || ih >= s.h ? nullptr : x + (n * s.h + ih) * s.w * s.c;
       }
@@ -1254,21 +1256,21 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t
 #pragma GCC unroll 2
         for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
         const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
-#pragma GCC unroll 3
-        for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 5
+        for (int i = 0; i < K; ++i) {
           if (xr[i] == nullptr) continue;
-#pragma GCC unroll 3
-          for (int j = 0; j < 3; ++j) {
+#pragma GCC unroll 5
+          for (int j = 0; j < K; ++j) {
             const int64_t iw = iw0 + j * s.dil_w;
             if (decltype(edge)::value && (iw < 0 || iw >= s.w)) continue;
             const T* xp = xr[i] + iw * s.c;
             if constexpr (kVecs == 2) {
               DwVec x0, x1;
               dw_load32(xp, x0, x1);
-              sum[i * 3 + j][0] += g[0] * x0;
-              sum[i * 3 + j][1] += g[1] * x1;
+              sum[i * K + j][0] += g[0] * x0;
+              sum[i * K + j][1] += g[1] * x1;
             } else {
-              sum[i * 3 + j][0] += g[0] * dw_load16(xp);
+              sum[i * K + j][0] += g[0] * dw_load16(xp);
             }
           }
         }
@@ -1279,7 +1281,7 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block3x3(const DwJob& jb, int64_t c0, int64_t
     }
   }
   alignas(64) float out[16 * kVecs];
-  for (int t = 0; t < 9; ++t) {
+  for (int t = 0; t < K * K; ++t) {
     dw_channel_order<T>(sum[t], out);
     for (int l = 0; l < 16 * kVecs; ++l) acc[t * s.o + c0 + l] += out[l];
   }
@@ -1297,12 +1299,18 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   float* acc = static_cast<float*>(jb.out);
   const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
   float* bacc = acc + taps * s.o;
-  if (mult == 1 && s.kh == 3 && s.kw == 3 && b % 16 == 0 && (e - b) % 16 == 0 && !std::is_same_v<T, Half>) {
+  const bool blocks = mult == 1 && s.kh == s.kw && (s.kh == 3 || s.kh == 5) && b % 16 == 0 && (e - b) % 16 == 0 &&
+                      !std::is_same_v<T, Half>;
+  if (blocks) {
     int64_t w_lo, w_hi;  // output columns whose taps all lie inside x (w_lo <= w_hi)
     inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
     int64_t c0 = b;
-    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block3x3<T, 2>(jb, c0, w_lo, w_hi, acc, bacc);
-    if (c0 < e) dw_wgrad_block3x3<T, 1>(jb, c0, w_lo, w_hi, acc, bacc);
+    if (s.kh == 5) {
+      for (; c0 < e; c0 += 16) dw_wgrad_block<T, 5, 1>(jb, c0, w_lo, w_hi, acc, bacc);
+      return;
+    }
+    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block<T, 3, 2>(jb, c0, w_lo, w_hi, acc, bacc);
+    if (c0 < e) dw_wgrad_block<T, 3, 1>(jb, c0, w_lo, w_hi, acc, bacc);
     return;
   }
   for (int64_t n = 0; n < s.n; ++n) {
