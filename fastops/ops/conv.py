@@ -325,12 +325,16 @@ def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride
     """Depthwise backward calls where torch's CPU kernels were measured behind fastops' (README,
     2026-11-24 21:20 UTC, batch 8 NHWC, dgrad + wgrad + dbias through the bindings, min of 15 rounds):
     bfloat16 with stride 2 (9-33x: torch leaves oneDNN there) or 5x5 / 7x7 kernels (1.4-4.2x); on the
-    AMX Xeon (2026-11-25 00:50 UTC, through autograd) 7x at 96@112 stride 2 and 144@56 5x5. The 3x3
-    stride-1 backward is within 0.9-1.5x either way (and behind through autograd, 0.69-1.10x),
-    float32 7x7 0.92x, float32 strided 0.92-0.98x: those stay on torch, and so does float32 5x5 (2.2x
-    ahead on the Zen 4, 0.23x on the Xeon: its wgrad has no register blocks, 39 ms at 144@56)."""
+    AMX Xeon (2026-11-25 00:15 UTC, fwd+bwd through autograd, batch 8) 7x at 96@112 stride 2, 11x at
+    144@56 5x5. float32 5x5 (since its wgrad has register blocks): 2.15-2.5x at 144@56, 240@28,
+    672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1). The 3x3
+    stride-1 backward is behind through autograd (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4),
+    float32 7x7 0.55x (its wgrad is the generic loop), other float32 strided 0.92-0.98x: those stay
+    on torch."""
     k = (weight.shape[2], weight.shape[3])
-    return x.dtype == torch.bfloat16 and (tuple(stride) != (1, 1) or k in ((5, 5), (7, 7)))
+    if x.dtype == torch.bfloat16:
+        return tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))
+    return x.dtype == torch.float32 and k == (5, 5)
 
 
 def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
