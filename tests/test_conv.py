@@ -414,7 +414,7 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower without AVX512-FP16,
     README), except the forward on CPUs with AVX512-FP16 (torch's is faster there), and the
     depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5, float32
-    5x5); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
+    5x5 / 7x7); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
     _dispatch.set_crossovers_enabled(True)
     x16 = make((2, 8, 20, 20), torch.float16, scale=1.0).requires_grad_()
     w16 = make((8, 8, 3, 3), torch.float16, seed=1).requires_grad_()
@@ -431,7 +431,7 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     torch.testing.assert_close(x16.grad.double(), xr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 16)
     torch.testing.assert_close(w16.grad.double(), wr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 64)
     for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
-                                   (torch.float32, 5, 1, "cpu"), (torch.float32, 5, 2, "cpu"),
+                                   (torch.float32, 5, 1, "cpu"), (torch.float32, 5, 2, "cpu"), (torch.float32, 7, 1, "cpu"),
                                    (torch.float32, 3, 1, "torch"),
                                    (torch.bfloat16, 3, 1, "torch")):
         x = make((2, 32, 20, 20), dtype, scale=1.0).contiguous(memory_format=CL).requires_grad_()

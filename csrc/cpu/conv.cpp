@@ -1229,37 +1229,41 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   }
 }
 
-// Register-blocked K x K wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs):
-// the sums of dy x per tap and of dy over every output pixel of every image, in registers (K K
-// kVecs accumulators: 3x3 on 32 channels, 5x5 on 16), then added to acc ([taps, O]) and bacc. Taps
-// that read padding are skipped: kernel rows per output row, kernel columns on the pixels outside
+// Register-blocked K x K wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs),
+// kernel rows [R0, R1): the sums of dy x per tap (and, with row 0, of dy) over every output pixel
+// of every image, in registers ((R1 - R0) K kVecs accumulators: 3x3 on 32 channels, 5x5 on 16, 7x7
+// on 16 in two passes of 4 and 3 rows), then added to acc ([taps, O]) and bacc. Taps that read
+// padding are skipped: kernel rows per output row, kernel columns on the pixels outside
 // [w_lo, w_hi) (all K columns inside x there). Every sum runs over the pixels in order, as the
 // generic loop's.
-template <typename T, int K, int kVecs>
+template <typename T, int K, int kVecs, int R0 = 0, int R1 = K>
 FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t w_lo, int64_t w_hi, float* acc,
                                          float* bacc) {
+  constexpr int kRows = R1 - R0;
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in) + c0;
   const T* dy = static_cast<const T*>(jb.in2) + c0;
-  DwVec sum[K * K][kVecs] = {}, bsum[kVecs] = {};
+  DwVec sum[kRows * K][kVecs] = {}, bsum[kVecs] = {};
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t oh = 0; oh < s.ho; ++oh) {
-      const T* xr[K];  // x's row of each kernel row, null: padding
-      for (int i = 0; i < K; ++i) {
-        const int64_t ih = conv_in_index(oh, i, s.stride_h, s.pad_h, s.dil_h);
+      const T* xr[kRows];  // x's row of each kernel row R0 + i, null: padding
+      for (int i = 0; i < kRows; ++i) {
+        const int64_t ih = conv_in_index(oh, R0 + i, s.stride_h, s.pad_h, s.dil_h);
         xr[i] = ih < 0 || ih >= s.h ? nullptr : x + (n * s.h + ih) * s.w * s.c;
       }
       auto pixel = [&](int64_t ow, auto edge) {
         DwVec g[kVecs];
         const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
         if constexpr (kVecs == 2) dw_load32(gp, g[0], g[1]); else g[0] = dw_load16(gp);
+        if constexpr (R0 == 0) {
 #pragma GCC unroll 2
-        for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
+          for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
+        }
         const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
-#pragma GCC unroll 5
-        for (int i = 0; i < K; ++i) {
+#pragma GCC unroll 7
+        for (int i = 0; i < kRows; ++i) {
           if (xr[i] == nullptr) continue;
-#pragma GCC unroll 5
+#pragma GCC unroll 7
           for (int j = 0; j < K; ++j) {
             const int64_t iw = iw0 + j * s.dil_w;
             if (decltype(edge)::value && (iw < 0 || iw >= s.w)) continue;
@@ -1281,12 +1285,14 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t w_
     }
   }
   alignas(64) float out[16 * kVecs];
-  for (int t = 0; t < K * K; ++t) {
+  for (int t = 0; t < kRows * K; ++t) {
     dw_channel_order<T>(sum[t], out);
-    for (int l = 0; l < 16 * kVecs; ++l) acc[t * s.o + c0 + l] += out[l];
+    for (int l = 0; l < 16 * kVecs; ++l) acc[(R0 * K + t) * s.o + c0 + l] += out[l];
   }
-  dw_channel_order<T>(bsum, out);
-  for (int l = 0; l < 16 * kVecs; ++l) bacc[c0 + l] += out[l];
+  if constexpr (R0 == 0) {
+    dw_channel_order<T>(bsum, out);
+    for (int l = 0; l < 16 * kVecs; ++l) bacc[c0 + l] += out[l];
+  }
 }
 
 // NHWC wgrad (and dbias) for output channels [b, e): every pixel in order, float32 sums.
@@ -1299,12 +1305,19 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   float* acc = static_cast<float*>(jb.out);
   const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
   float* bacc = acc + taps * s.o;
-  const bool blocks = mult == 1 && s.kh == s.kw && (s.kh == 3 || s.kh == 5) && b % 16 == 0 && (e - b) % 16 == 0 &&
-                      !std::is_same_v<T, Half>;
+  const bool blocks = mult == 1 && s.kh == s.kw && (s.kh == 3 || s.kh == 5 || s.kh == 7) && b % 16 == 0 &&
+                      (e - b) % 16 == 0 && !std::is_same_v<T, Half>;
   if (blocks) {
     int64_t w_lo, w_hi;  // output columns whose taps all lie inside x (w_lo <= w_hi)
     inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
     int64_t c0 = b;
+    if (s.kh == 7) {  // 49 taps: rows 0-3, then 4-6, each pass over every pixel (dy read twice)
+      for (; c0 < e; c0 += 16) {
+        dw_wgrad_block<T, 7, 1, 0, 4>(jb, c0, w_lo, w_hi, acc, bacc);
+        dw_wgrad_block<T, 7, 1, 4, 7>(jb, c0, w_lo, w_hi, acc, bacc);
+      }
+      return;
+    }
     if (s.kh == 5) {
       for (; c0 < e; c0 += 16) dw_wgrad_block<T, 5, 1>(jb, c0, w_lo, w_hi, acc, bacc);
       return;

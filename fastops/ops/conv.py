@@ -305,7 +305,7 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
         return None
     if depthwise:
         return ("the cpu depthwise kernels were measured slower than torch (oneDNN) here, except the backward "
-                "of bfloat16 strided or 5x5 / 7x7 and float32 5x5 convolutions")
+                "of bfloat16 strided or 5x5 / 7x7 and float32 5x5 / 7x7 convolutions")
     return ("the cpu implicit-GEMM path was measured slower than torch (oneDNN) here; the NHWC backward of "
             ">= 512-channel layers on <= 8x8 outputs only")
 
@@ -327,14 +327,14 @@ def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride
     bfloat16 with stride 2 (9-33x: torch leaves oneDNN there) or 5x5 / 7x7 kernels (1.4-4.2x); on the
     AMX Xeon (2026-11-25 00:15 UTC, fwd+bwd through autograd, batch 8) 7x at 96@112 stride 2, 11x at
     144@56 5x5. float32 5x5 (since its wgrad has register blocks): 2.15-2.5x at 144@56, 240@28,
-    672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1). The 3x3
-    stride-1 backward is behind through autograd (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4),
-    float32 7x7 0.55x (its wgrad is the generic loop), other float32 strided 0.92-0.98x: those stay
-    on torch."""
+    672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1); float32
+    7x7 2.1-2.9x at 144@56, 96@56, 192@28, 384@14 (0.55x before its blocks). The 3x3 stride-1
+    backward is behind through autograd (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4), other
+    float32 strided 0.92-0.98x: those stay on torch."""
     k = (weight.shape[2], weight.shape[3])
     if x.dtype == torch.bfloat16:
         return tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))
-    return x.dtype == torch.float32 and k == (5, 5)
+    return x.dtype == torch.float32 and k in ((5, 5), (7, 7))
 
 
 def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
