@@ -610,6 +610,20 @@ def test_auto_policy_is_batch_aware():
     assert not R.cpu_preferred(R.LSTM, torch.float16, 1, True)  # not measured: torch
 
 
+def test_mm_out_dtype_probe():
+    """The probe behind gates_f32's CUDA fast path answers without raising: False for CPU tensors
+    (aten::mm.dtype has no CPU kernel in this torch), whatever it says, the same answer again (cached)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        got = R.mm_out_dtype_supported("cpu", dtype)
+        assert isinstance(got, bool) and got == R.mm_out_dtype_supported("cpu", dtype)
+        try:
+            torch.mm(torch.ones(1, 1, dtype=dtype), torch.ones(1, 1, dtype=dtype), out_dtype=torch.float32)
+            runs = True
+        except (NotImplementedError, RuntimeError, TypeError):
+            runs = False
+        assert got == runs
+
+
 def test_gate_products_on_cpu_are_float32_upcasts():
     """gates_f32 off the GPU: the float32 product of the upcast operands, for every dtype."""
     for dtype in DTYPES:

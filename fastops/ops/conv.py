@@ -165,7 +165,7 @@ def _nhwc_faster(x, weight, groups) -> bool:
     panel copies whole channel runs and its blocks span images, and converting x and y costs a
     small fraction of the GEMM (measured in `python -m fastops.bench --ops conv`). Depthwise ones
     too on small planes, where the NCHW kernel's work per plane outweighs the layout change."""
-    if groups == x.shape[1]:
+    if _is_depthwise(x, weight, groups):
         return x.shape[2] * x.shape[3] <= DEPTHWISE_NHWC_MAX_PIXELS
     return weight.shape[2] * weight.shape[3] > 1
 

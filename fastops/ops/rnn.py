@@ -24,6 +24,7 @@ fastops/ops/rnn_proj.py; run_stack and the aten::lstm override here call them.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -73,15 +74,25 @@ def _step_fns(backend: str):
     return _ref.step_forward_ref, _ref.step_backward_ref
 
 
+@functools.lru_cache(maxsize=None)
+def mm_out_dtype_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.mm(..., out_dtype=torch.float32) (aten::mm.dtype) runs on this device type for
+    `dtype` operands: probed once on 1x1 tensors, so that a real call never has to catch errors
+    (an out-of-memory error from it must reach the caller, not turn into a bigger upcast GEMM)."""
+    try:
+        one = torch.ones(1, 1, dtype=dtype, device=device_type)
+        return torch.mm(one, one, out_dtype=torch.float32).dtype == torch.float32
+    except (NotImplementedError, RuntimeError, TypeError):
+        return False
+
+
 def gates_f32(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """a [M, K] @ w [N, K]^T in float32. CUDA fp16/bf16: the operands as stored with float32
     accumulation and output (aten::mm.dtype: tensor cores, exact products, as an upcast GEMM up to
     summation order); elsewhere, or where that overload is missing, an upcast float32 GEMM."""
-    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and w.dtype == a.dtype:
-        try:
-            return torch.mm(a, w.t(), out_dtype=torch.float32)
-        except (NotImplementedError, RuntimeError, TypeError):
-            pass
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and w.dtype == a.dtype \
+            and mm_out_dtype_supported("cuda", a.dtype):
+        return torch.mm(a, w.t(), out_dtype=torch.float32)
     acc = acc_dtype(a.dtype)
     return a.to(acc) @ w.to(acc).t()
 
