@@ -1069,18 +1069,36 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
   }
 }
 
-// pack_a_gathered in the layout of the kernel e: for AMX, the `vdpbf16ps` pairs (k unpadded)
-// turned into row-major panels.
+// pack_a_gathered in the layout of the kernel e. AMX: each row segment is copied into its row of
+// the panel in runs that end at the tile steps' 32-element boundaries (bfloat16 elements, so a
+// segment of odd length shares a pair with the next), rows and segments without data left zero.
 template <typename AB>
 void pack_a_gathered_for(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t pi, void* dst) {
 #if FASTOPS_HAVE_X86_PATHS
-  if (e.amx) {
-    thread_local std::vector<uint32_t> pairs;
-    Plan pq = pl;
-    pq.kq = ceil_div(pl.p->k, 2);
-    pairs.resize(static_cast<size_t>(std::max<int64_t>(pq.kq, 1) * pl.mr));
-    pack_a_gathered<AB>(pq, true, ga, pi, pairs.data());
-    return amx_panel_from_pairs(pairs.data(), pl.mr, pq.kq, pl.kq, static_cast<uint32_t*>(dst));
+  if (std::is_same_v<AB, BFloat16> && e.amx) {  // AMX entries exist for bfloat16 only
+    const int width = pl.mr;
+    const int64_t i0 = pi * width, seg = ga.seg_len;
+    const int len = static_cast<int>(std::min<int64_t>(width, pl.p->m - i0));
+    thread_local std::vector<const void*> table;  // [segment][width]: the panel's row segments
+    table.assign(static_cast<size_t>(ga.segments * width), nullptr);
+    ga.rows(ga.ctx, i0, len, width, table.data());
+    char* panel = static_cast<char*>(dst);
+    std::memset(panel, 0, sizeof(uint32_t) * pl.a_panel);
+    constexpr int64_t kRun = 2 * kAmxK;  // bfloat16 elements per tile step of a row
+    for (int r = 0; r < len; ++r) {
+      for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
+        const char* src = static_cast<const char*>(table[sgi * width + r]);
+        if (src == nullptr) continue;
+        for (int64_t done = 0, el = sgi * seg; done < seg;) {
+          const int64_t take = std::min(seg - done, kRun - el % kRun);
+          std::memcpy(panel + 4 * amx_a_offset(r, el / kRun * kAmxK, pl.kq) + 2 * (el % kRun), src + 2 * done,
+                      2 * take);
+          done += take;
+          el += take;
+        }
+      }
+    }
+    return;
   }
 #endif
   pack_a_gathered<AB>(pl, e.pairs, ga, pi, dst);
