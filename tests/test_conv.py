@@ -430,6 +430,28 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     yr16.backward(torch.ones_like(yr16))
     torch.testing.assert_close(x16.grad.double(), xr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 16)
     torch.testing.assert_close(w16.grad.double(), wr16.grad, rtol=RTOL[torch.float16], atol=ATOL[torch.float16] * 64)
+    # bfloat16 1x1 NCHW stride 1 from 14x14 pixels, forward and backward, where the CPU has AMX
+    amx = _dispatch.cpu_has_amx()
+    x1, w1 = make((2, 16, 14, 14), torch.bfloat16, scale=1.0).requires_grad_(), make((8, 16, 1, 1), torch.bfloat16, seed=1)
+    w1.requires_grad_()
+    _dispatch.clear_history()
+    y1 = F.conv2d(x1, w1)
+    assert _dispatch.last_choice("conv2d_forward").backend == ("cpu" if amx else "torch")
+    y1.backward(torch.ones_like(y1))
+    chosen = _dispatch.last_choice("conv2d_backward")
+    assert (chosen.backend if chosen is not None else "torch") == ("cpu" if amx else "torch")
+    xr1, wr1 = x1.detach().double().requires_grad_(), w1.detach().double().requires_grad_()
+    TF.conv2d(xr1, wr1).backward(torch.ones_like(y1).double())
+    torch.testing.assert_close(x1.grad.double(), xr1.grad, rtol=RTOL[torch.bfloat16], atol=ATOL[torch.bfloat16] * 4)
+    torch.testing.assert_close(w1.grad.double(), wr1.grad, rtol=RTOL[torch.bfloat16], atol=ATOL[torch.bfloat16] * 16)
+    for shape, stride in (((2, 16, 13, 13), 1), ((2, 16, 28, 28), 2)):  # too small, strided: torch
+        assert not C._cpu_pointwise_nchw_faster(torch.empty(shape, dtype=torch.bfloat16),
+                                                torch.empty(8, 16, 1, 1, dtype=torch.bfloat16), 1, (stride, stride))
+    # bfloat16 3x3 stride 1: on fastops from 8x28x28 input pixels where the CPU has AMX, else torch
+    for n, hw, want in ((8, 28, "cpu" if _dispatch.cpu_has_amx() else "torch"), (8, 14, "torch"), (1, 56, "torch")):
+        xb = torch.empty(n, 16, hw, hw, dtype=torch.bfloat16)
+        wb = torch.empty(16, 1, 3, 3, dtype=torch.bfloat16)
+        assert C._cpu_backward_faster(xb, wb, 16, (1, 1)) == (want == "cpu"), (n, hw)
     for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
                                    (torch.float32, 5, 1, "cpu"), (torch.float32, 5, 2, "cpu"), (torch.float32, 7, 1, "cpu"),
                                    (torch.float32, 3, 1, "torch"),

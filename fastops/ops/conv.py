@@ -268,9 +268,11 @@ def _supports_cuda_backward(grad, x, weight, stride, padding, dilation, groups, 
 
 
 def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
-                       backward_stride: Optional[tuple] = None, fused_relu_inference: bool = False) -> Optional[str]:
+                       backward_stride: Optional[tuple] = None, fused_relu_inference: bool = False,
+                       forward_stride: Optional[tuple] = None) -> Optional[str]:
     """Why `auto` sends a CPU call to torch whatever its size, or None. backward_stride: the
-    stride of a backward call (conv2d_backward), None for a forward. fused_relu_inference: a forward
+    stride of a backward call (conv2d_backward), None for a forward; forward_stride: a forward's
+    stride where the caller knows it (None: not known, no stride-1 rule applies). fused_relu_inference: a forward
     with relu fused and no autograd graph, which runs on fastops when depthwise (README, 2026-11-24
     15:30 UTC: 0.99-1.29x torch's conv then relu, 3x3 batch 8 NHWC, in one process, medians).
 
@@ -301,6 +303,9 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
     depthwise = _is_depthwise(x, weight, groups)
     if (depthwise and (CPU_DEPTHWISE_FASTER or fused_relu_inference)) or (not depthwise and CPU_GEMM_PATH_FASTER):
         return None
+    if backward_stride is None and forward_stride is not None and _cpu_pointwise_nchw_faster(x, weight, groups,
+                                                                                             forward_stride):
+        return None
     if backward_stride is not None and _cpu_backward_faster(x, weight, groups, backward_stride):
         return None
     if depthwise:
@@ -315,6 +320,9 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
 # per image (ResNet-50's last stage; 512@14 measured at parity, 0.94-1.00x, so it stays on torch).
 CPU_BACKWARD_FASTER_FROM = 512
 CPU_BACKWARD_FASTER_MAX_PIXELS = 64
+# Input pixels (N H W) from which a bfloat16 depthwise 3x3 stride-1 backward runs on fastops on CPUs
+# with AMX (_cpu_depthwise_backward_faster): 8x28x28.
+DW_BF16_BACKWARD_MIN_PIXELS = 8 * 28 * 28
 
 
 def _is_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -329,16 +337,39 @@ def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride
     144@56 5x5. float32 5x5 (since its wgrad has register blocks): 2.15-2.5x at 144@56, 240@28,
     672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1); float32
     7x7 2.1-2.9x at 144@56, 96@56, 192@28, 384@14 (0.55x before its blocks). The 3x3 stride-1
-    backward is behind through autograd (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4), other
-    float32 strided 0.92-0.98x: those stay on torch."""
+    backward is behind through autograd in float32 (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4),
+    other float32 strided 0.92-0.98x: those stay on torch. bfloat16 3x3 stride 1 on the AMX Xeon
+    (2026-11-25 00:45 UTC, fwd+bwd through autograd, medians of 9): 1.14-1.28x from 8x32@112 to
+    8x256@28, 0.79-0.97x on fewer than DW_BF16_BACKWARD_MIN_PIXELS input pixels (8x512@14, 8x1024@7,
+    batch 1); on the Zen 4 0.9-1.5x either way, so there it stays on torch."""
     k = (weight.shape[2], weight.shape[3])
     if x.dtype == torch.bfloat16:
-        return tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))
+        if tuple(stride) != (1, 1) or k in ((5, 5), (7, 7)):
+            return True
+        return _dispatch.cpu_has_amx() and x.shape[0] * x.shape[2] * x.shape[3] >= DW_BF16_BACKWARD_MIN_PIXELS
     return x.dtype == torch.float32 and k in ((5, 5), (7, 7))
+
+
+def _cpu_pointwise_nchw_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
+    """bfloat16 1x1 stride-1 NCHW convolutions on CPUs with AMX, where torch's (oneDNN's) path is slow
+    and fastops' is a plain GEMM per image on AMX tiles. AMX Xeon, 2026-11-25 00:50 UTC, batch 8,
+    ResNet-50 1x1 layers, medians of 7 in one process, torch / fastops fwd, fwd+bwd: 64->256@56 6.26,
+    3.07; 256->64@56 2.28, 3.27; 512->128@28 2.24, 2.16; 1024->256@14 1.69, 1.44; 2048->512@7 1.38,
+    0.79. From POINTWISE_MIN_PIXELS per image (a forward on fastops is followed by its backward on
+    fastops, and at 7x7 that backward loses). NHWC stays on torch (0.58-0.89x forward, 0.40-0.68x
+    fwd+bwd)."""
+    return (x.dtype == torch.bfloat16 and groups == 1 and weight.shape[2] == 1 and weight.shape[3] == 1
+            and tuple(stride) == (1, 1) and output_format(x, weight) == torch.contiguous_format
+            and x.shape[2] * x.shape[3] >= POINTWISE_MIN_PIXELS and _dispatch.cpu_has_amx())
+
+
+POINTWISE_MIN_PIXELS = 14 * 14
 
 
 def _cpu_backward_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
     if x.dtype == torch.float16:  # torch's float16 backward is slow on every CPU measured (auto_prefers_torch)
+        return True
+    if _cpu_pointwise_nchw_faster(x, weight, groups, stride):
         return True
     if _is_depthwise(x, weight, groups):
         return weight.shape[0] == x.shape[1] and _cpu_depthwise_backward_faster(x, weight, stride)
@@ -462,7 +493,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     else:
         needs_graph = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias))
-        why = auto_prefers_torch(a.x4, weight, a.groups, fused_relu_inference=a.act == 1 and not needs_graph)
+        why = auto_prefers_torch(a.x4, weight, a.groups, fused_relu_inference=a.act == 1 and not needs_graph,
+                                 forward_stride=a.stride)
         choice = _dispatch.fallback("conv2d_forward", a.x4, why) if why else \
             _dispatch.select("conv2d_forward", *args, a.act)
         if choice.kernel.backend == "torch" and needs_graph and a.act != 4 and \
@@ -486,7 +518,7 @@ def _aten_convolution(original, x, weight, bias, stride, padding, dilation, tran
         _dispatch.fallback("conv2d_forward", x, "transposed or non-2-D convolution")
         return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     args = (x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, 0)
-    why = auto_prefers_torch(x, weight, groups)
+    why = auto_prefers_torch(x, weight, groups, forward_stride=tuple(stride))
     choice = _dispatch.fallback("conv2d_forward", x, why) if why else _dispatch.select("conv2d_forward", *args)
     if choice.kernel.backend == "torch":
         return original(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
