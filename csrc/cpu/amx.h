@@ -37,6 +37,26 @@ struct alignas(64) AmxConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
+// Holds the tile configuration on this thread for its lifetime: the outermost scope loads it and
+// releases the tiles at its end, inner ones do nothing. A GEMM call opens one per thread around
+// all its units (a load and a release cost about 50 ns; the RNN's per-step products ran 32 units
+// a step, each loading and releasing).
+// In memory, whole: GCC's _tile_loadconfig tells the compiler it reads 8 bytes of its argument, so
+// the rest of a config built on the stack may never be stored (ldtilecfg then faults).
+inline constexpr AmxConfig kAmxConfig{};
+inline thread_local int amx_scopes = 0;  // open AmxScopes on this thread
+class AmxScope {
+ public:
+  FASTOPS_TARGET_AMX AmxScope() {
+    if (amx_scopes++ == 0) _tile_loadconfig(&kAmxConfig);
+  }
+  FASTOPS_TARGET_AMX ~AmxScope() {
+    if (--amx_scopes == 0) _tile_release();
+  }
+  AmxScope(const AmxScope&) = delete;
+  AmxScope& operator=(const AmxScope&) = delete;
+};
+
 // out[r, c] = the pair products of A row r and B column c summed over q < kq, r < 16 H, c < 32; a: the
 // A panel, b: the B panel, out: float32 rows ldo bytes apart. Every element is one float32 sum
 // over q in increasing order, whatever H.
@@ -76,6 +96,14 @@ FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, const uint32_t
   asm volatile("" ::: "memory");
 }
 
+}  // namespace cpu
+}  // namespace fastops
+#endif
+
+#if !FASTOPS_HAVE_X86_PATHS
+namespace fastops {
+namespace cpu {
+struct AmxScope {};  // no AMX off x86 (Entries::amx is never set there)
 }  // namespace cpu
 }  // namespace fastops
 #endif

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -665,8 +666,7 @@ FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_
                                  int64_t a_first, const void* bp) {
   const GemmParams& p = *pl.p;
   alignas(64) float tile[kAmxMR * kAmxNR];
-  const AmxConfig cfg;
-  _tile_loadconfig(&cfg);
+  const AmxScope tiles;
   const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
   const int64_t ir0 = ui * (pl.mc / mr);
   const int64_t jr0 = uj * (pl.nc / kAmxNR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / kAmxNR);
@@ -686,7 +686,6 @@ FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_
     else amx_tile<1>(pl.kq, a, bq, out, ldo);
     if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
   }
-  _tile_release();
 }
 #endif
 
@@ -813,6 +812,8 @@ void gemm_typed(const GemmParams& p) {
   if (by_item) {
 #pragma omp parallel num_threads(threads)
     {
+      std::optional<AmxScope> amx;  // the tile configuration held across this call's units
+      if (e.amx) amx.emplace();
       void* ab = tls_a.get(a_block * 4);
       void* bb = tls_b.get(b_elems * 4);
 #pragma omp for schedule(static)
@@ -829,6 +830,8 @@ void gemm_typed(const GemmParams& p) {
   void* bb = tls_b.get(b_elems * 4);
 #pragma omp parallel num_threads(threads)
   {
+    std::optional<AmxScope> amx;  // the tile configuration held across this call's units
+    if (e.amx) amx.emplace();
     void* ab = tls_a.get(a_block * 4);
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
@@ -952,6 +955,8 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   const int64_t per_row = pl.mc / pl.mr;
   void* abuf = tls_a.get(per_row * pl.a_panel * 4);
   const int64_t jr0 = j0 / pl.nr, jr1 = std::min(pl.n_panels, ceil_div(j1, pl.nr));
+  std::optional<AmxScope> amx;  // the tile configuration held across this call's units
+  if (e.amx) amx.emplace();
   for (int64_t ui = 0; ui < pl.m_units; ++ui) {
     const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
     if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, jr0, jr1, bbuf)) continue;
