@@ -525,6 +525,21 @@ FASTOPS_FORCE_INLINE bool stores_plain(const GemmParams& p) {
          p.activation == Activation::kNone;
 }
 
+// Calls tile(ir, jr, rows, cols) for register tiles [t0, t1) of unit `unit`, numbered A panel
+// (row) major within the unit: A panel ir, B panel jr of nr columns, rows x cols of C in range.
+template <typename Fn>
+FASTOPS_FORCE_INLINE void for_unit_tiles(const Plan& pl, int64_t unit, int64_t t0, int64_t t1, int nr, Fn&& tile) {
+  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
+  const int64_t ir0 = ui * (pl.mc / mr);
+  const int64_t jr0 = uj * (pl.nc / nr), jr1 = std::min(pl.n_panels, jr0 + pl.nc / nr);
+  const int64_t width = jr1 - jr0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
+    tile(ir, jr, static_cast<int>(std::min<int64_t>(mr, pl.p->m - ir * mr)),
+         static_cast<int>(std::min<int64_t>(nr, pl.p->n - jr * nr)));
+  }
+}
+
 // Kind of kernel: W floats per vector for the float32 FMA kernel, 0 for AVX512-BF16.
 // Runs register tiles [t0, t1) of the unit, numbered A panel (row) major within the unit.
 template <int W, typename C>
@@ -536,25 +551,18 @@ FASTOPS_FORCE_INLINE void run_unit(const Plan& pl, int64_t b, int64_t unit, int6
   constexpr int NR = kBf16 ? kBf16NR : Tile<(kBf16 ? 16 : W)>::NV * (kBf16 ? 16 : W);
   using P = std::conditional_t<kBf16, uint32_t, float>;
   alignas(64) float tile[MR * NR];
-  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
-  const int64_t ir0 = ui * (pl.mc / mr);
-  const int64_t jr0 = uj * (pl.nc / NR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / NR);
-  const int64_t width = jr1 - jr0;
+  const int64_t mr = pl.mr;
   const bool direct = stores_plain<C>(p);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
-    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
+  for_unit_tiles(pl, unit, t0, t1, NR, [&](int64_t ir, int64_t jr, int rows, int cols) __attribute__((always_inline)) {
     const P* a = static_cast<const P*>(ap) + (ir - a_first) * pl.a_panel;
-    const int cols = static_cast<int>(std::min<int64_t>(NR, p.n - jr * NR));
     const P* bq = static_cast<const P*>(bp) + jr * pl.b_panel;
     if (direct && cols == NR) {
       float* c = static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * NR;
-      micro_rows<W, MR, P>(rows, pl.kq, a, mr, bq, c, p.c_stride_row);
-      continue;
+      return micro_rows<W, MR, P>(rows, pl.kq, a, mr, bq, c, p.c_stride_row);
     }
     micro_rows<W, MR, P>(rows, pl.kq, a, mr, bq, tile, NR);
     store_tile<C, W == 0 || W == 16>(p, b, ir * mr, jr * NR, rows, cols, tile, NR);
-  }
+  });
 }
 
 // ---- ISA entry points -------------------------------------------------------------------------
@@ -667,15 +675,9 @@ FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_
   const GemmParams& p = *pl.p;
   alignas(64) float tile[kAmxMR * kAmxNR];
   const AmxScope tiles;
-  const int64_t ui = unit / pl.n_units, uj = unit % pl.n_units, mr = pl.mr;
-  const int64_t ir0 = ui * (pl.mc / mr);
-  const int64_t jr0 = uj * (pl.nc / kAmxNR), jr1 = std::min(pl.n_panels, jr0 + pl.nc / kAmxNR);
-  const int64_t width = jr1 - jr0;
+  const int64_t mr = pl.mr;
   const bool plain = stores_plain<C>(p);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t ir = ir0 + t / width, jr = jr0 + t % width;
-    const int rows = static_cast<int>(std::min<int64_t>(mr, p.m - ir * mr));
-    const int cols = static_cast<int>(std::min<int64_t>(kAmxNR, p.n - jr * kAmxNR));
+  for_unit_tiles(pl, unit, t0, t1, kAmxNR, [&](int64_t ir, int64_t jr, int rows, int cols) __attribute__((always_inline)) {
     const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
     const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
     const bool direct = plain && rows == mr && cols == kAmxNR;
@@ -685,7 +687,7 @@ FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_
     if (mr == kAmxMR) amx_tile<2>(pl.kq, a, bq, out, ldo);
     else amx_tile<1>(pl.kq, a, bq, out, ldo);
     if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
-  }
+  });
 }
 #endif
 
