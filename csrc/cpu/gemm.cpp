@@ -18,7 +18,7 @@
 //
 // Paths (csrc/cpu/isa.h): AVX-512 (16 x 32 floats per tile... see Tile<16>), AVX2, SSE
 // baseline, plus the AVX512-BF16 kernel for bfloat16 inputs, or, where the CPU has AMX, the AMX
-// tiles (csrc/cpu/amx.h: 32 x 32 per register tile, A panels row-major, k padded to whole tiles).
+// tiles (csrc/cpu/amx.h: 32 x 32 per register tile, A panels in tile steps, k padded to whole tiles).
 #include <omp.h>
 
 #include <algorithm>
@@ -575,7 +575,7 @@ struct Entries {
                const void* bp);
   int mr, nr;
   bool pairs;
-  bool amx = false;  // AMX tiles: A panels [mr][kq], kq padded to whole tiles (amx.h)
+  bool amx = false;  // AMX tiles: A panels in tile steps, kq padded to whole tiles (amx.h)
 };
 
 #define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
@@ -602,7 +602,7 @@ FASTOPS_GEMM_ENTRIES(bf16dp, FASTOPS_TARGET_AVX512BF16, 0, uint32_t)
 #undef FASTOPS_GEMM_ENTRIES
 
 #if FASTOPS_HAVE_X86_PATHS
-// ---- AMX entries (amx.h): the AVX512-BF16 panels of B padded to whole tiles, A panels row-major --
+// ---- AMX entries (amx.h): the AVX512-BF16 panels of B padded to whole tiles, A in tile steps ----
 
 // The A panel of the AMX kernel (amx.h): 16-row halves, each a run of kq / 16 tile steps of 16 rows
 // x 16 words (1 KB, one tile load): word q of row r at amx_a_offset(r, q, kq).
