@@ -227,8 +227,10 @@ g = torch.Generator().manual_seed(0)
 def rnd(*s):
     return torch.randn(*s, generator=g).bfloat16()
 # (m, k, n): one 16-row tile, 17 rows (two), odd k, k past one AMX step with a rest, k = 1, and
-# k in blocks of 128 pairs with a partial last block (k = 801), on 16 and 32-row tiles
-for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 33), (64, 801, 64), (16, 1000, 40)):
+# k in blocks of 128 pairs with a partial last block (k = 801), on 16 and 32-row tiles; more A and
+# column panels than one unit holds (8 x 8), each with a partial last panel
+for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 33), (64, 801, 64), (16, 1000, 40),
+                (300, 801, 290)):
     a, b, bias = rnd(m, k), rnd(k, n), rnd(n)
     for aa, bb in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t())):  # row- and column-major
         for act in (0, 1):
@@ -245,6 +247,15 @@ for m, k, n in ((16, 64, 32), (17, 33, 45), (70, 300, 70), (5, 1, 3), (40, 97, 3
     a3 = rnd(3, m, k)
     c3 = _ext.C.gemm(a3, b.expand(3, k, n))
     assert torch.allclose(c3.double(), a3.double() @ b.double(), rtol=2e-2, atol=2e-2 * k ** 0.5)
+# a prepacked B (the convolution's weights): 10 column panels (two units, the last partial),
+# k = 576 in blocks, bias and relu; NHWC and NCHW outputs
+x, w, bias = rnd(2, 64, 9, 7), rnd(300, 64, 3, 3), rnd(300)
+ref = torch.nn.functional.conv2d(x.double(), w.double(), bias.double(), 1, 1).relu()
+for cl in (False, True):
+    xx = x.contiguous(memory_format=torch.channels_last) if cl else x
+    y = _ext.C.conv2d_forward(xx, w, bias, [1, 1], [1, 1], [1, 1], 1, 1, cl)
+    err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < 1e-2, (cl, err)
 """
 
 

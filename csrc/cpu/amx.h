@@ -57,24 +57,35 @@ class AmxScope {
   AmxScope& operator=(const AmxScope&) = delete;
 };
 
-// out[r, c] = the pair products of A row r and B column c summed over q < kq, r < 16 H, c < 32; a: the
-// A panel, b: the B panel, out: float32 rows ldo bytes apart. Every element is one float32 sum
-// over q in increasing order, whatever H.
+// out[r, c] = acc[r, c] (0 without acc) + the pair products of A row r and B column c over tile
+// steps [s0, s1) (pairs [16 s0, 16 s1)), r < 16 H, c < 32; a: the A panel of kq pairs, b: the B
+// panel, acc and out: float32 rows 128 / ldo bytes apart (out may be acc). Every element is one
+// float32 sum over q in increasing order, whatever H and however the steps are split.
 template <int H>
-FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, const uint32_t* a, const uint32_t* b, float* out, int64_t ldo) {
+FASTOPS_FORCE_INLINE void amx_tile(int64_t kq, int64_t s0, int64_t s1, const uint32_t* a, const uint32_t* b,
+                                   const float* acc, float* out, int64_t ldo) {
   static_assert(H == 1 || H == 2, "16 or 32 rows");
   constexpr int64_t kStepA = 16 * kAmxK, kStepB = kAmxK * kAmxNR;  // words per tile step
   const uint32_t* a1 = a + 16 * kq;
   // The tile intrinsics are asm statements that name their pointers but not the memory behind
   // them: compiler barriers keep the panel stores before the loads and the output reads after.
   asm volatile("" ::: "memory");
-  _tile_zero(0);
-  _tile_zero(1);
-  if constexpr (H == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+  if (acc) {
+    _tile_loadd(0, acc, kAmxNR * 4);
+    _tile_loadd(1, acc + 16, kAmxNR * 4);
+    if constexpr (H == 2) {
+      _tile_loadd(2, acc + 16 * kAmxNR, kAmxNR * 4);
+      _tile_loadd(3, acc + 16 * kAmxNR + 16, kAmxNR * 4);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (H == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
-  for (int64_t s = 0; s < kq / kAmxK; ++s) {
+  for (int64_t s = s0; s < s1; ++s) {
     _tile_loadd(4, a + s * kStepA, kAmxK * 4);
     _tile_loadd(6, b + s * kStepB, kAmxNR * 4);
     _tile_loadd(7, b + s * kStepB + 16, kAmxNR * 4);

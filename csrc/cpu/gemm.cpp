@@ -577,6 +577,8 @@ struct Entries {
   bool pairs;
   bool amx = false;  // AMX tiles: A panels in tile steps, kq padded to whole tiles (amx.h)
 };
+// AMX units are this many A panels by as many column panels at most, whatever k (unit_amx).
+constexpr int kAmxUnitPanels = 8, kAmxUnitTiles = kAmxUnitPanels * kAmxUnitPanels;
 
 #define FASTOPS_GEMM_ENTRIES(SUFFIX, TARGET, W, P)                                                      \
   template <typename AB>                                                                                \
@@ -610,15 +612,31 @@ FASTOPS_FORCE_INLINE int64_t amx_a_offset(int r, int64_t q, int64_t kq) {
   return (r / 16) * 16 * kq + (q / kAmxK) * 16 * kAmxK + (r % 16) * kAmxK + q % kAmxK;
 }
 
-// Row r of an A panel from `len` words at src (zero past len): 16-word runs into their tile steps.
-FASTOPS_FORCE_INLINE void amx_put_row(uint32_t* panel, int r, int64_t kq, const void* src, int64_t bytes) {
+// Elements [e0, e0 + n) of row r of an A panel (bfloat16, kq pairs a row) from src, or zeros for
+// a null src: runs split at the tile steps' 32-element boundaries (whole runs inline 64-byte copies).
+FASTOPS_FORCE_INLINE void amx_put_run(void* panel, int r, int64_t kq, int64_t e0, const void* src, int64_t n) {
+  constexpr int64_t kRun = 2 * kAmxK;  // bfloat16 elements per tile step of a row
   const char* s = static_cast<const char*>(src);
-  for (int64_t q0 = 0; q0 < kq; q0 += kAmxK) {
-    uint32_t* d = panel + amx_a_offset(r, q0, kq);
-    const int64_t n = std::clamp<int64_t>(bytes - q0 * 4, 0, kAmxK * 4);
-    if (n > 0) std::memcpy(d, s + q0 * 4, n);
-    if (n < kAmxK * 4) std::memset(reinterpret_cast<char*>(d) + n, 0, kAmxK * 4 - n);
+  for (int64_t done = 0, el = e0; done < n;) {
+    const int64_t take = std::min(n - done, kRun - el % kRun);
+    char* d = static_cast<char*>(panel) + 4 * amx_a_offset(r, el / kRun * kAmxK, kq) + 2 * (el % kRun);
+    if (take == kRun) {
+      if (s) __builtin_memcpy(d, s + 2 * done, 2 * kRun);
+      else __builtin_memset(d, 0, 2 * kRun);
+    } else if (s) {
+      std::memcpy(d, s + 2 * done, 2 * take);
+    } else {
+      std::memset(d, 0, 2 * take);
+    }
+    done += take;
+    el += take;
   }
+}
+
+// Row r of an A panel: n elements from src, zeros after.
+FASTOPS_FORCE_INLINE void amx_put_row(void* panel, int r, int64_t kq, const void* src, int64_t n) {
+  amx_put_run(panel, r, kq, 0, src, n);
+  amx_put_run(panel, r, kq, n, nullptr, 2 * kq - n);
 }
 
 // An A panel from A pairs packed as for `vdpbf16ps` (src[q * mr + r], q < kq_real): rows back by
@@ -633,7 +651,7 @@ void amx_panel_from_pairs(const uint32_t* src, int mr, int64_t kq_real, int64_t 
     for (int j = 0; j < len; ++j) rows[j] = src + (q0 + j) * mr;
     transpose_pairs(rows, len, static_cast<int>(ld), mr, rows_buf.data() + q0);  // [r * ld + q0 + j] = rows[j][r]
   }
-  for (int r = 0; r < mr; ++r) amx_put_row(dst, r, kq, rows_buf.data() + r * ld, kq_real * 4);
+  for (int r = 0; r < mr; ++r) amx_put_row(dst, r, kq, rows_buf.data() + r * ld, 2 * kq_real);
 }
 
 // A panels [first, last): rows contiguous along k are copied as they are (a pair is one 32-bit
@@ -650,7 +668,7 @@ FASTOPS_TARGET_AMX void pack_a_amx(const Plan& pl, int64_t b, int64_t first, int
     if (p.a.stride_col == 1) {
       const AB* base = static_cast<const AB*>(p.a.ptr) + b * p.a.stride_batch;
       for (int r = 0; r < pl.mr; ++r)
-        amx_put_row(d, r, pl.kq, base + (i0 + r) * p.a.stride_row, r < len ? sizeof(AB) * p.k : 0);
+        amx_put_row(d, r, pl.kq, base + (i0 + r) * p.a.stride_row, r < len ? p.k : 0);
       continue;
     }
     pairs.resize(static_cast<size_t>(std::max<int64_t>(ceil_div(p.k, 2), 1) * pl.mr));
@@ -667,27 +685,44 @@ FASTOPS_TARGET_AMX void pack_b_amx(const Plan& pl, int64_t b, int64_t pi, void* 
   std::fill(d + ceil_div(pl.p->k, 2) * pl.nr, d + pl.kq * pl.nr, 0u);
 }
 
-// Register tiles [t0, t1) of a unit, as run_unit: each 32 (or 16) x 32 tile on amx_tile, then the
-// epilogue from a tile buffer, or straight into C for a plain full tile.
+// Register tiles [t0, t1) of a unit, as run_unit, k in blocks of kAmxBlockSteps tile steps
+// outermost: every tile of the range takes its next block, its partial sums kept in a float32
+// buffer, before any takes the one after. A deep k's whole panels are past L1 and a unit's past
+// L2, and tile loads from there held the kernel near half its rate; this way a block of one A
+// panel (16 KB) serves all the unit's column panels from L1, and each block of the unit's panels
+// is read from memory once. The last block goes to the epilogue, or straight into C for a plain
+// full tile. Units hold at most kAmxUnitTiles tiles (make_plan, packed_plan); a larger range
+// would go in chunks.
+constexpr int64_t kAmxBlockSteps = 8;  // 128 pairs: a 32-row A block of 16 KB
+thread_local Scratch tls_amx_partial;
+
 template <typename C>
 FASTOPS_TARGET_AMX void unit_amx(const Plan& pl, int64_t b, int64_t unit, int64_t t0, int64_t t1, const void* ap,
                                  int64_t a_first, const void* bp) {
   const GemmParams& p = *pl.p;
-  alignas(64) float tile[kAmxMR * kAmxNR];
+  float* partial = reinterpret_cast<float*>(tls_amx_partial.get(kAmxUnitTiles * kAmxMR * kAmxNR * 4));
   const AmxScope tiles;
-  const int64_t mr = pl.mr;
+  const int64_t mr = pl.mr, steps = pl.kq / kAmxK;
   const bool plain = stores_plain<C>(p);
-  for_unit_tiles(pl, unit, t0, t1, kAmxNR, [&](int64_t ir, int64_t jr, int rows, int cols) __attribute__((always_inline)) {
-    const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
-    const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
-    const bool direct = plain && rows == mr && cols == kAmxNR;
-    float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
-                        : tile;
-    const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
-    if (mr == kAmxMR) amx_tile<2>(pl.kq, a, bq, out, ldo);
-    else amx_tile<1>(pl.kq, a, bq, out, ldo);
-    if (!direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, tile, kAmxNR);
-  });
+  for (int64_t c0 = t0; c0 < t1; c0 += kAmxUnitTiles) {
+    const int64_t c1 = std::min<int64_t>(t1, c0 + kAmxUnitTiles);
+    for (int64_t s0 = 0; s0 < steps; s0 += kAmxBlockSteps) {
+      const int64_t s1 = std::min(steps, s0 + kAmxBlockSteps);
+      float* acc = partial;
+      for_unit_tiles(pl, unit, c0, c1, kAmxNR, [&](int64_t ir, int64_t jr, int rows, int cols) __attribute__((always_inline)) {
+        const uint32_t* a = static_cast<const uint32_t*>(ap) + (ir - a_first) * pl.a_panel;
+        const uint32_t* bq = static_cast<const uint32_t*>(bp) + jr * pl.b_panel;
+        const bool last = s1 == steps, direct = last && plain && rows == mr && cols == kAmxNR;
+        float* out = direct ? static_cast<float*>(p.c) + b * p.c_stride_batch + ir * mr * p.c_stride_row + jr * kAmxNR
+                            : acc;
+        const int64_t ldo = (direct ? p.c_stride_row : kAmxNR) * 4;
+        if (mr == kAmxMR) amx_tile<2>(pl.kq, s0, s1, a, bq, s0 > 0 ? acc : nullptr, out, ldo);
+        else amx_tile<1>(pl.kq, s0, s1, a, bq, s0 > 0 ? acc : nullptr, out, ldo);
+        if (last && !direct) store_tile<C, true>(p, b, ir * mr, jr * kAmxNR, rows, cols, acc, kAmxNR);
+        acc += kAmxMR * kAmxNR;
+      });
+    }
+  }
 }
 #endif
 
@@ -740,8 +775,8 @@ Plan panel_plan(const GemmParams& p, const Entries& e) {
 }
 
 // Unit size: the B columns a unit walks (nc x k packed) sized for about half of L2, the A rows
-// (mc x k) for a quarter; then split further until every thread has a few units. Changes the
-// schedule only, never the arithmetic.
+// (mc x k) for a quarter (AMX: kAmxUnitPanels square, unit_amx blocks k); then split further until
+// every thread has a few units. Changes the schedule only, never the arithmetic.
 constexpr int64_t kUnitBBytes = int64_t(512) << 10;  // packed B a unit walks: about half of L2
 
 Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item_threads) {
@@ -749,6 +784,7 @@ Plan make_plan(const GemmParams& p, const Entries& e, int threads, bool per_item
   const int64_t row_bytes = std::max<int64_t>(pl.kq, 1) * 4;
   int64_t np = std::clamp<int64_t>(kUnitBBytes / (row_bytes * e.nr), 1, 16);
   int64_t mp = std::clamp<int64_t>((int64_t(256) << 10) / (row_bytes * pl.mr), 1, 24);
+  if (e.amx) np = mp = kAmxUnitPanels;
   np = std::min(np, pl.n_panels);
   mp = std::min(mp, pl.m_panels);
   if (per_item_threads) {
@@ -878,15 +914,15 @@ void gemm(const GemmParams& p) {
 namespace {
 
 // The Plan of a product with a prepacked B: units of up to kPackedChunk row panels x one column
-// panel, so that a unit index is (row chunk) * n_panels + (column panel).
+// panel (kAmxUnitPanels on AMX), a unit index (row chunk) * n_units + (column chunk).
 constexpr int64_t kPackedChunk = 8;
 
 Plan packed_plan(const GemmParams& p, const Entries& e) {
   Plan pl = panel_plan(p, e);
   pl.mc = std::min<int64_t>(std::max<int64_t>(pl.m_panels, 1), kPackedChunk) * pl.mr;
-  pl.nc = e.nr;
+  pl.nc = (e.amx ? std::clamp<int64_t>(pl.n_panels, 1, kAmxUnitPanels) : 1) * e.nr;
   pl.m_units = ceil_div(pl.m_panels, pl.mc / pl.mr);
-  pl.n_units = pl.n_panels;
+  pl.n_units = ceil_div(pl.n_panels, pl.nc / e.nr);
   return pl;
 }
 
@@ -953,15 +989,21 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   p.batch = 1;
   p.k = k;
   p.n = n;
-  Plan pl = packed_plan(p, e);
+  // The columns [j0, j1) widened to whole panels, as a product of their own: C, bias and B from
+  // column panel jr0 on.
+  const int64_t jr0 = j0 / e.nr, jc0 = jr0 * e.nr;
+  p.n = std::min(n, round_up(j1, e.nr)) - jc0;
+  p.c = static_cast<C*>(p.c) + jc0 * p.c_stride_col;
+  if (p.bias && !p.bias_per_row) p.bias = static_cast<const C*>(p.bias) + jc0;
+  const Plan pl = packed_plan(p, e);
+  const char* bcols = bbuf + jr0 * pl.b_panel * 4;
   const int64_t per_row = pl.mc / pl.mr;
   void* abuf = tls_a.get(per_row * pl.a_panel * 4);
-  const int64_t jr0 = j0 / pl.nr, jr1 = std::min(pl.n_panels, ceil_div(j1, pl.nr));
   std::optional<AmxScope> amx;  // the tile configuration held across this call's units
   if (e.amx) amx.emplace();
   for (int64_t ui = 0; ui < pl.m_units; ++ui) {
     const int64_t first = ui * per_row, last = std::min(pl.m_panels, first + per_row);
-    if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, jr0, jr1, bbuf)) continue;
+    if (ga && groups == 1 && direct_gathered<AB, C>(pl, e, *ga, first, last, 0, pl.n_panels, bcols)) continue;
     if (ga) {
       for (int64_t i = first; i < last; ++i)
         pack_a_gathered_for<AB>(pl, e, *ga, i, static_cast<char*>(abuf) + (i - first) * pl.a_panel * 4);
@@ -973,9 +1015,10 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
       pg.c = static_cast<C*>(p.c) + grp * c_group_stride;
       Plan plg = pl;
       plg.p = &pg;
-      for (int64_t jr = jr0; jr < jr1; ++jr)
-        e.unit(plg, 0, ui * pl.n_units + jr, 0, unit_tiles(plg, ui * pl.n_units + jr), abuf, first,
-               bbuf + grp * group_elems * 4);
+      for (int64_t uj = 0; uj < pl.n_units; ++uj) {
+        const int64_t u = ui * pl.n_units + uj;
+        e.unit(plg, 0, u, 0, unit_tiles(plg, u), abuf, first, bcols + grp * group_elems * 4);
+      }
     }
   }
 }
@@ -1022,6 +1065,18 @@ void PackedB::multiply(const GemmParams& p, int64_t j0, int64_t j1, int64_t c_gr
 
 namespace {
 
+// The row segments of A panel `pi`: [segment][pl.mr] pointers, null for rows past m and rows
+// without data (padding); *len: the panel's rows within m. In a buffer of this thread, valid
+// until its next call.
+const void* const* gathered_rows(const Plan& pl, const GatheredA& ga, int64_t pi, int* len) {
+  thread_local std::vector<const void*> table;
+  const int64_t i0 = pi * pl.mr;
+  *len = static_cast<int>(std::min<int64_t>(pl.mr, pl.p->m - i0));
+  table.assign(static_cast<size_t>(ga.segments * pl.mr), nullptr);
+  ga.rows(ga.ctx, i0, *len, pl.mr, table.data());
+  return table.data();
+}
+
 // Packs A panel `pi` (rows pi mr ..) straight from the row segments into the layout pack_panel
 // gives: [kq][mr] of float32 (or of bfloat16 pairs for the AVX512-BF16 kernel). 32-bit words of
 // whole segments (float32 on the AVX-512 kernel, bfloat16 pairs with an even segment length) go
@@ -1029,11 +1084,9 @@ namespace {
 template <typename AB>
 void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64_t pi, void* dst) {
   const int width = pl.mr;
-  const int64_t i0 = pi * width, seg = ga.seg_len, k = pl.p->k;
-  const int len = static_cast<int>(std::min<int64_t>(width, pl.p->m - i0));
-  thread_local std::vector<const void*> table;  // [segment][width]: the panel's row segments
-  table.assign(static_cast<size_t>(ga.segments * width), nullptr);
-  ga.rows(ga.ctx, i0, len, width, table.data());
+  const int64_t seg = ga.seg_len, k = pl.p->k;
+  int len = 0;
+  const void* const* table = gathered_rows(pl, ga, pi, &len);
 #if FASTOPS_HAVE_X86_PATHS
   const bool words = (bf16_pairs || active_isa() == Isa::kAvx512) && len <= 32 &&
                      ((bf16_pairs && std::is_same_v<AB, BFloat16> && seg % 2 == 0) ||
@@ -1076,37 +1129,29 @@ void pack_a_gathered(const Plan& pl, bool bf16_pairs, const GatheredA& ga, int64
   }
 }
 
-// pack_a_gathered in the layout of the kernel e. AMX: each row segment is copied into its row of
-// the panel in runs that end at the tile steps' 32-element boundaries (bfloat16 elements, so a
-// segment of odd length shares a pair with the next), rows and segments without data left zero.
+#if FASTOPS_HAVE_X86_PATHS
+// A panel `pi` of the AMX kernel from the row segments: each segment is copied into its row of the
+// panel in runs that end at the tile steps' 32-element boundaries (bfloat16 elements, so a
+// segment of odd length shares a pair with the next); rows and segments without data, and the k
+// padding, written as zeros.
+FASTOPS_TARGET_AMX void pack_a_gathered_amx(const Plan& pl, const GatheredA& ga, int64_t pi, void* dst) {
+  const int64_t seg = ga.seg_len, filled = ga.segments * seg;
+  int len = 0;
+  const void* const* table = gathered_rows(pl, ga, pi, &len);
+  for (int r = 0; r < pl.mr; ++r) {
+    for (int64_t sgi = 0; sgi < ga.segments && r < len; ++sgi)
+      amx_put_run(dst, r, pl.kq, sgi * seg, table[sgi * pl.mr + r], seg);
+    const int64_t from = r < len ? filled : 0;
+    amx_put_run(dst, r, pl.kq, from, nullptr, 2 * pl.kq - from);
+  }
+}
+#endif
+
+// pack_a_gathered in the layout of the kernel e.
 template <typename AB>
 void pack_a_gathered_for(const Plan& pl, const Entries& e, const GatheredA& ga, int64_t pi, void* dst) {
 #if FASTOPS_HAVE_X86_PATHS
-  if (std::is_same_v<AB, BFloat16> && e.amx) {  // AMX entries exist for bfloat16 only
-    const int width = pl.mr;
-    const int64_t i0 = pi * width, seg = ga.seg_len;
-    const int len = static_cast<int>(std::min<int64_t>(width, pl.p->m - i0));
-    thread_local std::vector<const void*> table;  // [segment][width]: the panel's row segments
-    table.assign(static_cast<size_t>(ga.segments * width), nullptr);
-    ga.rows(ga.ctx, i0, len, width, table.data());
-    char* panel = static_cast<char*>(dst);
-    std::memset(panel, 0, sizeof(uint32_t) * pl.a_panel);
-    constexpr int64_t kRun = 2 * kAmxK;  // bfloat16 elements per tile step of a row
-    for (int r = 0; r < len; ++r) {
-      for (int64_t sgi = 0; sgi < ga.segments; ++sgi) {
-        const char* src = static_cast<const char*>(table[sgi * width + r]);
-        if (src == nullptr) continue;
-        for (int64_t done = 0, el = sgi * seg; done < seg;) {
-          const int64_t take = std::min(seg - done, kRun - el % kRun);
-          std::memcpy(panel + 4 * amx_a_offset(r, el / kRun * kAmxK, pl.kq) + 2 * (el % kRun), src + 2 * done,
-                      2 * take);
-          done += take;
-          el += take;
-        }
-      }
-    }
-    return;
-  }
+  if (std::is_same_v<AB, BFloat16> && e.amx) return pack_a_gathered_amx(pl, ga, pi, dst);  // bfloat16 only
 #endif
   pack_a_gathered<AB>(pl, e.pairs, ga, pi, dst);
 }
