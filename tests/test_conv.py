@@ -30,7 +30,8 @@ CPU_CASES = [
     (1, 16, 5, 5, 16, 3, 3, 1, 1, 2, 16),        # dilated depthwise
     (2, 32, 13, 13, 32, 3, 3, 1, 1, 1, 32),      # depthwise: NHWC register blocks of 4 pixels x 32 channels
     (1, 48, 12, 15, 48, 5, 5, 2, 2, 2, 48),      # depthwise blocks with stride and dilation, a 16-channel rest
-    (2, 80, 9, 11, 80, 3, 3, 1, 1, 1, 80),       # depthwise 3x3: wgrad blocks of 32 + 16 channels per thread
+    (2, 80, 9, 11, 80, 3, 3, 1, 1, 1, 80),       # depthwise 3x3: wgrad blocks of 32 + 32 + 16 channels
+    (3, 40, 7, 8, 40, 3, 3, 1, 1, 1, 40),        # depthwise 3x3 wgrad: a 32-channel block, 8 on the generic loop
     (1, 64, 10, 9, 64, 3, 3, 2, 1, 1, 64),       # depthwise 3x3 stride 2: wgrad blocks of strided pixels
     (1, 16, 6, 70, 16, 3, 3, 1, 1, 1, 16),       # depthwise NCHW rows of 64 + 6 pixels (4 and 1 vectors)
     (2, 8, 5, 37, 8, 3, 3, 1, 1, 2, 8),          # depthwise NCHW, dilated: rows of 35 pixels (3 vectors)
@@ -414,7 +415,7 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower without AVX512-FP16,
     README), except the forward on CPUs with AVX512-FP16 (torch's is faster there), and the
     depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5, float32
-    5x5 / 7x7); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
+    5x5 / 7x7, 3x3 stride 1 from 8x14x14 input pixels); a smaller one stays on torch. Gradients against float64."""
     _dispatch.set_crossovers_enabled(True)
     x16 = make((2, 8, 20, 20), torch.float16, scale=1.0).requires_grad_()
     w16 = make((8, 8, 3, 3), torch.float16, seed=1).requires_grad_()
@@ -447,11 +448,14 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     for shape, stride in (((2, 16, 13, 13), 1), ((2, 16, 28, 28), 2)):  # too small, strided: torch
         assert not C._cpu_pointwise_nchw_faster(torch.empty(shape, dtype=torch.bfloat16),
                                                 torch.empty(8, 16, 1, 1, dtype=torch.bfloat16), 1, (stride, stride))
-    # bfloat16 3x3 stride 1: on fastops from 8x28x28 input pixels where the CPU has AMX, else torch
-    for n, hw, want in ((8, 28, "cpu" if _dispatch.cpu_has_amx() else "torch"), (8, 14, "torch"), (1, 56, "torch")):
-        xb = torch.empty(n, 16, hw, hw, dtype=torch.bfloat16)
-        wb = torch.empty(16, 1, 3, 3, dtype=torch.bfloat16)
-        assert C._cpu_backward_faster(xb, wb, 16, (1, 1)) == (want == "cpu"), (n, hw)
+    # 3x3 stride 1, float32 and bfloat16: on fastops from 8x14x14 input pixels, else torch
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, hw, want in ((8, 28, "cpu"), (8, 14, "cpu"), (1, 56, "cpu"), (8, 13, "torch"), (1, 39, "torch")):
+            xb = torch.empty(n, 16, hw, hw, dtype=dtype)
+            wb = torch.empty(16, 1, 3, 3, dtype=dtype)
+            assert C._cpu_backward_faster(xb, wb, 16, (1, 1)) == (want == "cpu"), (dtype, n, hw)
+        assert not C._cpu_backward_faster(torch.empty(8, 16, 28, 28, dtype=dtype), torch.empty(16, 1, 3, 3, dtype=dtype),
+                                          16, (2, 2)) or dtype == torch.bfloat16  # float32 stride 2: torch
     for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
                                    (torch.float32, 5, 1, "cpu"), (torch.float32, 5, 2, "cpu"), (torch.float32, 7, 1, "cpu"),
                                    (torch.float32, 3, 1, "torch"),

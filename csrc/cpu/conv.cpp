@@ -1229,60 +1229,75 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   }
 }
 
+// The depthwise wgrad's pixel chunks: output rows [r0, r1) of one image, a split fixed by the
+// shape (never by the thread count): every sum runs over a chunk's pixels in order, then over the
+// chunks in order, whatever the threads. Each chunk takes all channels, so that its rows are
+// read from memory once (a split by channels had every thread stream all of x and dy for its
+// channels' share of each pixel's lines).
+struct WgradChunks {
+  static constexpr int64_t kTarget = 32;  // chunks in all, about
+  int64_t per_image = 0, rows = 1;        // chunks per image, output rows per chunk
+  explicit WgradChunks(const Conv2dShape& s) {
+    if (s.ho <= 0) return;
+    const int64_t want = std::min(s.ho, std::max<int64_t>(1, (kTarget + s.n - 1) / std::max<int64_t>(s.n, 1)));
+    rows = (s.ho + want - 1) / want;
+    per_image = (s.ho + rows - 1) / rows;
+  }
+  int64_t count(const Conv2dShape& s) const { return s.n * per_image; }
+};
+
 // Register-blocked K x K wgrad (multiplier 1, float32 / bfloat16) of channels [c0, c0 + 16 kVecs),
-// kernel rows [R0, R1): the sums of dy x per tap (and, with row 0, of dy) over every output pixel
-// of every image, in registers ((R1 - R0) K kVecs accumulators: 3x3 on 32 channels, 5x5 on 16, 7x7
-// on 16 in two passes of 4 and 3 rows), then added to acc ([taps, O]) and bacc. Taps that read
-// padding are skipped: kernel rows per output row, kernel columns on the pixels outside
-// [w_lo, w_hi) (all K columns inside x there). Every sum runs over the pixels in order, as the
-// generic loop's.
+// kernel rows [R0, R1), over output rows [oh0, oh1) of image n: the sums of dy x per tap (and, with
+// row 0, of dy) over those pixels in registers ((R1 - R0) K kVecs accumulators: 3x3 on 32
+// channels, 5x5 on 16, 7x7 on 16 in two passes of 4 and 3 rows), then added to acc ([taps, O]) and
+// bacc. Taps that read padding are skipped: kernel rows per output row, kernel columns on the
+// pixels outside [w_lo, w_hi) (all K columns inside x there). Every sum runs over the pixels in
+// order, as the generic loop's.
 template <typename T, int K, int kVecs, int R0 = 0, int R1 = K>
-FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t w_lo, int64_t w_hi, float* acc,
-                                         float* bacc) {
+FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t n, int64_t oh0, int64_t oh1,
+                                         int64_t w_lo, int64_t w_hi, float* acc, float* bacc) {
   constexpr int kRows = R1 - R0;
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in) + c0;
   const T* dy = static_cast<const T*>(jb.in2) + c0;
   DwVec sum[kRows * K][kVecs] = {}, bsum[kVecs] = {};
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t oh = 0; oh < s.ho; ++oh) {
-      const T* xr[kRows];  // x's row of each kernel row R0 + i, null: padding
-      for (int i = 0; i < kRows; ++i) {
-        const int64_t ih = conv_in_index(oh, R0 + i, s.stride_h, s.pad_h, s.dil_h);
-        xr[i] = ih < 0 || ih >= s.h ? nullptr : x + (n * s.h + ih) * s.w * s.c;
-      }
-      auto pixel = [&](int64_t ow, auto edge) {
-        DwVec g[kVecs];
-        const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
-        if constexpr (kVecs == 2) dw_load32(gp, g[0], g[1]); else g[0] = dw_load16(gp);
-        if constexpr (R0 == 0) {
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const T* xr[kRows];  // x's row of each kernel row R0 + i, null: padding
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t ih = conv_in_index(oh, R0 + i, s.stride_h, s.pad_h, s.dil_h);
+      xr[i] = ih < 0 || ih >= s.h ? nullptr : x + (n * s.h + ih) * s.w * s.c;
+    }
+    auto pixel = [&](int64_t ow, auto edge) {
+      DwVec g[kVecs];
+      const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
+      if constexpr (kVecs == 2) dw_load32(gp, g[0], g[1]); else g[0] = dw_load16(gp);
+      if constexpr (R0 == 0) {
 #pragma GCC unroll 2
-          for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
-        }
-        const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
+        for (int v = 0; v < kVecs; ++v) bsum[v] += g[v];
+      }
+      const int64_t iw0 = conv_in_index(ow, 0, s.stride_w, s.pad_w, s.dil_w);
 #pragma GCC unroll 7
-        for (int i = 0; i < kRows; ++i) {
-          if (xr[i] == nullptr) continue;
+      for (int i = 0; i < kRows; ++i) {
+        if (xr[i] == nullptr) continue;
 #pragma GCC unroll 7
-          for (int j = 0; j < K; ++j) {
-            const int64_t iw = iw0 + j * s.dil_w;
-            if (decltype(edge)::value && (iw < 0 || iw >= s.w)) continue;
-            const T* xp = xr[i] + iw * s.c;
-            if constexpr (kVecs == 2) {
-              DwVec x0, x1;
-              dw_load32(xp, x0, x1);
-              sum[i * K + j][0] += g[0] * x0;
-              sum[i * K + j][1] += g[1] * x1;
-            } else {
-              sum[i * K + j][0] += g[0] * dw_load16(xp);
-            }
+        for (int j = 0; j < K; ++j) {
+          const int64_t iw = iw0 + j * s.dil_w;
+          if (decltype(edge)::value && (iw < 0 || iw >= s.w)) continue;
+          const T* xp = xr[i] + iw * s.c;
+          if constexpr (kVecs == 2) {
+            DwVec x0, x1;
+            dw_load32(xp, x0, x1);
+            sum[i * K + j][0] += g[0] * x0;
+            sum[i * K + j][1] += g[1] * x1;
+          } else {
+            sum[i * K + j][0] += g[0] * dw_load16(xp);
           }
         }
-      };
-      for (int64_t ow = 0; ow < w_lo; ++ow) pixel(ow, std::true_type{});
-      for (int64_t ow = w_lo; ow < w_hi; ++ow) pixel(ow, std::false_type{});
-      for (int64_t ow = w_hi; ow < s.wo; ++ow) pixel(ow, std::true_type{});
-    }
+      }
+    };
+    for (int64_t ow = 0; ow < w_lo; ++ow) pixel(ow, std::true_type{});
+    for (int64_t ow = w_lo; ow < w_hi; ++ow) pixel(ow, std::false_type{});
+    for (int64_t ow = w_hi; ow < s.wo; ++ow) pixel(ow, std::true_type{});
   }
   alignas(64) float out[16 * kVecs];
   for (int t = 0; t < kRows * K; ++t) {
@@ -1295,43 +1310,41 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t w_
   }
 }
 
-// NHWC wgrad (and dbias) for output channels [b, e): every pixel in order, float32 sums.
-// out: float32 [KH KW, O] tap-major accumulators (this range's columns); bias sums into out + taps O.
+// NHWC wgrad (and dbias) of pixel chunks [b, e) (WgradChunks), float32 sums in order. out: per
+// chunk, float32 [KH KW + 1, O] tap-major accumulators, zero on entry, the bias sums last.
 template <typename T>
 FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   const Conv2dShape& s = jb.s;
   const T* x = static_cast<const T*>(jb.in);
   const T* dy = static_cast<const T*>(jb.in2);
-  float* acc = static_cast<float*>(jb.out);
   const int64_t mult = s.o / s.c, taps = s.kh * s.kw;
-  float* bacc = acc + taps * s.o;
-  const bool blocks = mult == 1 && s.kh == s.kw && (s.kh == 3 || s.kh == 5 || s.kh == 7) && b % 16 == 0 &&
-                      (e - b) % 16 == 0 && !std::is_same_v<T, Half>;
-  if (blocks) {
-    int64_t w_lo, w_hi;  // output columns whose taps all lie inside x (w_lo <= w_hi)
-    inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
-    int64_t c0 = b;
-    if (s.kh == 7) {  // 49 taps: rows 0-3, then 4-6, each pass over every pixel (dy read twice)
-      for (; c0 < e; c0 += 16) {
-        dw_wgrad_block<T, 7, 1, 0, 4>(jb, c0, w_lo, w_hi, acc, bacc);
-        dw_wgrad_block<T, 7, 1, 4, 7>(jb, c0, w_lo, w_hi, acc, bacc);
+  const WgradChunks chunks(s);
+  const bool blocks = mult == 1 && s.kh == s.kw && (s.kh == 3 || s.kh == 5 || s.kh == 7) && !std::is_same_v<T, Half>;
+  int64_t w_lo, w_hi;  // output columns whose taps all lie inside x (w_lo <= w_hi)
+  inner_range(s.pad_w, s.stride_w, s.dil_w, s.kw, s.w, s.wo, w_lo, w_hi);
+  for (int64_t chunk = b; chunk < e; ++chunk) {
+    const int64_t n = chunk / chunks.per_image, oh0 = chunk % chunks.per_image * chunks.rows;
+    const int64_t oh1 = std::min(s.ho, oh0 + chunks.rows);
+    float* acc = static_cast<float*>(jb.out) + chunk * (taps + 1) * s.o;
+    float* bacc = acc + taps * s.o;
+    int64_t c0 = 0;  // channels [0, c0) on the register blocks, the rest on the generic loop
+    if (blocks && s.kh == 7) {  // 49 taps: rows 0-3, then 4-6, each pass over the chunk (dy read twice)
+      for (; c0 + 16 <= s.o; c0 += 16) {
+        dw_wgrad_block<T, 7, 1, 0, 4>(jb, c0, n, oh0, oh1, w_lo, w_hi, acc, bacc);
+        dw_wgrad_block<T, 7, 1, 4, 7>(jb, c0, n, oh0, oh1, w_lo, w_hi, acc, bacc);
       }
-      return;
+    } else if (blocks && s.kh == 5) {
+      for (; c0 + 16 <= s.o; c0 += 16) dw_wgrad_block<T, 5, 1>(jb, c0, n, oh0, oh1, w_lo, w_hi, acc, bacc);
+    } else if (blocks) {
+      for (; c0 + 32 <= s.o; c0 += 32) dw_wgrad_block<T, 3, 2>(jb, c0, n, oh0, oh1, w_lo, w_hi, acc, bacc);
+      for (; c0 + 16 <= s.o; c0 += 16) dw_wgrad_block<T, 3, 1>(jb, c0, n, oh0, oh1, w_lo, w_hi, acc, bacc);
     }
-    if (s.kh == 5) {
-      for (; c0 < e; c0 += 16) dw_wgrad_block<T, 5, 1>(jb, c0, w_lo, w_hi, acc, bacc);
-      return;
-    }
-    for (; c0 + 32 <= e; c0 += 32) dw_wgrad_block<T, 3, 2>(jb, c0, w_lo, w_hi, acc, bacc);
-    if (c0 < e) dw_wgrad_block<T, 3, 1>(jb, c0, w_lo, w_hi, acc, bacc);
-    return;
-  }
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t oh = 0; oh < s.ho; ++oh) {
+    if (c0 == s.o) continue;
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
       for (int64_t ow = 0; ow < s.wo; ++ow) {
         const T* gp = dy + ((n * s.ho + oh) * s.wo + ow) * s.o;
 #pragma omp simd
-        for (int64_t o = b; o < e; ++o) bacc[o] += to_float(gp[o]);
+        for (int64_t o = c0; o < s.o; ++o) bacc[o] += to_float(gp[o]);
         for (int64_t i = 0; i < s.kh; ++i) {
           const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
           if (ih < 0 || ih >= s.h) continue;
@@ -1342,9 +1355,9 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
             float* ap = acc + (i * s.kw + j) * s.o;
             if (mult == 1) {
 #pragma omp simd
-              for (int64_t o = b; o < e; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o]);
+              for (int64_t o = c0; o < s.o; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o]);
             } else {
-              for (int64_t o = b; o < e; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o / mult]);
+              for (int64_t o = c0; o < s.o; ++o) ap[o] += to_float(gp[o]) * to_float(xp[o / mult]);
             }
           }
         }
@@ -1426,9 +1439,12 @@ void dw_backward(const Conv2dBackwardParams& p) {
   // evict x and dy before wgrad reads them (one call, 3x3 batch 8 NHWC: 0.548 -> 0.481 ms at 512@14
   // float32, 1.582 -> 1.490 ms at 128@56 bfloat16)
   if (p.dw || p.dbias) {
-    std::vector<float> acc((taps + 1) * s.o, 0.0f);
-    DwJob job{s, p.x, p.dy, nullptr, acc.data(), nullptr};
-    parallel_range(dw_wgrad_nhwc_entry<T>(), job, s.o, 16);
+    const int64_t chunks = WgradChunks(s).count(s), per_chunk = (taps + 1) * s.o;
+    std::vector<float> part(chunks * per_chunk, 0.0f), acc(per_chunk, 0.0f);
+    DwJob job{s, p.x, p.dy, nullptr, part.data(), nullptr};
+    parallel_range(dw_wgrad_nhwc_entry<T>(), job, chunks);
+    for (int64_t c = 0; c < chunks; ++c)  // the chunks' sums in order
+      for (int64_t i = 0; i < per_chunk; ++i) acc[i] += part[c * per_chunk + i];
     if (p.dw) {
       T* dw = static_cast<T*>(p.dw);
       for (int64_t o = 0; o < s.o; ++o)
