@@ -1235,12 +1235,14 @@ FASTOPS_FORCE_INLINE void dw_dgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
 // read from memory once (a split by channels had every thread stream all of x and dy for its
 // channels' share of each pixel's lines).
 struct WgradChunks {
-  static constexpr int64_t kTarget = 32;  // chunks in all, about
-  int64_t per_image = 0, rows = 1;        // chunks per image, output rows per chunk
+  static constexpr int64_t kTarget = 32;      // chunks in all, at most
+  static constexpr int64_t kMinPixels = 128;  // per chunk, where the image has them: each register
+                                              // block's set-up and final sums cost about as much
+  int64_t per_image = 0, rows = 1;            // chunks per image, output rows per chunk
   explicit WgradChunks(const Conv2dShape& s) {
     if (s.ho <= 0) return;
     const int64_t want = std::min(s.ho, std::max<int64_t>(1, (kTarget + s.n - 1) / std::max<int64_t>(s.n, 1)));
-    rows = (s.ho + want - 1) / want;
+    rows = std::min(s.ho, std::max((s.ho + want - 1) / want, (kMinPixels + s.wo - 1) / std::max<int64_t>(s.wo, 1)));
     per_image = (s.ho + rows - 1) / rows;
   }
   int64_t count(const Conv2dShape& s) const { return s.n * per_image; }
@@ -1443,8 +1445,9 @@ void dw_backward(const Conv2dBackwardParams& p) {
     std::vector<float> part(chunks * per_chunk, 0.0f), acc(per_chunk, 0.0f);
     DwJob job{s, p.x, p.dy, nullptr, part.data(), nullptr};
     parallel_range(dw_wgrad_nhwc_entry<T>(), job, chunks);
-    for (int64_t c = 0; c < chunks; ++c)  // the chunks' sums in order
-      for (int64_t i = 0; i < per_chunk; ++i) acc[i] += part[c * per_chunk + i];
+#pragma omp parallel for schedule(static) if (chunks * per_chunk >= (1 << 16))
+    for (int64_t i = 0; i < per_chunk; ++i)  // the chunks' sums in order
+      for (int64_t c = 0; c < chunks; ++c) acc[i] += part[c * per_chunk + i];
     if (p.dw) {
       T* dw = static_cast<T*>(p.dw);
       for (int64_t o = 0; o < s.o; ++o)

@@ -321,8 +321,8 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
 CPU_BACKWARD_FASTER_FROM = 512
 CPU_BACKWARD_FASTER_MAX_PIXELS = 64
 # Input pixels (N H W) from which a depthwise 3x3 stride-1 backward (float32, bfloat16) runs on
-# fastops (_cpu_depthwise_backward_faster): 8x14x14.
-DW_BACKWARD_MIN_PIXELS = 8 * 14 * 14
+# fastops (_cpu_depthwise_backward_faster): 14x14.
+DW_BACKWARD_MIN_PIXELS = 14 * 14
 
 
 def _is_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -338,11 +338,12 @@ def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride
     672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1); float32
     7x7 2.1-2.9x at 144@56, 96@56, 192@28, 384@14 (0.55x before its blocks).
     3x3 stride 1, since the wgrad runs in pixel chunks (each over all channels; AMX Xeon, 2026-11-25
-    03:20 UTC, backward op with dx, dw, db, batch 8 NHWC, medians of 11, channels_last / expanded
-    grad): float32 1.30 / 1.15 at 32@112, 1.25 / 1.56 at 128@56, 1.34 / 1.39 at 256@28, 1.17 / 1.12
-    at 512@14, 0.88 / 0.97 at 1024@7 (below DW_BACKWARD_MIN_PIXELS), 1.77 / 1.90 at batch 1 128@56;
-    bfloat16 1.5-2.9x from 512@14 up, 0.98 / 1.07 at 1024@7. The rule holds on every CPU: the Zen 4
-    was not measured since that change (before it, 0.69-1.10x in float32 through autograd).
+    03:40 UTC, backward op with dx, dw, db, NHWC, medians of 11, channels_last / expanded grad):
+    float32 1.83 / 2.45 at 8x32@112, 1.11 / 1.75 at 8x128@56, 1.34 / 1.45 at 8x256@28, 1.06 / 1.32
+    at 8x512@14, 1.33 / 1.29 at 8x1024@7, 1.13 / 1.15 at 4x1024@7, 1.29 / 1.31 at 1x512@14, 0.92 /
+    1.00 at 1x1024@7 (below DW_BACKWARD_MIN_PIXELS); bfloat16 1.15-2.8x from 196 input pixels up,
+    1.03 / 1.09 at 1x1024@7. The rule holds on every CPU: the Zen 4 was not measured since that
+    change (before it, 0.69-1.10x in float32 through autograd). float32 5x5 / 7x7 went to 3.4-7.2x.
     float32 3x3 stride 2: 1.01-1.10x, at parity, stays on torch."""
     k = (weight.shape[2], weight.shape[3])
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
