@@ -415,7 +415,7 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     """auto runs CPU float16 convolutions on fastops (torch's are 4-56x slower without AVX512-FP16,
     README), except the forward on CPUs with AVX512-FP16 (torch's is faster there), and the
     depthwise backward where torch's kernels were measured behind (bfloat16 strided / 5x5, float32
-    5x5 / 7x7, 3x3 stride 1 from 14x14 input pixels); a smaller one stays on torch. Gradients against float64."""
+    5x5 / 7x7); a 3x3 stride-1 depthwise backward stays on torch. Gradients against float64."""
     _dispatch.set_crossovers_enabled(True)
     x16 = make((2, 8, 20, 20), torch.float16, scale=1.0).requires_grad_()
     w16 = make((8, 8, 3, 3), torch.float16, seed=1).requires_grad_()
@@ -448,22 +448,18 @@ def test_auto_policy_float16_and_depthwise_backward_on_cpu():
     for shape, stride in (((2, 16, 13, 13), 1), ((2, 16, 28, 28), 2)):  # too small, strided: torch
         assert not C._cpu_pointwise_nchw_faster(torch.empty(shape, dtype=torch.bfloat16),
                                                 torch.empty(8, 16, 1, 1, dtype=torch.bfloat16), 1, (stride, stride))
-    # 3x3 stride 1, float32 and bfloat16: on fastops from 14x14 input pixels, else torch
-    for dtype in (torch.float32, torch.bfloat16):
-        for n, hw, want in ((8, 28, "cpu"), (1, 14, "cpu"), (4, 7, "cpu"), (1, 13, "torch"), (3, 7, "torch")):
-            xb = torch.empty(n, 16, hw, hw, dtype=dtype)
-            wb = torch.empty(16, 1, 3, 3, dtype=dtype)
-            assert C._cpu_backward_faster(xb, wb, 16, (1, 1)) == (want == "cpu"), (dtype, n, hw)
-        assert not C._cpu_backward_faster(torch.empty(8, 16, 28, 28, dtype=dtype), torch.empty(16, 1, 3, 3, dtype=dtype),
-                                          16, (2, 2)) or dtype == torch.bfloat16  # float32 stride 2: torch
-    # (dtype, kernel, stride, input batch and size, backend): 3x3 stride 1 on 1x13x13 pixels is below
-    # DW_BACKWARD_MIN_PIXELS
-    for dtype, k, stride, n, hw, want in (
-            (torch.bfloat16, 3, 2, 2, 20, "cpu"), (torch.bfloat16, 5, 1, 2, 20, "cpu"), (torch.float32, 5, 1, 2, 20, "cpu"),
-            (torch.float32, 5, 2, 2, 20, "cpu"), (torch.float32, 7, 1, 2, 20, "cpu"), (torch.float32, 3, 1, 2, 20, "cpu"),
-            (torch.bfloat16, 3, 1, 2, 20, "cpu"), (torch.float32, 3, 2, 2, 20, "torch"),
-            (torch.float32, 3, 1, 1, 13, "torch"), (torch.bfloat16, 3, 1, 1, 13, "torch")):
-        x = make((n, 32, hw, hw), dtype, scale=1.0).contiguous(memory_format=CL).requires_grad_()
+    # 3x3 stride 1: bfloat16 on fastops from 8x28x28 input pixels where the CPU has AMX; float32 on torch
+    amx = _dispatch.cpu_has_amx()
+    for dtype, n, hw, want in ((torch.bfloat16, 8, 28, "cpu" if amx else "torch"), (torch.bfloat16, 8, 27, "torch"),
+                               (torch.bfloat16, 1, 56, "torch"), (torch.float32, 8, 28, "torch")):
+        xb = torch.empty(n, 16, hw, hw, dtype=dtype)
+        wb = torch.empty(16, 1, 3, 3, dtype=dtype)
+        assert C._cpu_backward_faster(xb, wb, 16, (1, 1)) == (want == "cpu"), (dtype, n, hw)
+    for dtype, k, stride, want in ((torch.bfloat16, 3, 2, "cpu"), (torch.bfloat16, 5, 1, "cpu"),
+                                   (torch.float32, 5, 1, "cpu"), (torch.float32, 5, 2, "cpu"), (torch.float32, 7, 1, "cpu"),
+                                   (torch.float32, 3, 1, "torch"), (torch.float32, 3, 2, "torch"),
+                                   (torch.bfloat16, 3, 1, "torch")):
+        x = make((2, 32, 20, 20), dtype, scale=1.0).contiguous(memory_format=CL).requires_grad_()
         w = make((32, 1, k, k), dtype, seed=1, scale=0.5).requires_grad_()
         gy_shape = TF.conv2d(x.detach(), w.detach(), padding=k // 2, stride=stride, groups=32).shape
         gy = make(tuple(gy_shape), dtype, seed=2, scale=1.0)

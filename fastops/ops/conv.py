@@ -320,9 +320,9 @@ def auto_prefers_torch(x: torch.Tensor, weight: torch.Tensor, groups: int,
 # per image (ResNet-50's last stage; 512@14 measured at parity, 0.94-1.00x, so it stays on torch).
 CPU_BACKWARD_FASTER_FROM = 512
 CPU_BACKWARD_FASTER_MAX_PIXELS = 64
-# Input pixels (N H W) from which a depthwise 3x3 stride-1 backward (float32, bfloat16) runs on
-# fastops (_cpu_depthwise_backward_faster): 14x14.
-DW_BACKWARD_MIN_PIXELS = 14 * 14
+# Input pixels (N H W) from which a bfloat16 depthwise 3x3 stride-1 backward runs on fastops on CPUs
+# with AMX (_cpu_depthwise_backward_faster): 8x28x28.
+DW_BF16_BACKWARD_MIN_PIXELS = 8 * 28 * 28
 
 
 def _is_depthwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -336,23 +336,24 @@ def _cpu_depthwise_backward_faster(x: torch.Tensor, weight: torch.Tensor, stride
     AMX Xeon (2026-11-25 00:15 UTC, fwd+bwd through autograd, batch 8) 7x at 96@112 stride 2, 11x at
     144@56 5x5. float32 5x5 (since its wgrad has register blocks): 2.15-2.5x at 144@56, 240@28,
     672@14, 1.77x at 480@14 stride 2 (on the Zen 4, before those blocks: 2.2-2.4x at stride 1); float32
-    7x7 2.1-2.9x at 144@56, 96@56, 192@28, 384@14 (0.55x before its blocks).
-    3x3 stride 1, since the wgrad runs in pixel chunks (each over all channels; AMX Xeon, 2026-11-25
-    03:40 UTC, backward op with dx, dw, db, NHWC, medians of 11, channels_last / expanded grad):
-    float32 1.83 / 2.45 at 8x32@112, 1.11 / 1.75 at 8x128@56, 1.34 / 1.45 at 8x256@28, 1.06 / 1.32
-    at 8x512@14, 1.33 / 1.29 at 8x1024@7, 1.13 / 1.15 at 4x1024@7, 1.29 / 1.31 at 1x512@14, 0.92 /
-    1.00 at 1x1024@7 (below DW_BACKWARD_MIN_PIXELS); bfloat16 1.15-2.8x from 196 input pixels up,
-    1.03 / 1.09 at 1x1024@7. The rule holds on every CPU: the Zen 4 was not measured since that
-    change (before it, 0.69-1.10x in float32 through autograd). float32 5x5 / 7x7 went to 3.4-7.2x.
-    float32 3x3 stride 2: 1.01-1.10x, at parity, stays on torch."""
+    7x7 2.1-2.9x at 144@56, 96@56, 192@28, 384@14 (0.55x before its blocks). The 3x3 stride-1
+    backward is behind through autograd in float32 (0.63-0.82x on the Xeon, 0.69-1.10x on the Zen 4),
+    other float32 strided 0.92-0.98x: those stay on torch. bfloat16 3x3 stride 1 on the AMX Xeon
+    (2026-11-25 00:45 UTC, fwd+bwd through autograd, medians of 9): 1.14-1.28x from 8x32@112 to
+    8x256@28, 0.79-0.97x on fewer than DW_BF16_BACKWARD_MIN_PIXELS input pixels (8x512@14, 8x1024@7,
+    batch 1); on the Zen 4 0.9-1.5x either way, so there it stays on torch.
+    Since the wgrad runs in pixel chunks (2026-11-25 03:40 UTC) the backward op alone (dx, dw, db)
+    is 1.06-2.45x torch's in float32 and 1.15-2.8x in bfloat16 from 14x14 input pixels, and 3.4-7.2x
+    for float32 5x5 / 7x7, but through autograd (04:00 UTC, fwd+bwd, batch 8, two runs) auto with
+    the 3x3 backward on fastops measured float32 0.65-0.92x and bfloat16 1.18-1.59x from 8x28x28
+    pixels, 0.72-0.97x below: the custom op's autograd path costs more than the kernels save on
+    the smaller layers. So the rule above stands."""
     k = (weight.shape[2], weight.shape[3])
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
-    if x.dtype == torch.bfloat16 and (tuple(stride) != (1, 1) or k in ((5, 5), (7, 7))):
-        return True
-    if x.dtype == torch.float32 and k in ((5, 5), (7, 7)):
-        return True
-    return k == (3, 3) and tuple(stride) == (1, 1) and pixels >= DW_BACKWARD_MIN_PIXELS and x.dtype in (
-        torch.float32, torch.bfloat16)
+    if x.dtype == torch.bfloat16:
+        if tuple(stride) != (1, 1) or k in ((5, 5), (7, 7)):
+            return True
+        return _dispatch.cpu_has_amx() and x.shape[0] * x.shape[2] * x.shape[3] >= DW_BF16_BACKWARD_MIN_PIXELS
+    return x.dtype == torch.float32 and k in ((5, 5), (7, 7))
 
 
 def _cpu_pointwise_nchw_faster(x: torch.Tensor, weight: torch.Tensor, groups: int, stride) -> bool:
