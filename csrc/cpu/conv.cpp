@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -1313,7 +1314,7 @@ FASTOPS_FORCE_INLINE void dw_wgrad_block(const DwJob& jb, int64_t c0, int64_t n,
 }
 
 // NHWC wgrad (and dbias) of pixel chunks [b, e) (WgradChunks), float32 sums in order. out: per
-// chunk, float32 [KH KW + 1, O] tap-major accumulators, zero on entry, the bias sums last.
+// chunk, float32 [KH KW + 1, O] tap-major accumulators (zeroed here), the bias sums last.
 template <typename T>
 FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
   const Conv2dShape& s = jb.s;
@@ -1329,6 +1330,7 @@ FASTOPS_FORCE_INLINE void dw_wgrad_nhwc(const DwJob& jb, int64_t b, int64_t e) {
     const int64_t oh1 = std::min(s.ho, oh0 + chunks.rows);
     float* acc = static_cast<float*>(jb.out) + chunk * (taps + 1) * s.o;
     float* bacc = acc + taps * s.o;
+    std::fill(acc, bacc + s.o, 0.0f);
     int64_t c0 = 0;  // channels [0, c0) on the register blocks, the rest on the generic loop
     if (blocks && s.kh == 7) {  // 49 taps: rows 0-3, then 4-6, each pass over the chunk (dy read twice)
       for (; c0 + 16 <= s.o; c0 += 16) {
@@ -1442,8 +1444,10 @@ void dw_backward(const Conv2dBackwardParams& p) {
   // float32, 1.582 -> 1.490 ms at 128@56 bfloat16)
   if (p.dw || p.dbias) {
     const int64_t chunks = WgradChunks(s).count(s), per_chunk = (taps + 1) * s.o;
-    std::vector<float> part(chunks * per_chunk, 0.0f), acc(per_chunk, 0.0f);
-    DwJob job{s, p.x, p.dy, nullptr, part.data(), nullptr};
+    // each chunk's sums are zeroed by the thread that runs it
+    const std::unique_ptr<float[]> part(new float[std::max<int64_t>(chunks * per_chunk, 1)]);
+    std::vector<float> acc(per_chunk, 0.0f);
+    DwJob job{s, p.x, p.dy, nullptr, part.get(), nullptr};
     parallel_range(dw_wgrad_nhwc_entry<T>(), job, chunks);
 #pragma omp parallel for schedule(static) if (chunks * per_chunk >= (1 << 16))
     for (int64_t i = 0; i < per_chunk; ++i)  // the chunks' sums in order

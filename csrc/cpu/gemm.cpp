@@ -988,7 +988,6 @@ void packed_multiply(const GemmParams& p0, const char* bbuf, int64_t k, int64_t 
   GemmParams p = p0;
   p.batch = 1;
   p.k = k;
-  p.n = n;
   // The columns [j0, j1) widened to whole panels, as a product of their own: C, bias and B from
   // column panel jr0 on.
   const int64_t jr0 = j0 / e.nr, jc0 = jr0 * e.nr;
